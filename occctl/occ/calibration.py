@@ -1,0 +1,147 @@
+"""OCC's adaptive coefficient: log-probability proxies -> c_hat, v_hat2 -> lambda_t.
+
+Paper Eq. 13:   lambda_t = lambda_plus * c_hat / (v_hat2 + eps)
+                c_hat    = <delta_RL, delta_MTP>        (masked sum over response tokens)
+                v_hat2   = ||delta_MTP||^2
+with per-token log-probability changes
+
+    delta_RL  = logp_main - logp_old                     (main head, current vs. rollout policy)
+    delta_MTP = logp_mtp  - logp_base                    (MTP head vs. a baseline, see below)
+
+The baseline of delta_MTP is the *main head's* old log-probabilities by default, as in the authors'
+public code (no "old MTP head" exists there); a backend may pass the MTP head's own old log-probs.
+
+Two estimators:
+* ``ratio_of_sums`` (paper, default): the least-squares slope  sum(dRL*dMTP) / (sum(dMTP^2) + eps).
+* ``mean_of_ratios`` (reference code): mean over tokens of dRL*dMTP / (dMTP^2 + eps). Unlike the
+  reference code we average over *masked* response tokens only (it also averaged padding).
+
+Statistics are accumulated over one optimizer step (all micro-batches seen so far in the step) and,
+when a data-parallel ``all_reduce`` callable is given, summed over ranks before lambda is formed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+ESTIMATORS = ("ratio_of_sums", "mean_of_ratios")
+
+# Layout of the sufficient-statistics vector (one all-reduce carries all of it).
+C_HAT, V_HAT2, RATIO_SUM, N_TOKENS = range(4)
+
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def proxy_sums(
+    delta_rl: torch.Tensor,  # [B, T]
+    delta_mtp: torch.Tensor,  # [B, T]
+    mask: torch.Tensor,  # [B, T], 1 on response tokens
+    eps: float = 1e-8,
+) -> torch.Tensor:  # [4] float64: sum dRL*dMTP, sum dMTP^2, sum of per-token ratios, n_tokens
+    """Masked sufficient statistics of one micro-batch, for both estimators."""
+    if delta_rl.shape != delta_mtp.shape or delta_rl.shape != mask.shape:
+        raise ValueError(f"shape mismatch: delta_rl {tuple(delta_rl.shape)}, delta_mtp "
+                         f"{tuple(delta_mtp.shape)}, mask {tuple(mask.shape)}")
+    m = mask.detach().to(torch.bool)
+    d_rl = delta_rl.detach().double()[m]  # [N]
+    d_mtp = delta_mtp.detach().double()[m]  # [N]
+    product = d_rl * d_mtp
+    return torch.stack([
+        product.sum(),
+        (d_mtp * d_mtp).sum(),
+        (product / (d_mtp * d_mtp + eps)).sum(),
+        torch.tensor(float(d_rl.numel()), dtype=torch.float64, device=d_rl.device),
+    ])
+
+
+def lambda_from_sums(
+    sums: torch.Tensor,  # [4], as returned by proxy_sums (possibly summed over micro-batches / ranks)
+    lambda_plus: float = 1.0,
+    eps: float = 1e-8,
+    estimator: str = "ratio_of_sums",
+    clip_negative: bool = False,
+) -> float:
+    """lambda_t from accumulated statistics; NaN when the statistics are not finite."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+    c_hat, v_hat2, ratio_sum, n_tokens = (float(x) for x in sums)
+    if estimator == "ratio_of_sums":
+        if clip_negative:  # Table 4 "OCC-Clip": max(0, c_hat) / v_hat2
+            c_hat = max(c_hat, 0.0)
+        raw = c_hat / (v_hat2 + eps)
+    else:
+        raw = ratio_sum / n_tokens if n_tokens > 0 else 0.0
+        if clip_negative:
+            raw = max(raw, 0.0)
+    return lambda_plus * raw
+
+
+@dataclass(frozen=True)
+class CalibrationStats:
+    """What one micro-batch's lambda was computed from (step-cumulative, all-reduced)."""
+
+    lam: float
+    c_hat: float
+    v_hat2: float
+    n_tokens: int
+    fallback: bool  # True when the statistics were not finite and lambda fell back to 0
+
+
+class Calibrator:
+    """Accumulates the delta proxies over an optimizer step and turns them into lambda_t.
+
+    Usage per optimizer step: ``begin_step()``, then ``observe(...)`` once per micro-batch (each
+    returns the lambda to apply to that micro-batch, built from everything seen so far in the step).
+    """
+
+    def __init__(
+        self,
+        lambda_plus: float = 1.0,
+        eps: float = 1e-8,
+        estimator: str = "ratio_of_sums",
+        clip_negative: bool = False,
+        all_reduce: AllReduce | None = None,
+    ) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0; got {eps}")
+        self.lambda_plus = lambda_plus
+        self.eps = eps
+        self.estimator = estimator
+        self.clip_negative = clip_negative
+        self.all_reduce = all_reduce
+        self.nonfinite_count = 0  # how many times lambda fell back to 0
+        self._sums = torch.zeros(4, dtype=torch.float64)
+
+    def begin_step(self) -> None:
+        self._sums = torch.zeros(4, dtype=torch.float64)
+
+    def observe(
+        self,
+        delta_rl: torch.Tensor,  # [B, T]
+        delta_mtp: torch.Tensor,  # [B, T]
+        mask: torch.Tensor,  # [B, T]
+    ) -> CalibrationStats:
+        sums = proxy_sums(delta_rl, delta_mtp, mask, self.eps)
+        if self.all_reduce is not None:
+            sums = self.all_reduce(sums)
+        self._sums = self._sums.to(sums.device) + sums
+        lam = lambda_from_sums(self._sums, self.lambda_plus, self.eps, self.estimator, self.clip_negative)
+        c_hat, v_hat2, _, n_tokens = (float(x) for x in self._sums)
+        fallback = not math.isfinite(lam)
+        if fallback:
+            self.nonfinite_count += 1
+            warnings.warn(
+                f"OCC: non-finite proxy statistics (c_hat={c_hat}, v_hat2={v_hat2}); lambda set to 0 "
+                f"for this micro-batch ({self.nonfinite_count} so far)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            lam = 0.0
+        return CalibrationStats(lam=lam, c_hat=c_hat, v_hat2=v_hat2, n_tokens=int(n_tokens), fallback=fallback)

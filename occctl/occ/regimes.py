@@ -1,0 +1,116 @@
+"""The four MTP regimes of the paper -> the MTP loss term a backend adds to its RL loss.
+
+* ``detach``: cross-entropy of the MTP head on the sampled response tokens, x ``coef``. The backend computes
+  the MTP log-probs with ``isolated=True`` (trunk hidden states, token embeddings *and* the shared lm_head
+  weight detached), so no MTP gradient reaches any main-model parameter.
+* ``ce``: the same cross-entropy, not detached, x ``coef``.
+* ``policy``: the RL policy loss of the main head (same clip, same aggregation) applied to the MTP head's
+  log-probs, with the advantages scaled by the fixed ``coef``.
+* ``occ``: the same policy loss with the advantages scaled by the adaptive lambda_t (``calibration.py``).
+
+Scaling the *advantage* (not the loss) is what the authors' code does; for a positive coefficient the two
+are identical, for a negative lambda_t the clipped surrogate stays pessimistic for the flipped advantage.
+The importance ratio of the MTP head is taken against ``logp_old`` = the main head's rollout log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+REGIMES = ("detach", "ce", "policy", "occ")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
+IS_LEVELS = ("token", "sequence")
+
+
+def isolates_main_model(regime: str) -> bool:
+    """Whether the regime must compute MTP log-probs with every main-model input detached."""
+    return regime == "detach"
+
+
+def token_logprobs(
+    logits: torch.Tensor,  # [B, T, V]
+    tokens: torch.Tensor,  # [B, T]
+    temperature: float = 1.0,
+) -> torch.Tensor:  # [B, T]
+    """log softmax(logits / temperature) gathered at ``tokens`` (float32)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def policy_loss(
+    logp: torch.Tensor,  # [B, T] current log-probs (with grad)
+    logp_old: torch.Tensor,  # [B, T] rollout-policy log-probs
+    advantages: torch.Tensor,  # [B] or [B, T]
+    mask: torch.Tensor,  # [B, T]
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    level: str = "token",
+    aggregation: str = "token_mean",
+    normalizer: torch.Tensor | float | None = None,
+    dual_clip: float | None = None,
+) -> torch.Tensor:  # scalar
+    """PPO-clip surrogate, as GRPO / DAPO / GSPO compute it.
+
+    ``level="sequence"`` is GSPO's length-normalised sequence importance ratio. ``aggregation``:
+    ``token_mean`` = sum over tokens / ``normalizer`` (default: the number of masked tokens; DAPO passes a
+    global token count), ``seq_mean_token_mean`` = mean over sequences of per-sequence token means (GRPO,
+    GSPO). ``dual_clip`` (veRL's ``clip_ratio_c``) caps the loss of negative-advantage tokens.
+    """
+    if level not in IS_LEVELS:
+        raise ValueError(f"unknown importance-sampling level {level!r}; expected one of {IS_LEVELS}")
+    mask = mask.to(logp.dtype)
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)  # [B, 1]
+    log_ratio = logp - logp_old  # [B, T]
+    if level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # [B, 1]
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = -torch.min(ratio * advantages, clipped * advantages)  # [B, T] or [B, 1]
+    if dual_clip is not None:
+        per_token = torch.where(advantages < 0, torch.min(per_token, -advantages * dual_clip), per_token)
+    per_token = per_token.expand_as(mask)
+    if aggregation == "token_mean":
+        denom = mask.sum().clamp(min=1.0) if normalizer is None else normalizer
+        return (per_token * mask).sum() / denom
+    if aggregation == "seq_mean_token_mean":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
+
+
+@dataclass(frozen=True)
+class MtpLossOutput:
+    loss: torch.Tensor  # scalar, the term to add to the RL loss (before gradient-accumulation scaling)
+    coef: float  # the coefficient applied: coef for detach/ce/policy, lambda_t for occ
+
+
+def mtp_loss(
+    regime: str,
+    logp_mtp: torch.Tensor,  # [B, T] MTP-head log-probs of the sampled response tokens (with grad)
+    mask: torch.Tensor,  # [B, T]
+    *,
+    coef: float,
+    lam: float | None = None,
+    logp_old: torch.Tensor | None = None,  # [B, T], policy / occ only
+    advantages: torch.Tensor | None = None,  # [B] or [B, T], policy / occ only
+    **policy_kwargs,
+) -> MtpLossOutput:
+    """The regime's MTP loss term. ``policy_kwargs`` are those of :func:`policy_loss`."""
+    if regime in ("detach", "ce"):
+        nll = -masked_mean(logp_mtp, mask.to(logp_mtp.dtype))
+        return MtpLossOutput(loss=coef * nll, coef=coef)
+    if regime in ("policy", "occ"):
+        if logp_old is None or advantages is None:
+            raise ValueError(f"regime {regime!r} needs logp_old and advantages")
+        scale = coef if regime == "policy" else lam
+        if scale is None:
+            raise ValueError("regime 'occ' needs lam (from the Calibrator)")
+        loss = policy_loss(logp_mtp, logp_old, advantages * scale, mask, **policy_kwargs)
+        return MtpLossOutput(loss=loss, coef=float(scale))
+    raise ValueError(f"unknown regime {regime!r}; expected one of {REGIMES}")
