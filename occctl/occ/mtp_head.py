@@ -94,3 +94,13 @@ def mtp_logits(
     if bias is not None and isolated:
         bias = bias.detach()
     return F.linear(z, weight, bias)
+
+
+def draft_acceptance(
+    logits: torch.Tensor,  # [B, C, V] MTP logits aligned to the response tokens
+    tokens: torch.Tensor,  # [B, C] the response tokens
+    mask: torch.Tensor,  # [B, C]
+) -> float:
+    """Greedy acceptance: the share of response tokens the MTP head's argmax would have drafted."""
+    hits = (logits.argmax(-1) == tokens).to(mask.dtype) * mask
+    return float(hits.sum() / mask.sum().clamp(min=1))

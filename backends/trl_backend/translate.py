@@ -1,0 +1,62 @@
+"""Spec -> TRL GRPOConfig arguments, and the matching arguments of the OCC core's policy loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from occctl.spec import Spec
+
+# algorithm -> (TRL loss_type, importance-sampling level, aggregation of the same loss in the OCC core)
+ALGORITHMS = {
+    "dapo": ("dapo", "token", "token_mean"),
+    "grpo": ("grpo", "token", "seq_mean_token_mean"),
+    "gspo": ("grpo", "sequence", "seq_mean_token_mean"),
+}
+
+
+def grpo_config_kwargs(spec: Spec, output_dir: str, use_cpu: bool = True) -> dict[str, Any]:
+    """GRPOConfig(**kwargs) for the spec. One micro-batch per optimizer step (gradient_accumulation_steps=1),
+    several optimizer steps per generation, so TRL computes the rollout policy's old log-probs (without them
+    delta_RL would be identically zero)."""
+    loss_type, level, _ = ALGORITHMS[spec.algorithm.name]
+    t = spec.train
+    return dict(
+        output_dir=output_dir,
+        use_cpu=use_cpu,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=spec.completions_per_step,
+        gradient_accumulation_steps=1,
+        steps_per_generation=t.optimizer_steps_per_generation,
+        num_iterations=1,
+        num_generations=spec.algorithm.samples_per_prompt,
+        max_completion_length=t.max_new_tokens,
+        temperature=t.temperature,
+        top_p=1.0,
+        learning_rate=t.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_steps=t.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        log_level="error",
+        seed=t.seed,
+        beta=0.0,
+        loss_type=loss_type,
+        importance_sampling_level=level,
+        epsilon=spec.algorithm.clip_low,
+        epsilon_high=spec.algorithm.clip_high,
+        dataloader_num_workers=0,
+    )
+
+
+def policy_loss_kwargs(spec: Spec) -> dict[str, Any]:
+    """The MTP policy loss uses the main head's clip range, ratio level and aggregation."""
+    _, level, aggregation = ALGORITHMS[spec.algorithm.name]
+    return dict(clip_low=spec.algorithm.clip_low, clip_high=spec.algorithm.clip_high, level=level,
+                aggregation=aggregation)

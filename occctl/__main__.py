@@ -1,0 +1,3 @@
+from occctl.cli import main
+
+main()

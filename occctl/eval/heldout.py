@@ -1,0 +1,59 @@
+"""Held-out accuracy of the embedded task: avg@k (sampled), greedy accuracy, MTP draft acceptance."""
+
+from __future__ import annotations
+
+import torch
+
+from occctl.models import LoadedModel
+from occctl.occ.mtp_head import draft_acceptance, mtp_logits
+from occctl.tasks.arith import Problem, exact_match
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:  # [B, C] -> [B, C]
+    """1 on generated tokens up to and including the first eos."""
+    is_eos = (completion_ids == eos_id).long()
+    after_eos = (is_eos.cumsum(-1) - is_eos) > 0
+    return (~after_eos).float()
+
+
+@torch.no_grad()
+def mtp_acceptance_on(loaded: LoadedModel, sequences: torch.Tensor, prompt_len: int) -> float:
+    """Share of generated tokens that the MTP head would have drafted (greedy), on the model's own outputs."""
+    model, tok = loaded.model, loaded.tokenizer
+    attn = (sequences != tok.pad_token_id).long()
+    attn[:, prompt_len:] = completion_mask(sequences[:, prompt_len:], tok.eos_token_id).long()
+    out = model.base_model(input_ids=sequences, attention_mask=attn)
+    c = sequences.size(1) - prompt_len
+    logits = mtp_logits(model, loaded.mtp_head, out.last_hidden_state, sequences, attn,
+                        slice(prompt_len - 2, prompt_len + c - 2))
+    return draft_acceptance(logits, sequences[:, prompt_len:], attn[:, prompt_len:].float())
+
+
+@torch.no_grad()
+def evaluate_heldout(loaded: LoadedModel, problems: list[Problem], samples_per_problem: int,
+                     temperature: float, max_new_tokens: int, seed: int) -> dict[str, float]:
+    model, tok = loaded.model, loaded.tokenizer
+    was_training = model.training
+    model.eval()
+    enc = tok([p.prompt for p in problems], return_tensors="pt", padding=True)
+    prompt_len = enc["input_ids"].size(1)
+    gen = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    with torch.random.fork_rng():  # evaluation must not move the training RNG
+        torch.manual_seed(seed)
+        sampled = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0,
+                                 num_return_sequences=samples_per_problem, **gen)
+        greedy = model.generate(**enc, do_sample=False, **gen)
+    texts = tok.batch_decode(sampled[:, prompt_len:], skip_special_tokens=True)
+    k = samples_per_problem
+    hits = [exact_match(t, problems[i // k].answer) for i, t in enumerate(texts)]
+    per_problem = [hits[i * k:(i + 1) * k] for i in range(len(problems))]
+    greedy_texts = tok.batch_decode(greedy[:, prompt_len:], skip_special_tokens=True)
+    result = {
+        "avg_at_k": sum(hits) / len(hits),
+        "pass_at_k": sum(max(h) for h in per_problem) / len(problems),
+        "greedy": sum(exact_match(t, p.answer) for t, p in zip(greedy_texts, problems)) / len(problems),
+    }
+    if loaded.mtp_head is not None:
+        result["mtp_acceptance"] = mtp_acceptance_on(loaded, greedy, prompt_len)
+    model.train(was_training)
+    return result

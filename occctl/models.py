@@ -1,0 +1,122 @@
+"""Models: the built-in tiny preset (config + local tokenizer, no download) and HF checkpoints with an MTP head.
+
+An occctl checkpoint is an HF directory (``save_pretrained`` of the base model and tokenizer) plus
+``mtp_head.safetensors`` and ``mtp_head.json`` in the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from occctl.errors import EnvError, SpecError
+from occctl.occ.mtp_head import MtpHead
+from occctl.spec import ModelSpec, TinyModelSpec
+
+TINY_SYMBOLS = "0123456789+="
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+MTP_WEIGHTS, MTP_META = "mtp_head.safetensors", "mtp_head.json"
+MTP_FORMAT = "occctl-mtp-head@1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # HF causal LM
+    tokenizer: Any  # HF tokenizer, left padding
+    mtp_head: MtpHead | None
+
+
+def build_tokenizer():
+    """A 16-symbol character tokenizer; ``<bos>`` is prepended to every encoded text."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + list(TINY_SYMBOLS))}
+    raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    raw.decoder = decoders.Fuse()
+    raw.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", padding_side="left")
+
+
+def build_tiny(spec: TinyModelSpec, seed: int) -> LoadedModel:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = build_tokenizer()
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+        max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
+    _set_generation_ids(model, tok)
+    return LoadedModel(model, tok, MtpHead.for_model(model))
+
+
+def _set_generation_ids(model: nn.Module, tok: Any) -> None:
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+
+
+def save_checkpoint(out_dir: Path, loaded: LoadedModel) -> Path:
+    """Write an HF directory plus the MTP head's weights beside it."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = loaded.model
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("mtp_head.")}
+    model.save_pretrained(out_dir, state_dict=state)
+    loaded.tokenizer.save_pretrained(out_dir)
+    if loaded.mtp_head is not None:
+        head_state = {k: v.detach().contiguous() for k, v in loaded.mtp_head.state_dict().items()}
+        save_file(head_state, str(out_dir / MTP_WEIGHTS))
+        meta = {"format": MTP_FORMAT, "depth": 1, "hidden_size": model.config.hidden_size,
+                "block_class": type(loaded.mtp_head.block).__name__}
+        (out_dir / MTP_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def load_checkpoint(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
+                    new_head_if_missing: bool = True) -> LoadedModel:
+    """Load an HF model directory or hub id; its occctl MTP head if present, else a new one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype],
+                                                     trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, padding_side="left")
+    except OSError as e:
+        raise EnvError(f"cannot load model {path}: {str(e).splitlines()[0]}",
+                       hint="pass a local HF directory, or a hub id on a machine with network access") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    _set_generation_ids(model, tok)
+    head = None
+    weights = Path(path) / MTP_WEIGHTS
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        meta = json.loads((Path(path) / MTP_META).read_text())
+        if meta.get("format") != MTP_FORMAT:
+            raise SpecError(f"{path}/{MTP_META}: unknown MTP head format {meta.get('format')!r}")
+        head = MtpHead.for_model(model)
+        head.load_state_dict(load_file(str(weights)))
+    elif new_head_if_missing:
+        head = MtpHead.for_model(model)
+    return LoadedModel(model, tok, head)
+
+
+def load_model(spec: ModelSpec, seed: int) -> LoadedModel:
+    if spec.path is not None:
+        return load_checkpoint(spec.path, spec.dtype, spec.trust_remote_code)
+    return build_tiny(spec.tiny, seed)

@@ -1,0 +1,143 @@
+"""`occctl run`: spec -> run directory -> backend -> summary.json (+ the MLflow mirror)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from occctl.backend import Plan, get_backend
+from occctl.errors import RunError, SpecError
+from occctl.rundir import move_aside, run_dir, write_json_atomic, write_text_atomic
+from occctl.spec import Spec, dump_spec, flatten, spec_to_dict
+from occctl.tracking import Tracker
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+
+
+def plan_run(spec: Spec) -> Plan:
+    backend = get_backend(spec.backend)
+    problems = backend.check(spec)
+    if problems:
+        raise SpecError("\n".join(f"{spec.name}: {p}" for p in problems))
+    return backend.prepare(spec, run_dir(spec.name))
+
+
+def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    plan = plan_run(spec)
+    directory = plan.run_dir
+    if directory.exists():
+        if not fresh:
+            done = (directory / SUMMARY).is_file()
+            raise SpecError(f"run {spec.name!r} already exists at {directory}"
+                            f"{' (finished)' if done else ' (unfinished)'}",
+                            hint="pass --fresh to move it aside and start over, or --set name=<new name>")
+        console.print(f"moved the old run aside: {move_aside(directory)}")
+    directory.mkdir(parents=True)
+    write_text_atomic(directory / "spec.yaml", dump_spec(spec))
+    write_json_atomic(directory / "native_config.json", plan.native_config)
+    write_json_atomic(directory / "env.json", environment())
+
+    tags = {"occctl.regime": spec.mtp.regime if spec.mtp.enabled else "none", "occctl.seed": str(spec.train.seed),
+            "occctl.backend": spec.backend, "occctl.algorithm": spec.algorithm.name,
+            "occctl.git_sha": environment()["git_sha"] or "unknown"}
+    tracker = Tracker(spec.tracking.mlflow, spec.tracking.experiment, spec.tracking.uri, spec.name,
+                      flatten(spec_to_dict(spec)), tags)
+    history: list[dict[str, float]] = []
+    metrics_file = (directory / METRICS).open("a", encoding="utf-8")
+
+    def sink(step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **metrics}
+        history.append(row)
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+        tracker.log_metrics(step, metrics)
+
+    start = time.perf_counter()
+    status = "FAILED"
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console, transient=False) as progress:
+            result = get_backend(spec.backend).train(plan, sink, progress)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        metrics_file.close()
+        if status != "FINISHED":
+            tracker.finish(status)
+    summary = build_summary(spec, history, result, time.perf_counter() - start, tracker.run_id)
+    write_json_atomic(directory / SUMMARY, summary)
+    tracker.log_metrics(spec.train.steps, {f"summary/{k}": v for k, v in summary.items()
+                                           if isinstance(v, float) and math.isfinite(v)})
+    tracker.log_artifact(directory / SUMMARY)
+    tracker.log_artifact(directory / "spec.yaml")
+    tracker.finish("FINISHED")
+    return summary
+
+
+def _series(history: list[dict[str, float]], key: str) -> list[float]:
+    return [row[key] for row in history if key in row and math.isfinite(row[key])]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def build_summary(spec: Spec, history: list[dict[str, float]], result, wall_s: float,
+                  mlflow_run_id: str | None) -> dict[str, Any]:
+    rewards, lambdas = _series(history, "reward"), _series(history, "occ/lambda")
+    before, after = result.heldout_before, result.heldout_after
+    steps = max((int(r["step"]) for r in history), default=0)
+    if steps < spec.train.steps:
+        raise RunError(f"run {spec.name!r} stopped after {steps} of {spec.train.steps} steps")
+    return {
+        "name": spec.name,
+        "regime": spec.mtp.regime if spec.mtp.enabled else "none",
+        "algorithm": spec.algorithm.name,
+        "seed": spec.train.seed,
+        "steps": steps,
+        "wall_s": round(wall_s, 2),
+        "reward_first": rewards[0] if rewards else float("nan"),
+        "reward_last": rewards[-1] if rewards else float("nan"),
+        "reward_mean": _mean(rewards),
+        "heldout_acc_before": before.get("avg_at_k", float("nan")),
+        "heldout_acc_after": after.get("avg_at_k", float("nan")),
+        "heldout_greedy_before": before.get("greedy", float("nan")),
+        "heldout_greedy_after": after.get("greedy", float("nan")),
+        "mtp_acceptance_before": before.get("mtp_acceptance", float("nan")),
+        "mtp_acceptance_after": after.get("mtp_acceptance", float("nan")),
+        "heldout_k": spec.eval.samples_per_problem,
+        "lambda_mean": _mean(lambdas),
+        "mtp_acc_last": (_series(history, "mtp/acc") or [float("nan")])[-1],
+        "checkpoint": str(result.checkpoint),
+        "warm_start": str(result.warm_start) if result.warm_start else None,
+        "mlflow_run_id": mlflow_run_id,
+    }
+
+
+def environment() -> dict[str, Any]:
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {"git_sha": sha, "python": platform.python_version(), "platform": platform.platform(),
+            "packages": {p: version(p) for p in ("occctl", "torch", "transformers", "trl", "mlflow", "verl")}}

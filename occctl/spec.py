@@ -1,0 +1,301 @@
+"""The experiment spec: YAML validated by frozen pydantic models (unknown keys are errors).
+
+This is the only place where defaults that change results are written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from occctl.errors import SpecError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+# Per-algorithm clip defaults: DAPO's clip-higher, GRPO's symmetric clip, GSPO's sequence-ratio clip
+# (GSPO paper / veRL recipe: 3e-4 / 4e-4, since length-normalised sequence ratios stay close to 1).
+CLIP_DEFAULTS = {"dapo": (0.2, 0.28), "grpo": (0.2, 0.2), "gspo": (3e-4, 4e-4)}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelSpec(_Strict):
+    """The embedded Qwen2-config model built locally (no download)."""
+
+    hidden_size: int = Field(64, ge=8, description="trunk width")
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "TinyModelSpec":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class ModelSpec(_Strict):
+    preset: Literal["tiny"] | None = Field("tiny", description="built-in model; null when `path` is set")
+    path: str | None = Field(None, description="HF model directory or hub id (needs an MTP head or gets a new one)")
+    tiny: TinyModelSpec = TinyModelSpec()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_replaces_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path") is not None and "preset" not in data:
+            data = {**data, "preset": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        if (self.preset is None) == (self.path is None):
+            raise ValueError("set exactly one of model.preset and model.path")
+        if self.path is not None and _looks_local(self.path) and not Path(self.path).expanduser().exists():
+            raise ValueError(f"model.path does not exist: {self.path}")
+        return self
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
+
+
+class TaskSpec(_Strict):
+    name: Literal["arith"] = Field("arith", description="built-in synthetic verifiable task")
+    digits: int = Field(3, ge=1, le=9, description="digits per operand (a + b, zero-padded)")
+    reverse_answer: bool = Field(True, description="write the answer least-significant digit first")
+    heldout_problems: int = Field(200, ge=1)
+    heldout_seed: int = 12345
+    train_problems: int = Field(20000, ge=16)
+
+
+class WarmupSpec(_Strict):
+    """Supervised warm-up of main head and MTP head by CE before RL (cached by config hash)."""
+
+    enabled: bool = True
+    steps: int = Field(700, ge=0)
+    examples_per_step: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    lr_warmup_steps: int = Field(100, ge=0)
+    mtp_coef: float = Field(1.0, ge=0)
+    seed: int = 0
+
+
+class AlgorithmSpec(_Strict):
+    name: Literal["grpo", "dapo", "gspo"] = "dapo"
+    clip_low: float = Field(0.2, gt=0, lt=1, description="epsilon_low; default per algorithm")
+    clip_high: float = Field(0.28, gt=0, description="epsilon_high; default per algorithm")
+    samples_per_prompt: int = Field(8, ge=2, description="group size G (GRPO needs a group)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name", "dapo") in CLIP_DEFAULTS:
+            low, high = CLIP_DEFAULTS[data.get("name", "dapo")]
+            data = {"clip_low": low, "clip_high": high, **data}
+        return data
+
+
+class TrainSpec(_Strict):
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    prompts_per_generation: int = Field(32, ge=1, description="prompts sampled per generation round")
+    optimizer_steps_per_generation: int = Field(4, ge=1, description="optimizer steps per generation round")
+    max_new_tokens: int = Field(6, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
+    seed: int = 0
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final one)")
+
+
+class OccSpec(_Strict):
+    lambda_plus: float = Field(1.0, description="lambda_+ of Eq. 13")
+    eps: float = Field(1e-8, gt=0)
+    estimator: Literal["ratio_of_sums", "mean_of_ratios"] = "ratio_of_sums"
+    clip_negative: bool = Field(False, description="OCC-Clip of Table 4: lambda_t >= 0")
+
+
+class MtpSpec(_Strict):
+    enabled: bool = Field(True, description="false: plain RL, no MTP head at all (a baseline)")
+    regime: Literal["detach", "ce", "policy", "occ"] = "occ"
+    coef: float = Field(0.1, description="fixed lambda for detach / ce / policy")
+    occ: OccSpec = OccSpec()
+
+
+class EvalSpec(_Strict):
+    suite: Literal["tiny"] = "tiny"
+    samples_per_problem: int = Field(8, ge=1, description="k of avg@k on the held-out split")
+    temperature: float = Field(1.0, gt=0)
+
+
+class TrackingSpec(_Strict):
+    mlflow: bool = True
+    experiment: str = Field("occctl", min_length=1)
+    uri: str | None = Field(None, description="MLflow tracking URI; default: sqlite under results/")
+
+
+class Spec(_Strict):
+    name: str = Field(..., pattern=NAME_PATTERN, description="run name; defaults to the spec file's stem")
+    backend: Literal["trl", "verl"] = "trl"
+    model: ModelSpec = ModelSpec()
+    task: TaskSpec = TaskSpec()
+    warmup: WarmupSpec = WarmupSpec()
+    algorithm: AlgorithmSpec = AlgorithmSpec()
+    train: TrainSpec = TrainSpec()
+    mtp: MtpSpec = MtpSpec()
+    eval: EvalSpec = EvalSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="owned by the backend adapter")
+
+    @field_validator("name")
+    @classmethod
+    def _no_dot_names(cls, v: str) -> str:
+        if set(v) <= {"."}:
+            raise ValueError("a run name cannot be only dots")
+        return v
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "Spec":
+        completions = self.train.prompts_per_generation * self.algorithm.samples_per_prompt
+        if completions % self.train.optimizer_steps_per_generation:
+            raise ValueError(
+                f"train.prompts_per_generation x algorithm.samples_per_prompt = {completions} completions must "
+                f"split evenly into train.optimizer_steps_per_generation = "
+                f"{self.train.optimizer_steps_per_generation} optimizer steps")
+        return self
+
+    @property
+    def completions_per_step(self) -> int:
+        return (self.train.prompts_per_generation * self.algorithm.samples_per_prompt
+                // self.train.optimizer_steps_per_generation)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Read, override (``key.path=value``, values parsed as YAML) and validate a spec file."""
+    path = Path(path)
+    raw = read_spec_file(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value, where=f"--set {item}")
+    raw.setdefault("name", path.stem)
+    return validate_spec(raw, str(path))
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file", hint="pass the path to a YAML spec, e.g. specs/tiny_occ.yaml")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: YAML nested too deeply") from None
+    if data is None:
+        raise SpecError(f"{path}: the spec is empty", hint="a spec is a YAML mapping, e.g. `mtp: {regime: occ}`")
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the spec must be a YAML mapping; got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise SpecError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. --set train.steps=5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str) or parsed is None:
+        parsed = value if value.strip().lower() not in ("null", "~") else None
+    return key, parsed
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"{where}: {'.'.join(parts[: i + 1])} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_spec(raw: dict[str, Any], source: str) -> Spec:
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{source}: {describe_error(err)}" for err in e.errors()]
+        raise SpecError("\n".join(lines)) from None
+
+
+def describe_error(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{field}: unknown key{hint}; valid keys: {', '.join(valid)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if err["type"] == "missing" or isinstance(got, dict) else f"; got {got!r}"[:120]
+    return f"{field}: {msg}{shown}"
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Spec
+    for part in loc:
+        info = model.model_fields.get(part)
+        ann = getattr(info, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+# --- views ---------------------------------------------------------------------------------------
+
+
+def spec_to_dict(spec: Spec) -> dict[str, Any]:
+    return spec.model_dump(mode="json")
+
+
+def dump_spec(spec: Spec) -> str:
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{full}."))
+        else:
+            out[full] = value
+    return out
+
+
+def spec_schema() -> dict[str, Any]:
+    return Spec.model_json_schema()

@@ -1,0 +1,109 @@
+"""MLflow mirror of results/ (the only module that imports mlflow).
+
+Default store: sqlite at ``<results>/mlflow.db`` with artifacts under ``<results>/mlartifacts``;
+``tracking.uri`` in the spec or ``$MLFLOW_TRACKING_URI`` override it. A tracking failure never stops a
+run: results/ holds everything, and the failure is reported once as a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from occctl.rundir import results_root
+
+
+def tracking_uri(spec_uri: str | None = None) -> str:
+    if spec_uri:
+        return spec_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = results_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if client.tracking_uri.startswith("sqlite:///"):
+        artifacts = (results_root() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=artifacts)
+
+
+class Tracker:
+    """One MLflow run; every call is a no-op after the first tracking failure (results/ keeps the data)."""
+
+    def __init__(self, enabled: bool, experiment: str, uri: str | None, run_name: str,
+                 params: dict[str, Any], tags: dict[str, str]) -> None:
+        self.run_id: str | None = None
+        self.uri = tracking_uri(uri)
+        self._client = None
+        if not enabled:
+            return
+        try:
+            self._client = _client(self.uri)
+            exp_id = ensure_experiment(self._client, experiment)
+            run = self._client.create_run(exp_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            self._log_params(params)
+        except Exception as e:  # noqa: BLE001 - tracking must never take a run down
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        warnings.warn(f"MLflow tracking disabled for this run ({type(e).__name__}: {e}); results/ has the data",
+                      RuntimeWarning, stacklevel=3)
+        self._client = None
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self._client is None:
+            return
+        try:
+            from mlflow.entities import Metric
+            import math
+            import time
+
+            now = int(time.time() * 1000)
+            items = [Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]
+            self._client.log_batch(self.run_id, metrics=items)
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def log_artifact(self, path: Path) -> None:
+        if self._client is None:
+            return
+        try:
+            self._client.log_artifact(self.run_id, str(path))
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self._client is None:
+            return
+        try:
+            self._client.set_terminated(self.run_id, status=status)
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric, for tests and reports."""
+    return [(m.step, m.value) for m in _client(uri).get_metric_history(run_id, key)]

@@ -1,0 +1,89 @@
+"""Supervised warm-up of the tiny preset (main head + MTP head by CE), cached by config hash.
+
+RL from a random model on the arithmetic task plateaus at "emit a digit"; a short CE warm-up on the
+answer tokens gives RL a model with headroom. The result is an ordinary occctl checkpoint under
+``<cache>/warmup/<hash>/``; every run with the same model/task/warm-up config reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from occctl.eval.heldout import evaluate_heldout
+from occctl.models import build_tiny, save_checkpoint
+from occctl.occ.mtp_head import mtp_logits
+from occctl.rundir import cache_root, write_json_atomic
+from occctl.spec import Spec
+from occctl.tasks.arith import heldout_problems, train_problems
+
+WARMUP_FORMAT = 1  # bump when the warm-up procedure changes, so stale caches are not reused
+DONE = "warmup.json"
+
+
+def warmup_key(spec: Spec) -> str:
+    payload = {"format": WARMUP_FORMAT, "model": spec.model.tiny.model_dump(), "task": spec.task.model_dump(),
+               "warmup": spec.warmup.model_dump()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warm_start_dir(spec: Spec) -> Path:
+    return cache_root() / "warmup" / warmup_key(spec)
+
+
+def ensure_warm_start(spec: Spec, progress=None) -> Path:
+    """The cached warm-up checkpoint for ``spec`` (trained now if missing). ``progress``: a rich Progress."""
+    final = warm_start_dir(spec)
+    if (final / DONE).is_file():
+        return final
+    start = time.perf_counter()
+    loaded = build_tiny(spec.model.tiny, spec.warmup.seed)
+    model, head, tok, w = loaded.model, loaded.mtp_head, loaded.tokenizer, spec.warmup
+    problems = train_problems(spec.task, seed=w.seed)
+    ids = tok([p.prompt + p.answer for p in problems])["input_ids"]
+    if len({len(x) for x in ids}) != 1:
+        raise ValueError("warm-up expects equal-length sequences (zero-padded operands)")
+    data = torch.tensor([x + [tok.eos_token_id] for x in ids])  # [N, T]
+    prompt_len, seq_len = len(tok(problems[0].prompt)["input_ids"]), data.size(1)
+    targets = slice(prompt_len, seq_len)  # answer digits + eos
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=w.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, w.lr_warmup_steps)))
+    gen = torch.Generator().manual_seed(w.seed)
+    ones = torch.ones(w.examples_per_step, seq_len, dtype=torch.long)
+    task_id = progress.add_task("warm-up (cached afterwards)", total=w.steps) if progress else None
+    model.train()
+    for step in range(w.steps):
+        x = data[torch.randint(len(data), (w.examples_per_step,), generator=gen)]
+        h = model.base_model(input_ids=x).last_hidden_state  # [B, T, H]
+        logits = model.get_output_embeddings()(h[:, prompt_len - 1: seq_len - 1])
+        loss_main = F.cross_entropy(logits.flatten(0, 1), x[:, targets].flatten())
+        logits_mtp = mtp_logits(model, head, h, x, ones, slice(prompt_len - 2, seq_len - 2))
+        loss_mtp = F.cross_entropy(logits_mtp.flatten(0, 1), x[:, targets].flatten())
+        loss = loss_main + w.mtp_coef * loss_mtp
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if progress:
+            progress.update(task_id, advance=1, description=f"warm-up  loss {loss.item():.3f}")
+    heldout = evaluate_heldout(loaded, heldout_problems(spec.task), spec.eval.samples_per_problem,
+                               spec.eval.temperature, spec.train.max_new_tokens, seed=0)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(tmp, loaded)
+    write_json_atomic(tmp / DONE, {"key": warmup_key(spec), "steps": w.steps, "wall_s": time.perf_counter() - start,
+                                   "heldout": heldout})
+    if (final / DONE).is_file():  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return final
