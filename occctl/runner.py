@@ -46,11 +46,12 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
     directory.mkdir(parents=True)
     write_text_atomic(directory / "spec.yaml", dump_spec(spec))
     write_json_atomic(directory / "native_config.json", plan.native_config)
-    write_json_atomic(directory / "env.json", environment())
+    env = environment()
+    write_json_atomic(directory / "env.json", env)
 
     tags = {"occctl.regime": spec.mtp.regime if spec.mtp.enabled else "none", "occctl.seed": str(spec.train.seed),
             "occctl.backend": spec.backend, "occctl.algorithm": spec.algorithm.name,
-            "occctl.git_sha": environment()["git_sha"] or "unknown"}
+            "occctl.git_sha": env["git_sha"] or "unknown"}
     tracker = Tracker(spec.tracking.mlflow, spec.tracking.experiment, spec.tracking.uri, spec.name,
                       flatten(spec_to_dict(spec)), tags)
     history: list[dict[str, float]] = []

@@ -81,7 +81,7 @@ class WarmupSpec(_Strict):
     """Supervised warm-up of main head and MTP head by CE before RL (cached by config hash)."""
 
     enabled: bool = True
-    steps: int = Field(700, ge=0)
+    steps: int = Field(550, ge=0)
     examples_per_step: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
     lr_warmup_steps: int = Field(100, ge=0)

@@ -1,8 +1,13 @@
 """Shared test setup: offline, quiet, deterministic; a temporary results root per test."""
 
 import os
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The warm-up checkpoint is cached by config hash; tests share it with `occctl run` in this checkout.
+os.environ.setdefault("OCCCTL_CACHE_DIR", str(REPO / "results" / "cache"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

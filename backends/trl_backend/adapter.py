@@ -32,8 +32,11 @@ class TrlBackend:
         for key, value in (("HF_HUB_DISABLE_TELEMETRY", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                            ("DISABLE_MLFLOW_INTEGRATION", "TRUE")):
             os.environ.setdefault(key, value)
+        import warnings
+
         import torch
         from datasets import Dataset
+        from transformers.utils import logging as hf_logging
         from transformers import PrinterCallback
         from trl import GRPOConfig
 
@@ -45,6 +48,9 @@ class TrlBackend:
 
         from backends.trl_backend.hooks import MetricsCallback, MtpGRPOTrainer, MtpSettings
 
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         spec = plan.spec
         warm = None
         if spec.model.preset == "tiny" and spec.warmup.enabled:

@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from occctl.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["validate", "--help"], ["schema", "--help"]])
+def test_help(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0
+    if args == ["--help"]:
+        for command in ("run", "validate", "schema"):
+            assert command in result.output
+
+
+def test_validate_ok_for_shipped_specs():
+    result = runner.invoke(app, ["validate", *map(str, sorted((REPO / "specs").glob("tiny_*.yaml")))])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok:") == 4
+
+
+def test_validate_malformed_spec_is_one_line_exit_2(tmp_path, results_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mtp: {regime: sometimes}\n")
+    proc = subprocess.run([sys.executable, "-m", "occctl", "validate", str(bad)], capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mtp.regime" in lines[0] and "Traceback" not in proc.stderr
+    assert not results_dir.exists(), "validate must write nothing"
+
+
+def test_run_with_bad_override_writes_nothing(results_dir):
+    result = runner.invoke(app, ["run", str(REPO / "specs" / "tiny_occ.yaml"), "--set", "train.stpes=5"])
+    assert result.exit_code == 2
+    assert "did you mean 'steps'" in result.output
+    assert not (results_dir / "runs").exists()
+
+
+def test_occ_with_one_step_per_generation_is_refused():
+    result = runner.invoke(app, ["validate", str(REPO / "specs" / "tiny_occ.yaml"), "--set",
+                                 "train.optimizer_steps_per_generation=1"])
+    assert result.exit_code == 2 and "identically 0" in result.output
+
+
+def test_unknown_backend_is_an_environment_error():
+    result = runner.invoke(app, ["validate", str(REPO / "specs" / "tiny_occ.yaml"), "--set", "backend=verl"])
+    assert result.exit_code == 3
+
+
+def test_schema_and_dry_run():
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0 and json.loads(result.output)["title"] == "Spec"
+    dry = runner.invoke(app, ["run", str(REPO / "specs" / "tiny_occ.yaml"), "--dry-run"])
+    assert dry.exit_code == 0 and '"loss_type": "dapo"' in dry.output
+
+
+def test_run_names_cannot_escape_results(results_dir):
+    from occctl.errors import SpecError
+    from occctl.rundir import run_dir
+
+    for name in ("../x", "/etc", "a/b", "..", ".", ""):
+        with pytest.raises(SpecError):
+            run_dir(name)
+    assert run_dir("ok_name-1.2").parent == results_dir / "runs"

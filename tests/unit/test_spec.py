@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from occctl.errors import SpecError
+from occctl.spec import CLIP_DEFAULTS, flatten, load_spec, spec_schema, spec_to_dict
+
+SPECS = sorted(Path(__file__).resolve().parents[2].joinpath("specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_shipped_specs_validate(path):
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    assert path.read_text().startswith("#"), "every shipped spec opens with a comment"
+
+
+def _write(tmp_path, text, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_overrides_are_typed_and_name_defaults_to_stem(tmp_path):
+    p = _write(tmp_path, "mtp: {regime: occ}\n", "my_run.yaml")
+    spec = load_spec(p, ["train.steps=5", "mtp.occ.clip_negative=true", "mtp.coef=0.5", "name=smoke"])
+    assert spec.train.steps == 5 and spec.mtp.occ.clip_negative is True and spec.mtp.coef == 0.5
+    assert spec.name == "smoke"
+    assert load_spec(p).name == "my_run"
+
+
+def test_algorithm_clip_defaults():
+    for algo, (low, high) in CLIP_DEFAULTS.items():
+        from occctl.spec import Spec
+        spec = Spec.model_validate({"name": "x", "algorithm": {"name": algo}})
+        assert (spec.algorithm.clip_low, spec.algorithm.clip_high) == (low, high)
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    ("mtp: {regime: foo}\n", [], "mtp.regime: Input should be 'detach', 'ce', 'policy' or 'occ'; got 'foo'"),
+    ("mtp: {regmie: occ}\n", [], "mtp.regmie: unknown key (did you mean 'regime'?)"),
+    ("train: {steps: many}\n", [], "train.steps: Input should be a valid integer"),
+    ("train: {steps: -3}\n", [], "train.steps: Input should be greater than or equal to 1; got -3"),
+    ("algorithm: {samples_per_prompt: 1}\n", [], "algorithm.samples_per_prompt: Input should be greater than or equal to 2"),
+    ("model: {path: ./does/not/exist}\n", [], "model: model.path does not exist: ./does/not/exist"),
+    ("{}\n", ["train.prompts_per_generation=3", "algorithm.samples_per_prompt=3"], "must split evenly"),
+    ("{}\n", ["name=../escape"], "name: String should match pattern"),
+    ("bogus: 1\n", [], "bogus: unknown key"),
+])
+def test_bad_specs_name_the_field(tmp_path, text, overrides, expected):
+    p = _write(tmp_path, text)
+    with pytest.raises(SpecError) as e:
+        load_spec(p, overrides)
+    assert e.value.exit_code == 2
+    assert expected in e.value.message
+    assert e.value.message.startswith(str(p))
+    assert len(e.value.message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "the spec is empty"),
+    (b"- a\n- b\n", "must be a YAML mapping"),
+    (b"mtp: {regime: [\n", "invalid YAML at line"),
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+])
+def test_unreadable_specs(tmp_path, content, expected):
+    p = tmp_path / "bad.yaml"
+    p.write_bytes(content)
+    with pytest.raises(SpecError, match=expected):
+        load_spec(p)
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "nope.yaml")
+    p = _write(tmp_path, "{}\n")
+    with pytest.raises(SpecError, match="KEY=VALUE"):
+        load_spec(p, ["train.steps"])
+
+
+def test_flatten_and_schema(tmp_path):
+    spec = load_spec(_write(tmp_path, "{}\n"))
+    flat = flatten(spec_to_dict(spec))
+    assert flat["mtp.occ.lambda_plus"] == 1.0 and flat["train.steps"] == 200
+    schema = spec_schema()
+    assert "mtp" in schema["properties"] and schema["additionalProperties"] is False
