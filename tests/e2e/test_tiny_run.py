@@ -76,3 +76,12 @@ def test_detach_leaves_the_main_model_exactly_as_without_mtp(results_dir):
     worst = max((w_detach[k] - w_plain[k]).abs().max().item() for k in w_plain)
     assert worst <= 1e-6
     assert max((w_ce[k] - w_plain[k]).abs().max().item() for k in w_plain) > 1e-6
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "gspo"])
+def test_other_algorithms_run(results_dir, algorithm):
+    summary = _run(f"a_{algorithm}", f"algorithm.name={algorithm}", "train.steps=4")
+    assert summary["algorithm"] == algorithm and summary["steps"] == 4
+    native = json.loads((Path(summary["checkpoint"]).parents[1] / "native_config.json").read_text())
+    assert native["importance_sampling_level"] == ("sequence" if algorithm == "gspo" else "token")
+    assert native["loss_type"] == "grpo"
