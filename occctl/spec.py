@@ -122,6 +122,8 @@ class OccSpec(_Strict):
     eps: float = Field(1e-8, gt=0)
     estimator: Literal["ratio_of_sums", "mean_of_ratios"] = "ratio_of_sums"
     clip_negative: bool = Field(False, description="OCC-Clip of Table 4: lambda_t >= 0")
+    oracle_every: int = Field(0, ge=0, description="every N optimizer steps also compute the true gradient "
+                              "geometry c, v^2 (extra backward passes; training unchanged); 0 = off")
 
 
 class MtpSpec(_Strict):

@@ -23,6 +23,9 @@ class TrlBackend:
             problems.append("train.optimizer_steps_per_generation must be >= 2 for mtp.regime=occ: with one "
                             "optimizer step per generation the policy never moves before its loss is taken, "
                             "so delta_RL and lambda_t are identically 0")
+        if spec.mtp.occ.oracle_every and (not spec.mtp.enabled or spec.mtp.regime == "detach"):
+            problems.append("mtp.occ.oracle_every needs MTP gradients in the main model: use mtp.regime "
+                            "ce, policy or occ")
         return problems
 
     def prepare(self, spec: Spec, run_dir: Path) -> Plan:
@@ -74,8 +77,9 @@ class TrlBackend:
         mtp = None
         if spec.mtp.enabled:
             occ = spec.mtp.occ
+            calibrator = Calibrator(occ.lambda_plus, occ.eps, occ.estimator, occ.clip_negative)
             mtp = MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
-                              calibrator=Calibrator(occ.lambda_plus, occ.eps, occ.estimator, occ.clip_negative))
+                              oracle_every=occ.oracle_every, calibrator=calibrator)
         config = GRPOConfig(**{**plan.native_config, "use_cpu": not torch.cuda.is_available()})
         task_id = progress.add_task("RL", total=spec.train.steps) if progress else None
         state = {"reward": float("nan"), "lambda": float("nan")}

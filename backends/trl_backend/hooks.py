@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from occctl.occ.calibration import Calibrator
+from occctl.occ.calibration import Calibrator, oracle_geometry
 from occctl.occ.mtp_head import draft_acceptance, mtp_logits
 from occctl.occ.regimes import isolates_main_model, masked_mean, mtp_loss, token_logprobs
 
@@ -25,6 +25,7 @@ class MtpSettings:
     coef: float
     calibrator: Calibrator
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    oracle_every: int = 0
 
 
 class MtpGRPOTrainer(GRPOTrainer):
@@ -61,9 +62,10 @@ class MtpGRPOTrainer(GRPOTrainer):
             handle.remove()
             self._keep_logps = False
         logp_main, self._kept_logps = self._kept_logps, None
-        return loss + self._mtp_term(unwrapped, inputs, kept, logp_main)
+        return loss + self._mtp_term(unwrapped, inputs, kept, logp_main, loss)
 
-    def _mtp_term(self, unwrapped, inputs, kept: dict[str, Any], logp_main: torch.Tensor) -> torch.Tensor:
+    def _mtp_term(self, unwrapped, inputs, kept: dict[str, Any], logp_main: torch.Tensor,
+                  loss_rl: torch.Tensor) -> torch.Tensor:
         mtp, mode = self.mtp, ("train" if self.model.training else "eval")
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
         p, c = prompt_ids.size(1), completion_ids.size(1)
@@ -103,6 +105,15 @@ class MtpGRPOTrainer(GRPOTrainer):
         metrics["occ/c_hat"].append(stats.c_hat)
         metrics["occ/v_hat2"].append(stats.v_hat2)
         metrics["occ/nonfinite"].append(float(mtp.calibrator.nonfinite_count))
+        if mode == "train" and mtp.oracle_every and self.state.global_step % mtp.oracle_every == 0:
+            unit = mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=1.0, logp_old=logp_old,
+                            advantages=inputs["advantages"], **kwargs).loss * scale
+            head_ids = {id(p) for p in unwrapped.mtp_head.parameters()}
+            main = [p for p in unwrapped.parameters() if p.requires_grad and id(p) not in head_ids]
+            c, v2 = oracle_geometry(loss_rl, unit, main)
+            metrics["occ/oracle_c"].append(c)
+            metrics["occ/oracle_v2"].append(v2)
+            metrics["occ/oracle_lambda"].append(c / v2 if v2 > 0 else 0.0)
         return out.loss * scale
 
     def _clip_grad_norm(self, model):

@@ -145,3 +145,25 @@ class Calibrator:
             )
             lam = 0.0
         return CalibrationStats(lam=lam, c_hat=c_hat, v_hat2=v_hat2, n_tokens=int(n_tokens), fallback=fallback)
+
+
+def oracle_geometry(
+    loss_rl: torch.Tensor,  # scalar, the main head's RL loss
+    loss_mtp: torch.Tensor,  # scalar, the MTP loss at coefficient 1
+    params: list[torch.Tensor],  # the main model's parameters
+) -> tuple[float, float]:
+    """The true c = <g_RL, g_MTP> and v^2 = ||g_MTP||^2 over ``params`` (two extra backward passes).
+
+    What the delta proxies estimate; expensive, for fidelity checks only. Gradients are returned by
+    ``torch.autograd.grad`` (the graph is retained), so ``.grad`` and the training step are untouched.
+    """
+    g_rl = torch.autograd.grad(loss_rl, params, retain_graph=True, allow_unused=True)
+    g_mtp = torch.autograd.grad(loss_mtp, params, retain_graph=True, allow_unused=True)
+    c = v2 = 0.0
+    for a, b in zip(g_rl, g_mtp):
+        if b is None:
+            continue
+        v2 += float((b.double() * b.double()).sum())
+        if a is not None:
+            c += float((a.double() * b.double()).sum())
+    return c, v2

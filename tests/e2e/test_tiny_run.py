@@ -85,3 +85,20 @@ def test_other_algorithms_run(results_dir, algorithm):
     native = json.loads((Path(summary["checkpoint"]).parents[1] / "native_config.json").read_text())
     assert native["importance_sampling_level"] == ("sequence" if algorithm == "gspo" else "token")
     assert native["loss_type"] == "grpo"
+
+
+def test_oracle_mode_logs_the_true_geometry_and_changes_nothing(results_dir):
+    common = ["mtp.regime=occ", "train.steps=6"]
+    with_oracle = _run("o_on", *common, "mtp.occ.oracle_every=1")
+    without = _run("o_off", *common)
+    for key in ("oracle_steps", "fidelity_pearson_c", "fidelity_spearman_c", "fidelity_pearson_v2",
+                "fidelity_spearman_v2"):
+        assert key in with_oracle and key not in without
+    assert with_oracle["oracle_steps"] == 6
+    for f in ("model.safetensors", "mtp_head.safetensors"):
+        a = load_file(str(Path(with_oracle["checkpoint"]) / f))
+        b = load_file(str(Path(without["checkpoint"]) / f))
+        assert all(torch.equal(a[k], b[k]) for k in a), f
+    rows = [json.loads(line) for line in (Path(with_oracle["checkpoint"]).parents[1] / "metrics.jsonl").open()]
+    v2 = [r["occ/oracle_v2"] for r in rows if "occ/oracle_v2" in r]
+    assert len(v2) == 6 and all(v > 0 for v in v2)

@@ -108,3 +108,27 @@ def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="eps"):
         Calibrator(eps=0.0)
     assert math.isfinite(_lam(torch.zeros(1, 1), torch.zeros(1, 1)))
+
+
+def test_oracle_geometry_on_a_linear_model():
+    from occctl.occ.calibration import oracle_geometry
+
+    w = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    b = torch.tensor([1.0], requires_grad=True)
+    x, y = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 0.5, 4.0])
+    loss_rl, loss_mtp = (w * x).sum() + b.sum(), (w * y).sum()  # g_RL = (x, 1), g_MTP = (y, 0)
+    c, v2 = oracle_geometry(loss_rl, loss_mtp, [w, b])
+    assert c == pytest.approx(float(x @ y)) and v2 == pytest.approx(float(y @ y))
+    assert w.grad is None and b.grad is None  # nothing accumulated into .grad
+
+
+def test_pearson_and_spearman():
+    from occctl.correlation import pearson, ranks, spearman
+
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert pearson(x, [2 * v + 1 for v in x]) == pytest.approx(1.0)
+    assert pearson(x, [-v for v in x]) == pytest.approx(-1.0)
+    assert spearman(x, [v**3 for v in x]) == pytest.approx(1.0)  # monotone, not linear
+    assert pearson(x, [v**3 for v in x]) < 0.99
+    assert ranks([3.0, 1.0, 3.0]) == [2.5, 1.0, 2.5]
+    assert math.isnan(pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
