@@ -7,7 +7,9 @@ run: results/ holds everything, and the failure is reported once as a warning.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,8 +80,6 @@ class Tracker:
             return
         try:
             from mlflow.entities import Metric
-            import math
-            import time
 
             now = int(time.time() * 1000)
             items = [Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]

@@ -31,9 +31,6 @@ import torch
 
 ESTIMATORS = ("ratio_of_sums", "mean_of_ratios")
 
-# Layout of the sufficient-statistics vector (one all-reduce carries all of it).
-C_HAT, V_HAT2, RATIO_SUM, N_TOKENS = range(4)
-
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
