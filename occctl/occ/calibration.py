@@ -68,13 +68,11 @@ def lambda_from_sums(
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
     c_hat, v_hat2, ratio_sum, n_tokens = (float(x) for x in sums)
     if estimator == "ratio_of_sums":
-        if clip_negative:  # Table 4 "OCC-Clip": max(0, c_hat) / v_hat2
-            c_hat = max(c_hat, 0.0)
         raw = c_hat / (v_hat2 + eps)
     else:
         raw = ratio_sum / n_tokens if n_tokens > 0 else 0.0
-        if clip_negative:
-            raw = max(raw, 0.0)
+    if clip_negative:  # Table 4 "OCC-Clip": max(0, c_hat) / v_hat2
+        raw = max(raw, 0.0)
     return lambda_plus * raw
 
 
