@@ -12,6 +12,7 @@ from occctl.spec import Spec
 
 BACKENDS = {
     "trl": "backends.trl_backend.adapter:TrlBackend",
+    "verl": "backends.verl_backend.adapter:VerlBackend",
 }
 
 MetricSink = Callable[[int, dict[str, float]], None]
@@ -22,6 +23,7 @@ class Plan:
     spec: Spec
     run_dir: Path
     native_config: dict[str, Any]
+    command: tuple[str, ...] = ()  # the launch command, for backends that start a process (verl)
 
 
 @dataclass(frozen=True)

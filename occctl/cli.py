@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
+from occctl.console import err, fail, fail_all, out, set_debug
 from occctl.errors import OccError
 
 app = typer.Typer(
@@ -17,26 +18,15 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
-_state = {"debug": False}
 
 SPEC_ARG = typer.Argument(..., help="path to a YAML spec, e.g. specs/tiny_occ.yaml")
 SET_OPT = typer.Option(None, "--set", help="override a spec key, e.g. --set train.steps=5 (repeatable; YAML-typed)")
 
 
-def _fail(e: OccError) -> None:
-    if _state["debug"]:
-        raise e
-    err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
-    if e.hint:
-        err.print(f"[bold]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
-    raise typer.Exit(e.exit_code)
-
 
 @app.callback()
 def main_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks for occctl errors too")) -> None:
-    _state["debug"] = debug
+    set_debug(debug)
 
 
 @app.command()
@@ -56,10 +46,12 @@ def run(
             plan = plan_run(resolved)
             out.print(dump_spec(resolved), highlight=False)
             out.print(json.dumps(plan.native_config, indent=2), highlight=False)
+            if plan.command:
+                out.print(shlex.join(plan.command), highlight=False, soft_wrap=True)
             return
         summary = run_spec(resolved, fresh=fresh, console=err)
     except OccError as e:
-        _fail(e)
+        fail(e)
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130)
@@ -83,11 +75,7 @@ def validate(spec: list[Path] = typer.Argument(..., help="one or more spec files
         except OccError as e:
             failed.append(e)
     if failed:
-        if _state["debug"]:
-            raise failed[0]
-        for e in failed:
-            err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(max(e.exit_code for e in failed))
+        fail_all(failed)
 
 
 @app.command()
@@ -100,6 +88,16 @@ def schema(output: Optional[Path] = typer.Option(None, "--out", help="write to a
         output.write_text(text + "\n")
     else:
         sys.stdout.write(text + "\n")
+
+
+def _register_subcommands() -> None:
+    """Command groups live beside the library code they drive (each module owns its Typer app)."""
+    from occctl.eval.cli import app as eval_app
+
+    app.add_typer(eval_app, name="eval")
+
+
+_register_subcommands()
 
 
 def main() -> None:

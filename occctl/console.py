@@ -1,0 +1,36 @@
+"""The terminal: one stdout and one stderr console, and the mapping of OccError to an exit code."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from occctl.errors import OccError
+
+err = Console(stderr=True)
+out = Console()
+_state = {"debug": False}
+
+
+def set_debug(debug: bool) -> None:
+    _state["debug"] = debug
+
+
+def fail(e: OccError) -> NoReturn:
+    """Print one clear message (plus a hint) and exit with the error's code; --debug re-raises."""
+    if _state["debug"]:
+        raise e
+    err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
+    if e.hint:
+        err.print(f"[bold]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+    raise typer.Exit(e.exit_code)
+
+
+def fail_all(errors: list[OccError]) -> NoReturn:
+    if _state["debug"]:
+        raise errors[0]
+    for e in errors:
+        err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(max(e.exit_code for e in errors))
