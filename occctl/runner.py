@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from occctl.backend import Plan, get_backend
-from occctl.correlation import pearson, spearman
 from occctl.errors import RunError, SpecError
+from occctl.fidelity import fidelity
 from occctl.rundir import move_aside, run_dir, write_json_atomic, write_text_atomic
 from occctl.spec import Spec, dump_spec, flatten, spec_to_dict
 from occctl.tracking import Tracker
@@ -82,7 +82,8 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
     summary = build_summary(spec, history, result, time.perf_counter() - start, tracker.run_id)
     write_json_atomic(directory / SUMMARY, summary)
     tracker.log_metrics(spec.train.steps, {f"summary/{k}": v for k, v in summary.items()
-                                           if isinstance(v, float) and math.isfinite(v)})
+                                           if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           and math.isfinite(v)})
     tracker.log_artifact(directory / SUMMARY)
     tracker.log_artifact(directory / "spec.yaml")
     tracker.finish("FINISHED")
@@ -126,22 +127,7 @@ def build_summary(spec: Spec, history: list[dict[str, float]], result, wall_s: f
         "checkpoint": str(result.checkpoint),
         "warm_start": str(result.warm_start) if result.warm_start else None,
         "mlflow_run_id": mlflow_run_id,
-        **fidelity(history),
-    }
-
-
-def fidelity(history: list[dict[str, float]]) -> dict[str, float]:
-    """Proxy vs. oracle over the steps that have both (empty without oracle mode)."""
-    rows = [r for r in history if "occ/oracle_c" in r and "occ/c_hat" in r]
-    if not rows:
-        return {}
-    col = lambda key: [r[key] for r in rows]  # noqa: E731
-    return {
-        "oracle_steps": len(rows),
-        "fidelity_pearson_c": pearson(col("occ/c_hat"), col("occ/oracle_c")),
-        "fidelity_spearman_c": spearman(col("occ/c_hat"), col("occ/oracle_c")),
-        "fidelity_pearson_v2": pearson(col("occ/v_hat2"), col("occ/oracle_v2")),
-        "fidelity_spearman_v2": spearman(col("occ/v_hat2"), col("occ/oracle_v2")),
+        **fidelity(history, spec.train.optimizer_steps_per_generation),
     }
 
 

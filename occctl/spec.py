@@ -108,6 +108,7 @@ class TrainSpec(_Strict):
     steps: int = Field(200, ge=1, description="optimizer steps")
     prompts_per_generation: int = Field(32, ge=1, description="prompts sampled per generation round")
     optimizer_steps_per_generation: int = Field(4, ge=1, description="optimizer steps per generation round")
+    micro_batches_per_step: int = Field(1, ge=1, description="gradient-accumulation micro-batches per optimizer step")
     max_new_tokens: int = Field(6, ge=1)
     temperature: float = Field(1.0, gt=0)
     lr: float = Field(2e-4, gt=0)
@@ -122,6 +123,12 @@ class OccSpec(_Strict):
     eps: float = Field(1e-8, gt=0)
     estimator: Literal["ratio_of_sums", "mean_of_ratios"] = "ratio_of_sums"
     clip_negative: bool = Field(False, description="OCC-Clip of Table 4: lambda_t >= 0")
+    baseline: Literal["main_old", "mtp_old"] = Field(
+        "main_old", description="delta_MTP = logp_mtp minus the main head's rollout log-probs (main_old, the "
+        "authors' code) or the MTP head's own rollout log-probs (mtp_old)")
+    scope: Literal["step", "micro_batch"] = Field(
+        "step", description="accumulate c_hat, v_hat2 over the optimizer step's micro-batches, or per micro-batch")
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="smoothing of the statistics across steps (0 = none)")
     oracle_every: int = Field(0, ge=0, description="every N optimizer steps also compute the true gradient "
                               "geometry c, v^2 (extra backward passes; training unchanged); 0 = off")
 
@@ -173,6 +180,10 @@ class Spec(_Strict):
                 f"train.prompts_per_generation x algorithm.samples_per_prompt = {completions} completions must "
                 f"split evenly into train.optimizer_steps_per_generation = "
                 f"{self.train.optimizer_steps_per_generation} optimizer steps")
+        if self.completions_per_step % self.train.micro_batches_per_step:
+            raise ValueError(
+                f"the {self.completions_per_step} completions of an optimizer step must split evenly into "
+                f"train.micro_batches_per_step = {self.train.micro_batches_per_step} micro-batches")
         return self
 
     @property

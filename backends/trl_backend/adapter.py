@@ -77,9 +77,10 @@ class TrlBackend:
         mtp = None
         if spec.mtp.enabled:
             occ = spec.mtp.occ
-            calibrator = Calibrator(occ.lambda_plus, occ.eps, occ.estimator, occ.clip_negative)
+            calibrator = Calibrator(occ.lambda_plus, occ.eps, occ.estimator, occ.clip_negative, scope=occ.scope,
+                                    ema=occ.ema)
             mtp = MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
-                              oracle_every=occ.oracle_every, calibrator=calibrator)
+                              oracle_every=occ.oracle_every, calibrator=calibrator, baseline=occ.baseline)
         config = GRPOConfig(**{**plan.native_config, "use_cpu": not torch.cuda.is_available()})
         task_id = progress.add_task("RL", total=spec.train.steps) if progress else None
         state = {"reward": float("nan"), "lambda": float("nan")}

@@ -14,8 +14,9 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from occctl.occ.calibration import Calibrator, oracle_geometry
+from occctl.occ.calibration import ESTIMATORS, Calibrator, lambda_from_sums, oracle_geometry, proxy_sums
 from occctl.occ.mtp_head import draft_acceptance, mtp_logits
+from occctl.occ.objective import deltas, mtp_objective
 from occctl.occ.regimes import isolates_main_model, masked_mean, mtp_loss, token_logprobs
 
 
@@ -26,6 +27,7 @@ class MtpSettings:
     calibrator: Calibrator
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     oracle_every: int = 0
+    baseline: str = "main_old"  # delta_MTP against the main head's ("main_old") or the MTP head's old log-probs
 
 
 class MtpGRPOTrainer(GRPOTrainer):
@@ -37,12 +39,49 @@ class MtpGRPOTrainer(GRPOTrainer):
         self._keep_logps = False
         self._kept_logps: torch.Tensor | None = None
         self._calibrated_step = -1
+        self._mtp_old_chunks: list[torch.Tensor] | None = None  # collected at generation time (baseline mtp_old)
+        self._probe_sums: dict[str, torch.Tensor] = {}  # oracle mode: step-cumulative sums per baseline
 
-    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any):
-        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+    def _generate_and_score_completions(self, inputs):
+        if self.mtp is None or (self.mtp.baseline != "mtp_old" and not self.mtp.oracle_every):
+            return super()._generate_and_score_completions(inputs)
+        self._mtp_old_chunks = []
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            chunks, self._mtp_old_chunks = self._mtp_old_chunks, None
+        if "old_per_token_logps" in output and chunks:  # same forward, same order as TRL's old log-probs
+            output["old_mtp_logps"] = torch.cat(chunks, dim=0)
+        return output
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        handle = None
+        if self._mtp_old_chunks is not None:  # the rollout-time (old) forward: the MTP head rides along
+            unwrapped = self.accelerator.unwrap_model(model)
+
+            def mtp_old(module, f_args, f_kwargs, output):
+                ids, attn = f_kwargs["input_ids"], f_kwargs["attention_mask"]
+                logits = self._mtp_logits_for(unwrapped, output.last_hidden_state, ids, attn,
+                                              f_kwargs.get("position_ids"), logits_to_keep, isolated=True)
+                self._mtp_old_chunks.append(token_logprobs(logits, ids[:, -logits_to_keep:], self.temperature))
+
+            handle = unwrapped.base_model.register_forward_hook(mtp_old, with_kwargs=True)
+        try:
+            out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                             *args, **kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
         if self._keep_logps:
             self._kept_logps = out[0]
         return out
+
+    @staticmethod
+    def _mtp_logits_for(unwrapped, hidden, input_ids, attention_mask, position_ids, completion_len: int,
+                        isolated: bool) -> torch.Tensor:  # [B, C, V]
+        p = input_ids.size(1) - completion_len
+        return mtp_logits(unwrapped, unwrapped.mtp_head, hidden, input_ids, attention_mask,
+                          slice(p - 2, p + completion_len - 2), position_ids, isolated=isolated)
 
     def _compute_loss(self, model, inputs):
         if self.mtp is None:
@@ -68,22 +107,23 @@ class MtpGRPOTrainer(GRPOTrainer):
                   loss_rl: torch.Tensor) -> torch.Tensor:
         mtp, mode = self.mtp, ("train" if self.model.training else "eval")
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
-        p, c = prompt_ids.size(1), completion_ids.size(1)
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+C]
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)  # [B, C]
         mask = mask.to(logp_main.dtype)
-        logits = mtp_logits(unwrapped, unwrapped.mtp_head, kept["hidden"], input_ids, attention_mask,
-                            slice(p - 2, p + c - 2), kept["position_ids"],
-                            isolated=isolates_main_model(mtp.regime))  # [B, C, V]
+        logits = self._mtp_logits_for(unwrapped, kept["hidden"], input_ids, attention_mask, kept["position_ids"],
+                                      completion_ids.size(1), isolated=isolates_main_model(mtp.regime))  # [B, C, V]
         logp_mtp = token_logprobs(logits, completion_ids, self.temperature)  # [B, C]
         logp_old = inputs.get("old_per_token_logps")
         logp_old = logp_main.detach() if logp_old is None else logp_old  # [B, C]
+        logp_mtp_old = inputs.get("old_mtp_logps") if mtp.baseline == "mtp_old" else None
+        if mtp.baseline == "mtp_old" and logp_mtp_old is None:
+            logp_mtp_old = logp_mtp.detach()  # no old log-probs: the policy has not moved, delta = 0
 
         if mode == "train" and self.state.global_step != self._calibrated_step:
             mtp.calibrator.begin_step()
             self._calibrated_step = self.state.global_step
-        stats = mtp.calibrator.observe(logp_main.detach() - logp_old, logp_mtp.detach() - logp_old, mask)
+            self._probe_sums = {}
 
         ga = self.current_gradient_accumulation_steps if mode == "train" else 1
         kwargs, scale = dict(mtp.policy_kwargs), 1.0 / ga
@@ -93,8 +133,10 @@ class MtpGRPOTrainer(GRPOTrainer):
             if mode == "train":
                 normalizer = normalizer * ga / self.args.steps_per_generation
             kwargs["normalizer"], scale = normalizer, 1.0
-        out = mtp_loss(mtp.regime, logp_mtp, mask, coef=mtp.coef, lam=stats.lam, logp_old=logp_old,
-                       advantages=inputs["advantages"], **kwargs)
+        out = mtp_objective(mtp.regime, mtp.calibrator, logp_main=logp_main, logp_mtp=logp_mtp, logp_old=logp_old,
+                            mask=mask, advantages=inputs["advantages"], coef=mtp.coef, logp_mtp_old=logp_mtp_old,
+                            **kwargs)
+        stats = out.stats
 
         metrics = self._metrics[mode]
         metrics["mtp/loss"].append(out.loss.item())
@@ -106,15 +148,41 @@ class MtpGRPOTrainer(GRPOTrainer):
         metrics["occ/v_hat2"].append(stats.v_hat2)
         metrics["occ/nonfinite"].append(float(mtp.calibrator.nonfinite_count))
         if mode == "train" and mtp.oracle_every and self.state.global_step % mtp.oracle_every == 0:
-            unit = mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=1.0, logp_old=logp_old,
-                            advantages=inputs["advantages"], **kwargs).loss * scale
-            head_ids = {id(p) for p in unwrapped.mtp_head.parameters()}
-            main = [p for p in unwrapped.parameters() if p.requires_grad and id(p) not in head_ids]
-            c, v2 = oracle_geometry(loss_rl, unit, main)
-            metrics["occ/oracle_c"].append(c)
-            metrics["occ/oracle_v2"].append(v2)
-            metrics["occ/oracle_lambda"].append(c / v2 if v2 > 0 else 0.0)
+            self._log_oracle(unwrapped, loss_rl, mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=1.0,
+                                                          logp_old=logp_old, advantages=inputs["advantages"],
+                                                          **kwargs).loss * scale)
+            self._log_probe(logp_main, logp_mtp, logp_old, inputs.get("old_mtp_logps"), mask)
         return out.loss * scale
+
+    def _log_probe(self, logp_main, logp_mtp, logp_old, logp_mtp_old, mask) -> None:
+        """Every estimator variant on the same trajectory, for the fidelity comparison (oracle mode only):
+        both delta_MTP baselines x {this micro-batch, the step so far} x both estimators."""
+        cal, metrics = self.mtp.calibrator, self._metrics["train"]
+        for baseline, base in (("main_old", None), ("mtp_old", logp_mtp_old)):
+            if baseline == "mtp_old" and base is None:
+                continue
+            micro = proxy_sums(*deltas(logp_main, logp_mtp, logp_old, base), mask, cal.eps)
+            step = self._probe_sums[baseline] = self._probe_sums.get(baseline, torch.zeros_like(micro)) + micro
+            for scope, sums in (("micro", micro), ("step", step)):
+                metrics[f"occ/probe_{baseline}_c_{scope}"].append(float(sums[0]))
+                metrics[f"occ/probe_{baseline}_v2_{scope}"].append(float(sums[1]))
+                for estimator in ESTIMATORS:
+                    lam = lambda_from_sums(sums, 1.0, cal.eps, estimator)
+                    metrics[f"occ/probe_{baseline}_lambda_{estimator}_{scope}"].append(lam)
+
+    def _log_oracle(self, unwrapped, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor) -> None:
+        """True c, v^2 over all main-model parameters and over the trunk alone (no embeddings, no lm_head)."""
+        head_ids = {id(p) for p in unwrapped.mtp_head.parameters()}
+        shared_ids = {id(unwrapped.get_input_embeddings().weight), id(unwrapped.get_output_embeddings().weight)}
+        main = [p for p in unwrapped.parameters() if p.requires_grad and id(p) not in head_ids]
+        c, v2 = oracle_geometry(loss_rl, loss_mtp_unit, main)
+        trunk = [i for i, p in enumerate(main) if id(p) not in shared_ids]
+        metrics = self._metrics["train"]
+        for suffix, idx in (("", range(len(main))), ("_trunk", trunk)):
+            c_sum, v2_sum = sum(c[i] for i in idx), sum(v2[i] for i in idx)
+            metrics[f"occ/oracle_c{suffix}"].append(c_sum)
+            metrics[f"occ/oracle_v2{suffix}"].append(v2_sum)
+            metrics[f"occ/oracle_lambda{suffix}"].append(c_sum / v2_sum if v2_sum > 0 else 0.0)
 
     def _clip_grad_norm(self, model):
         """In ``detach`` the MTP head is clipped on its own, so its gradient cannot rescale the main model's."""

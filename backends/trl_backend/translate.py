@@ -15,9 +15,9 @@ ALGORITHMS = {
 
 
 def grpo_config_kwargs(spec: Spec, output_dir: str, use_cpu: bool = True) -> dict[str, Any]:
-    """GRPOConfig(**kwargs) for the spec. One micro-batch per optimizer step (gradient_accumulation_steps=1),
-    several optimizer steps per generation, so TRL computes the rollout policy's old log-probs (without them
-    delta_RL would be identically zero)."""
+    """GRPOConfig(**kwargs) for the spec. ``train.micro_batches_per_step`` micro-batches per optimizer step
+    (gradient accumulation) and several optimizer steps per generation, so TRL computes the rollout policy's
+    old log-probs (without them delta_RL would be identically zero)."""
     loss_type, level, _ = ALGORITHMS[spec.algorithm.name]
     t = spec.train
     return dict(
@@ -26,9 +26,9 @@ def grpo_config_kwargs(spec: Spec, output_dir: str, use_cpu: bool = True) -> dic
         bf16=False,
         fp16=False,
         gradient_checkpointing=False,
-        per_device_train_batch_size=spec.completions_per_step,
-        gradient_accumulation_steps=1,
-        steps_per_generation=t.optimizer_steps_per_generation,
+        per_device_train_batch_size=spec.completions_per_step // t.micro_batches_per_step,
+        gradient_accumulation_steps=t.micro_batches_per_step,
+        steps_per_generation=t.optimizer_steps_per_generation * t.micro_batches_per_step,
         num_iterations=1,
         num_generations=spec.algorithm.samples_per_prompt,
         max_completion_length=t.max_new_tokens,

@@ -16,8 +16,11 @@ Two estimators:
 * ``mean_of_ratios`` (reference code): mean over tokens of dRL*dMTP / (dMTP^2 + eps). Unlike the
   reference code we average over *masked* response tokens only (it also averaged padding).
 
-Statistics are accumulated over one optimizer step (all micro-batches seen so far in the step) and,
-when a data-parallel ``all_reduce`` callable is given, summed over ranks before lambda is formed.
+Scope: with ``scope="step"`` (default) statistics are accumulated over one optimizer step (all
+micro-batches seen so far in the step); with ``scope="micro_batch"`` each micro-batch stands alone. When a
+data-parallel ``all_reduce`` callable is given, they are summed over ranks before lambda is formed.
+``ema`` > 0 smooths across steps: lambda is formed from ema * S_past + (1 - ema) * S_now, where S_past is
+an exponential moving average of the completed steps' statistics.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Callable
 import torch
 
 ESTIMATORS = ("ratio_of_sums", "mean_of_ratios")
+SCOPES = ("step", "micro_batch")
 
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -101,21 +105,44 @@ class Calibrator:
         estimator: str = "ratio_of_sums",
         clip_negative: bool = False,
         all_reduce: AllReduce | None = None,
+        scope: str = "step",
+        ema: float = 0.0,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; expected one of {SCOPES}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0; got {eps}")
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1); got {ema}")
         self.lambda_plus = lambda_plus
         self.eps = eps
         self.estimator = estimator
         self.clip_negative = clip_negative
         self.all_reduce = all_reduce
+        self.scope = scope
+        self.ema = ema
         self.nonfinite_count = 0  # how many times lambda fell back to 0
-        self._sums = torch.zeros(4, dtype=torch.float64)
+        self._sums = torch.zeros(4, dtype=torch.float64)  # this step (or micro-batch)
+        self._past: torch.Tensor | None = None  # EMA over completed steps (ema > 0 only)
 
     def begin_step(self) -> None:
+        if self.ema > 0 and float(self._sums[3]) > 0 and torch.isfinite(self._sums).all():
+            done = self._sums.cpu()
+            self._past = done if self._past is None else self.ema * self._past + (1.0 - self.ema) * done
         self._sums = torch.zeros(4, dtype=torch.float64)
+
+    def state_dict(self) -> dict[str, object]:
+        """What a resumed run needs to form the same lambdas (plain values and CPU tensors)."""
+        return {"sums": self._sums.cpu().clone(), "past": None if self._past is None else self._past.clone(),
+                "nonfinite_count": self.nonfinite_count}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self._sums = torch.as_tensor(state["sums"], dtype=torch.float64).clone()
+        past = state.get("past")
+        self._past = None if past is None else torch.as_tensor(past, dtype=torch.float64).clone()
+        self.nonfinite_count = int(state.get("nonfinite_count", 0))
 
     def observe(
         self,
@@ -126,9 +153,14 @@ class Calibrator:
         sums = proxy_sums(delta_rl, delta_mtp, mask, self.eps)
         if self.all_reduce is not None:
             sums = self.all_reduce(sums)
+        if self.scope == "micro_batch":
+            self._sums = torch.zeros_like(sums)
         self._sums = self._sums.to(sums.device) + sums
-        lam = lambda_from_sums(self._sums, self.lambda_plus, self.eps, self.estimator, self.clip_negative)
-        c_hat, v_hat2, _, n_tokens = (float(x) for x in self._sums)
+        used = self._sums
+        if self._past is not None:
+            used = self.ema * self._past.to(used.device) + (1.0 - self.ema) * used
+        lam = lambda_from_sums(used, self.lambda_plus, self.eps, self.estimator, self.clip_negative)
+        c_hat, v_hat2, _, n_tokens = (float(x) for x in used)
         fallback = not math.isfinite(lam)
         if fallback:
             self.nonfinite_count += 1
@@ -146,19 +178,19 @@ def oracle_geometry(
     loss_rl: torch.Tensor,  # scalar, the main head's RL loss
     loss_mtp: torch.Tensor,  # scalar, the MTP loss at coefficient 1
     params: list[torch.Tensor],  # the main model's parameters
-) -> tuple[float, float]:
-    """The true c = <g_RL, g_MTP> and v^2 = ||g_MTP||^2 over ``params`` (two extra backward passes).
+) -> tuple[list[float], list[float]]:
+    """The true c = <g_RL, g_MTP> and v^2 = ||g_MTP||^2, per parameter of ``params`` (sum them for the
+    totals; summing a subset gives the geometry over that subset, e.g. the trunk without embeddings).
 
-    What the delta proxies estimate; expensive, for fidelity checks only. Gradients are returned by
-    ``torch.autograd.grad`` (the graph is retained), so ``.grad`` and the training step are untouched.
+    What the delta proxies estimate; expensive (two extra backward passes), for fidelity checks only.
+    Gradients are returned by ``torch.autograd.grad`` (the graph is retained), so ``.grad`` and the
+    training step are untouched.
     """
     g_rl = torch.autograd.grad(loss_rl, params, retain_graph=True, allow_unused=True)
     g_mtp = torch.autograd.grad(loss_mtp, params, retain_graph=True, allow_unused=True)
-    c = v2 = 0.0
+    c, v2 = [], []
     for a, b in zip(g_rl, g_mtp):
-        if b is None:
-            continue
-        v2 += float((b.double() * b.double()).sum())
-        if a is not None:
-            c += float((a.double() * b.double()).sum())
+        b64 = None if b is None else b.double()
+        v2.append(0.0 if b64 is None else float((b64 * b64).sum()))
+        c.append(0.0 if a is None or b64 is None else float((a.double() * b64).sum()))
     return c, v2
