@@ -90,11 +90,34 @@ def schema(output: Optional[Path] = typer.Option(None, "--out", help="write to a
         sys.stdout.write(text + "\n")
 
 
+bench_app = typer.Typer(help="Benchmarks (ratios measured in one process, never from timed tests).",
+                        no_args_is_help=True)
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    spec: Path = SPEC_ARG,
+    steps: int = typer.Option(20, "--steps", min=2, help="optimizer steps timed per variant (plus one untimed)"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the result as JSON to this path"),
+    overrides: Optional[list[str]] = SET_OPT,
+) -> None:
+    """Median step time of vanilla TRL GRPO, detach, occ and oracle mode, interleaved in one process (Fig. 5)."""
+    from occctl.bench import overhead_table, run_overhead_bench
+    from occctl.spec import load_spec
+
+    try:
+        result = run_overhead_bench(load_spec(spec, overrides or []), steps, json_path, console=err)
+    except OccError as e:
+        fail(e)
+    out.print(overhead_table(result))
+
+
 def _register_subcommands() -> None:
     """Command groups live beside the library code they drive (each module owns its Typer app)."""
     from occctl.eval.cli import app as eval_app
 
     app.add_typer(eval_app, name="eval")
+    app.add_typer(bench_app, name="bench")
 
 
 _register_subcommands()

@@ -107,3 +107,50 @@ class Tracker:
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric, for tests and reports."""
     return [(m.step, m.value) for m in _client(uri).get_metric_history(run_id, key)]
+
+
+# ---- additions for `occctl eval`: log onto an existing run, tags, artifacts under a folder ----------------
+
+
+def attach_tracker(run_id: str, uri: str | None = None) -> Tracker:
+    """A Tracker on an existing run (e.g. eval results onto the training run). Its status is left as it is:
+    do not call ``finish`` on it unless this process owns the run."""
+    tracker = Tracker.__new__(Tracker)
+    tracker.run_id = run_id
+    tracker.uri = tracking_uri(uri)
+    tracker._client = None
+    try:
+        client = _client(tracker.uri)
+        client.get_run(run_id)  # fails early (one warning) when the run is not in this store
+        tracker._client = client
+    except Exception as e:  # noqa: BLE001 - tracking must never take an eval down
+        tracker._fail(e)
+    return tracker
+
+
+def set_tags(tracker: Tracker, tags: dict[str, str]) -> None:
+    if tracker._client is None:
+        return
+    try:
+        for key, value in tags.items():
+            tracker._client.set_tag(tracker.run_id, key, value)
+    except Exception as e:  # noqa: BLE001
+        tracker._fail(e)
+
+
+def log_artifacts_under(tracker: Tracker, paths: list[Path], artifact_path: str) -> None:
+    """Upload files into one artifact folder of the run (``eval/math6/...``)."""
+    if tracker._client is None:
+        return
+    try:
+        for path in paths:
+            tracker._client.log_artifact(tracker.run_id, str(path), artifact_path=artifact_path)
+    except Exception as e:  # noqa: BLE001
+        tracker._fail(e)
+
+
+def run_info(uri: str, run_id: str) -> dict[str, Any]:
+    """Status, tags, params and latest metrics of a run (for tests and reports)."""
+    run = _client(uri).get_run(run_id)
+    return {"status": run.info.status, "experiment_id": run.info.experiment_id, "tags": dict(run.data.tags),
+            "params": dict(run.data.params), "metrics": dict(run.data.metrics)}

@@ -32,58 +32,21 @@ class TrlBackend:
         return Plan(spec=spec, run_dir=run_dir, native_config=grpo_config_kwargs(spec, str(run_dir / "trl")))
 
     def train(self, plan: Plan, sink: MetricSink, progress: Any = None) -> TrainResult:
-        for key, value in (("HF_HUB_DISABLE_TELEMETRY", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
-                           ("DISABLE_MLFLOW_INTEGRATION", "TRUE")):
-            os.environ.setdefault(key, value)
-        import warnings
-
-        import torch
-        from datasets import Dataset
-        from transformers.utils import logging as hf_logging
-        from transformers import PrinterCallback
-        from trl import GRPOConfig
-
         from occctl.eval.heldout import evaluate_heldout
-        from occctl.models import load_checkpoint, load_model, save_checkpoint
-        from occctl.occ.calibration import Calibrator
-        from occctl.tasks.arith import exact_match_reward, heldout_problems, train_problems
-        from occctl.warmup import ensure_warm_start
+        from occctl.models import save_checkpoint
+        from occctl.tasks.arith import heldout_problems
 
-        from backends.trl_backend.hooks import MetricsCallback, MtpGRPOTrainer, MtpSettings
+        from backends.trl_backend.hooks import MetricsCallback
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         spec = plan.spec
-        warm = None
-        if spec.model.preset == "tiny" and spec.warmup.enabled:
-            warm = ensure_warm_start(spec, progress)
-            loaded = load_checkpoint(warm)
-        else:
-            loaded = load_model(spec.model, spec.train.seed)
-        if not spec.mtp.enabled:
-            loaded.mtp_head = None
-        model = loaded.model
-        if loaded.mtp_head is not None:
-            model.mtp_head = loaded.mtp_head  # a submodule: TRL's optimizer and device placement include it
-
+        loaded, warm = load_start(spec, progress)
         heldout = heldout_problems(spec.task)
         evaluate = lambda: evaluate_heldout(loaded, heldout, spec.eval.samples_per_problem,  # noqa: E731
                                             spec.eval.temperature, spec.train.max_new_tokens, seed=spec.train.seed)
         before = evaluate()
-        problems = train_problems(spec.task, seed=spec.train.seed)
-        dataset = Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
-
-        mtp = None
-        if spec.mtp.enabled:
-            occ = spec.mtp.occ
-            calibrator = Calibrator(occ.lambda_plus, occ.eps, occ.estimator, occ.clip_negative, scope=occ.scope,
-                                    ema=occ.ema)
-            mtp = MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
-                              oracle_every=occ.oracle_every, calibrator=calibrator, baseline=occ.baseline)
-        config = GRPOConfig(**{**plan.native_config, "use_cpu": not torch.cuda.is_available()})
         task_id = progress.add_task("RL", total=spec.train.steps) if progress else None
         state = {"reward": float("nan"), "lambda": float("nan")}
+        label = spec.mtp.regime if spec.mtp.enabled else "no-mtp"
 
         def on_metrics(step: int, metrics: dict[str, float]) -> None:
             sink(step, metrics)
@@ -91,16 +54,87 @@ class TrlBackend:
             state["lambda"] = metrics.get("occ/lambda", state["lambda"])
             if progress:
                 progress.update(task_id, completed=step,
-                                description=f"RL {spec.mtp.regime if mtp else 'no-mtp'}  reward {state['reward']:.3f}"
-                                            f"  λ {state['lambda']:+.4f}")
+                                description=f"RL {label}  reward {state['reward']:.3f}  λ {state['lambda']:+.4f}")
 
-        trainer = MtpGRPOTrainer(model=model, reward_funcs=exact_match_reward, args=config, train_dataset=dataset,
-                                 processing_class=loaded.tokenizer, callbacks=[MetricsCallback(on_metrics)], mtp=mtp)
-        trainer.remove_callback(PrinterCallback)
+        trainer = build_trainer(spec, plan.native_config, loaded, mtp_settings(spec), [MetricsCallback(on_metrics)])
         trainer.train()
-
-        if loaded.mtp_head is not None:
-            del model.mtp_head  # saved beside the HF weights, not inside them
+        detach_head(loaded)
         after = evaluate()
         checkpoint = save_checkpoint(plan.run_dir / "checkpoints" / "final", loaded)
         return TrainResult(checkpoint=checkpoint, heldout_before=before, heldout_after=after, warm_start=warm)
+
+
+def quiet_libraries() -> None:
+    """No HF progress bars, telemetry or FutureWarnings; MLflow is ours, not the HF integration's."""
+    for key, value in (("HF_HUB_DISABLE_TELEMETRY", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
+                       ("DISABLE_MLFLOW_INTEGRATION", "TRUE")):
+        os.environ.setdefault(key, value)
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def load_start(spec: Spec, progress: Any = None):
+    """The starting model: the cached CE warm-up of the tiny preset, or the spec's model. -> (LoadedModel, warm dir)"""
+    from occctl.models import load_checkpoint, load_model
+    from occctl.warmup import ensure_warm_start
+
+    quiet_libraries()
+    warm = None
+    if spec.model.preset == "tiny" and spec.warmup.enabled:
+        warm = ensure_warm_start(spec, progress)
+        loaded = load_checkpoint(warm)
+    else:
+        loaded = load_model(spec.model, spec.train.seed)
+    if not spec.mtp.enabled:
+        loaded.mtp_head = None
+    return loaded, warm
+
+
+def mtp_settings(spec: Spec, oracle_every: int | None = None):
+    """The trainer's MTP settings for the spec (None: plain GRPO without an MTP head)."""
+    from occctl.occ.calibration import Calibrator
+
+    from backends.trl_backend.hooks import MtpSettings
+
+    if not spec.mtp.enabled:
+        return None
+    occ = spec.mtp.occ
+    calibrator = Calibrator(occ.lambda_plus, occ.eps, occ.estimator, occ.clip_negative, scope=occ.scope, ema=occ.ema)
+    return MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
+                       oracle_every=occ.oracle_every if oracle_every is None else oracle_every,
+                       calibrator=calibrator, baseline=occ.baseline)
+
+
+def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callbacks: list[Any]):
+    """An MtpGRPOTrainer on the task's training prompts; the MTP head becomes a submodule of the model so
+    TRL's optimizer and device placement include it (``detach_head`` undoes that before saving)."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import GRPOConfig
+
+    from occctl.tasks.arith import exact_match_reward, train_problems
+
+    from backends.trl_backend.hooks import MtpGRPOTrainer
+
+    model = loaded.model
+    if loaded.mtp_head is not None and mtp is not None:
+        model.mtp_head = loaded.mtp_head
+    problems = train_problems(spec.task, seed=spec.train.seed)
+    dataset = Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
+    config = GRPOConfig(**{**native_config, "use_cpu": not torch.cuda.is_available()})
+    trainer = MtpGRPOTrainer(model=model, reward_funcs=exact_match_reward, args=config, train_dataset=dataset,
+                             processing_class=loaded.tokenizer, callbacks=callbacks, mtp=mtp)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def detach_head(loaded) -> None:
+    """The MTP head is saved beside the HF weights, not inside them."""
+    if hasattr(loaded.model, "mtp_head"):
+        del loaded.model.mtp_head

@@ -1,0 +1,166 @@
+"""Generation engines: ``hf`` (transformers ``generate``, batched; CPU or one GPU) and ``sglang`` (GPU; the offline
+engine, or a server on 127.0.0.1 via ``--engine-url``). Both take token-id prompts and return token ids + text,
+so prompts, truncation and caching are identical whichever engine ran. sglang is imported only when used."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from occctl.errors import EnvError, RunError, SpecError
+from occctl.eval.suites import Sampling
+
+ENGINES = ("hf", "sglang")
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]  # generated tokens, up to and including the first eos (no padding)
+    text: str
+    finish_reason: str  # "stop" (eos) or "length"
+
+
+def _eos_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    ids = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    ids = ids if ids is not None else tokenizer.eos_token_id
+    return [i for i in (ids if isinstance(ids, list) else [ids]) if i is not None]
+
+
+def cut_at_eos(ids: list[int], eos: list[int], pad: int | None) -> tuple[list[int], str]:
+    """Generated ids up to and including the first eos (then "stop"), else without trailing pads ("length")."""
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[:i + 1], "stop"
+    while pad is not None and ids and ids[-1] == pad and pad not in eos:
+        ids = ids[:-1]
+    return ids, "length"
+
+
+class HfEngine:
+    """transformers ``generate`` on the occctl checkpoint (its MTP head loaded too, for draft acceptance)."""
+
+    name = "hf"
+
+    def __init__(self, model_path: str, dtype: str = "auto", batch_size: int = 16,
+                 trust_remote_code: bool = False) -> None:
+        import torch
+
+        from occctl.models import load_checkpoint
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device == "cuda" else "float32"
+        self.loaded = load_checkpoint(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                      new_head_if_missing=False)
+        self.loaded.model.to(self.device).eval()
+        if self.loaded.mtp_head is not None:
+            self.loaded.mtp_head.to(self.device).eval()
+        self.tokenizer = self.loaded.tokenizer
+        self.batch_size = batch_size
+        self.context_length = getattr(self.loaded.model.config, "max_position_embeddings", None)
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
+                 seed: int) -> list[Completion]:
+        import torch
+
+        tok, model = self.tokenizer, self.loaded.model
+        eos = _eos_ids(tok, model.generation_config)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+        out: list[Completion] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start:start + self.batch_size]
+            width = max(len(p) for p in batch)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=self.device)  # [B, P]
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=self.device)  # [B, P]
+            sample = sampling.temperature > 0
+            kwargs: dict[str, Any] = dict(do_sample=sample, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                          eos_token_id=eos)
+            if sample:
+                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device == "cuda" else []):
+                torch.manual_seed(seed + start)
+                with torch.no_grad():
+                    seqs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # [B, P + C]
+            for row in seqs[:, width:].tolist():
+                gen, reason = cut_at_eos(row, eos, pad)
+                out.append(Completion(gen, tok.decode(gen, skip_special_tokens=True), reason))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class SglangEngine:
+    """SGLang: the offline ``sglang.Engine`` in this process, or a running server (``--engine-url``)."""
+
+    name = "sglang"
+
+    def __init__(self, model_path: str, url: str | None = None, tp_size: int = 1, dtype: str = "auto",
+                 trust_remote_code: bool = False) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise EnvError(f"cannot load model {model_path}: {str(e).splitlines()[0]}") from None
+        self.context_length = getattr(config, "max_position_embeddings", None)
+        self.url = url.rstrip("/") if url else None
+        self._engine = None
+        if self.url is None:
+            try:
+                import sglang
+            except ImportError:
+                raise EnvError("the sglang engine needs the sglang package, which is not installed",
+                               hint="pip install 'occctl[sglang]' on a GPU machine, or use --engine hf") from None
+            self._engine = sglang.Engine(model_path=model_path, tp_size=tp_size, dtype=dtype,
+                                         trust_remote_code=trust_remote_code, log_level="error")
+
+    def _request(self, prompts: list[list[int]], params: dict[str, Any]) -> list[dict[str, Any]]:
+        if self._engine is not None:
+            outs = self._engine.generate(input_ids=prompts, sampling_params=params)
+            return outs if isinstance(outs, list) else [outs]
+        body = json.dumps({"input_ids": prompts, "sampling_params": params}).encode()
+        req = urllib.request.Request(f"{self.url}/generate", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=24 * 3600) as resp:
+                outs = json.loads(resp.read())
+        except (urllib.error.URLError, OSError) as e:
+            raise RunError(f"sglang server {self.url}: {e}", hint="start it with `python -m sglang.launch_server "
+                           "--model-path <model> --host 127.0.0.1 --port 30000`") from None
+        return outs if isinstance(outs, list) else [outs]
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
+                 seed: int) -> list[Completion]:
+        params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": -1,
+                  "max_new_tokens": max_new_tokens, "skip_special_tokens": True}
+        eos = _eos_ids(self.tokenizer)
+        out = []
+        for item in self._request(prompts, params):
+            ids = item.get("output_ids")
+            if ids is None:
+                ids = self.tokenizer(item["text"], add_special_tokens=False)["input_ids"]
+            reason = (item.get("meta_info", {}).get("finish_reason") or {}).get("type", "")
+            gen, cut = cut_at_eos(list(ids), eos, None)
+            out.append(Completion(gen, item["text"], reason if reason in ("stop", "length") else cut))
+        return out
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+
+
+def make_engine(name: str, model_path: str, *, dtype: str = "auto", batch_size: int = 16, url: str | None = None,
+                tp_size: int = 1, trust_remote_code: bool = False):
+    if name == "hf":
+        return HfEngine(model_path, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    if name == "sglang":
+        return SglangEngine(model_path, url=url, tp_size=tp_size, dtype=dtype, trust_remote_code=trust_remote_code)
+    close = difflib.get_close_matches(name, ENGINES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise SpecError(f"unknown engine {name!r}{hint}; valid engines: {', '.join(ENGINES)}")

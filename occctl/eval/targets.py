@@ -1,0 +1,100 @@
+"""What to evaluate: a run (its final checkpoint), a checkpoint directory, or any HF model (path or hub id).
+
+A checkpoint inside ``results/runs/<name>/`` belongs to that run: its eval lands in the run directory and on
+the run's MLflow run. Anything else gets ``results/evals/<slug>/`` and an MLflow eval run of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from occctl.errors import SpecError
+from occctl.rundir import results_root, run_dir
+from occctl.spec import Spec, read_spec_file, validate_spec
+
+EVAL_EXPERIMENT = "occctl-eval"
+
+
+@dataclass(frozen=True)
+class Target:
+    model: str  # a local HF directory or a hub id
+    label: str  # the run name, or a slug of the path / id
+    base_dir: Path  # results/runs/<name> or results/evals/<slug>
+    run_name: str | None = None
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None  # the run spec's tracking.uri
+    experiment: str = EVAL_EXPERIMENT
+    spec: Spec | None = None  # the run's resolved spec (tiny suite: task, k, temperature, seed)
+    summary: dict | None = None
+    step: int = 0  # MLflow step for the metrics (the run's last training step)
+
+    @property
+    def has_mtp_head(self) -> bool:
+        from occctl.models import MTP_WEIGHTS  # imports torch: only when asked
+
+        return (Path(self.model) / MTP_WEIGHTS).is_file()
+
+
+def resolve_target(run: str | None, checkpoint: str | None, model: str | None) -> Target:
+    given = [x for x in (run, checkpoint, model) if x]
+    if len(given) != 1:
+        raise SpecError("pass exactly one of --run NAME, --checkpoint PATH or --model HF_ID_OR_PATH"
+                        + (f" (got {len(given)})" if given else ""))
+    if run:
+        return _run_target(run)
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not (path / "config.json").is_file():
+            raise SpecError(f"--checkpoint {checkpoint}: not an HF model directory (no config.json)")
+        return _path_target(path.resolve())
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith(("/", "./", "../", "~")):
+        if not (path / "config.json").is_file():
+            raise SpecError(f"--model {model}: not an HF model directory (no config.json)")
+        return _path_target(path.resolve())
+    return Target(model=model, label=_slug(model), base_dir=results_root() / "evals" / _slug(model))
+
+
+def _run_target(name: str, checkpoint: Path | None = None) -> Target:
+    directory = run_dir(name)
+    if not directory.is_dir():
+        runs = sorted(p.name for p in (results_root() / "runs").glob("*") if (p / "summary.json").is_file())
+        raise SpecError(f"no run named {name!r} in {directory.parent}"
+                        + (f"; finished runs: {', '.join(runs[:20])}" if runs else ""))
+    summary_file = directory / "summary.json"
+    if not summary_file.is_file():
+        raise SpecError(f"run {name!r} has no summary.json (unfinished?): {directory}",
+                        hint="finish it with `occctl run`, or pass --checkpoint <dir> explicitly")
+    summary = json.loads(summary_file.read_text())
+    path = checkpoint or Path(summary["checkpoint"])
+    if not path.is_absolute():
+        path = directory / path
+    if not (path / "config.json").is_file():
+        raise SpecError(f"run {name!r}: checkpoint {path} is missing")
+    spec = validate_spec(read_spec_file(directory / "spec.yaml"), str(directory / "spec.yaml"))
+    step = int(summary.get("steps") or 0)
+    if checkpoint is not None and checkpoint.resolve() != Path(summary["checkpoint"]).resolve():
+        m = re.search(r"(\d+)$", checkpoint.name)  # an intermediate checkpoint: log at its own step
+        step = int(m.group(1)) if m else step
+    return Target(model=str(path), label=name, base_dir=directory, run_name=name,
+                  mlflow_run_id=summary.get("mlflow_run_id"), tracking_uri=spec.tracking.uri,
+                  experiment=spec.tracking.experiment, spec=spec, summary=summary, step=step)
+
+
+def _path_target(path: Path) -> Target:
+    runs = (results_root() / "runs").resolve()
+    if runs in path.parents:
+        name = path.relative_to(runs).parts[0]
+        if (runs / name / "summary.json").is_file():
+            return _run_target(name, checkpoint=path)
+    slug = _slug(f"{path.parent.name}_{path.name}", str(path))
+    return Target(model=str(path), label=slug, base_dir=results_root() / "evals" / slug)
+
+
+def _slug(name: str, identity: str | None = None) -> str:
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[-60:] or "model"
+    return f"{clean}-{hashlib.sha256((identity or name).encode()).hexdigest()[:8]}"
