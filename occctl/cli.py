@@ -36,20 +36,27 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the native backend config; run nothing"),
     fresh: bool = typer.Option(False, "--fresh", help="move an existing run directory aside and start over"),
 ) -> None:
-    """Run a spec: warm-up (tiny preset, cached), RL with the MTP regime, held-out eval, checkpoint, summary."""
-    from occctl.runner import plan_run, run_spec
-    from occctl.spec import dump_spec, load_spec
+    """Run a spec: warm-up (tiny preset, cached), RL with the MTP regime, held-out eval, checkpoint, summary.
+
+    A spec with a `matrix:` runs every cell in turn; finished cells are skipped, so rerunning resumes a study.
+    """
+    from occctl.runner import plan_run, run_spec, run_study
+    from occctl.spec import dump_spec, load_specs
 
     try:
-        resolved = load_spec(spec, overrides or [])
+        resolved = load_specs(spec, overrides or [])
         if dry_run:
-            plan = plan_run(resolved)
-            out.print(dump_spec(resolved), highlight=False)
-            out.print(json.dumps(plan.native_config, indent=2), highlight=False)
-            if plan.command:
-                out.print(shlex.join(plan.command), highlight=False, soft_wrap=True)
+            for cell in resolved:
+                plan = plan_run(cell)
+                out.print(dump_spec(cell), highlight=False)
+                out.print(json.dumps(plan.native_config, indent=2), highlight=False)
+                if plan.command:
+                    out.print(shlex.join(plan.command), highlight=False, soft_wrap=True)
             return
-        summary = run_spec(resolved, fresh=fresh, console=err)
+        if resolved[0].group is not None:
+            summary = {"cells": [s["name"] for s in run_study(resolved, fresh=fresh, console=err)]}
+        else:
+            summary = run_spec(resolved[0], fresh=fresh, console=err)
     except OccError as e:
         fail(e)
     except KeyboardInterrupt:
@@ -63,15 +70,18 @@ def validate(spec: list[Path] = typer.Argument(..., help="one or more spec files
              overrides: Optional[list[str]] = SET_OPT) -> None:
     """Check specs without running them; every problem is reported, one per line."""
     from occctl.runner import plan_run
-    from occctl.spec import load_spec
+    from occctl.spec import load_specs
 
     failed: list[OccError] = []
     for path in spec:
         try:
-            resolved = load_spec(path, overrides or [])
-            plan_run(resolved)
-            out.print(f"ok: {path} (name {resolved.name}, backend {resolved.backend}, "
-                      f"regime {resolved.mtp.regime if resolved.mtp.enabled else 'none'})", highlight=False)
+            cells = load_specs(path, overrides or [])
+            for cell in cells:
+                plan_run(cell)
+            first = cells[0]
+            what = f"{len(cells)} matrix cells, group {first.group}" if first.group else f"name {first.name}"
+            out.print(f"ok: {path} ({what}, backend {first.backend}, "
+                      f"regime {first.mtp.regime if first.mtp.enabled else 'none'})", highlight=False)
         except OccError as e:
             failed.append(e)
     if failed:

@@ -53,6 +53,9 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
     tags = {"occctl.regime": spec.mtp.regime if spec.mtp.enabled else "none", "occctl.seed": str(spec.train.seed),
             "occctl.backend": spec.backend, "occctl.algorithm": spec.algorithm.name,
             "occctl.git_sha": env["git_sha"] or "unknown"}
+    if spec.group:
+        tags["occctl.group"] = spec.group
+        tags.update({f"occctl.cell.{key}": str(value) for key, value in spec.cell.items()})
     tracker = Tracker(spec.tracking.mlflow, spec.tracking.experiment, spec.tracking.uri, spec.name,
                       flatten(spec_to_dict(spec)), tags)
     history: list[dict[str, float]] = []
@@ -88,6 +91,26 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
     tracker.log_artifact(directory / "spec.yaml")
     tracker.finish("FINISHED")
     return summary
+
+
+def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
+    """Every cell of a matrix, sequentially; finished cells are skipped, so an interrupted study resumes.
+
+    An unfinished cell (its process died) is moved aside and run again; ``fresh`` moves every cell aside.
+    """
+    console = console or Console(stderr=True)
+    summaries: list[dict[str, Any]] = []
+    total = len(specs)
+    for i, spec in enumerate(specs, 1):
+        directory = run_dir(spec.name)
+        done = sum(1 for s in specs if (run_dir(s.name) / SUMMARY).is_file())
+        if (directory / SUMMARY).is_file() and not fresh:
+            summaries.append(json.loads((directory / SUMMARY).read_text()))
+            continue
+        console.rule(f"cell {i}/{total}: {spec.name}  ({done} done, {total - done} left)")
+        summaries.append(run_spec(spec, fresh=fresh or directory.exists(), console=console))
+    console.rule(f"study {specs[0].group or specs[0].name}: {total}/{total} cells done")
+    return summaries
 
 
 def _series(history: list[dict[str, float]], key: str) -> list[float]:

@@ -5,7 +5,9 @@ This is the only place where defaults that change results are written.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -143,6 +145,8 @@ class MtpSpec(_Strict):
 class EvalSpec(_Strict):
     suite: Literal["tiny"] = "tiny"
     samples_per_problem: int = Field(8, ge=1, description="k of avg@k on the held-out split")
+    every: int = Field(0, ge=0, description="also evaluate the held-out split every N optimizer steps "
+                       "(logged as eval/tiny/*; 0 = only before and after training)")
     temperature: float = Field(1.0, gt=0)
 
 
@@ -164,6 +168,9 @@ class Spec(_Strict):
     eval: EvalSpec = EvalSpec()
     tracking: TrackingSpec = TrackingSpec()
     backend_options: dict[str, Any] = Field(default_factory=dict, description="owned by the backend adapter")
+    group: str | None = Field(None, description="study this run belongs to (set by `matrix:` expansion)")
+    cell: dict[str, Any] = Field(default_factory=dict, description="the matrix values of this run (set by "
+                                 "`matrix:` expansion)")
 
     @field_validator("name")
     @classmethod
@@ -196,14 +203,84 @@ class Spec(_Strict):
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
-    """Read, override (``key.path=value``, values parsed as YAML) and validate a spec file."""
+    """Read, override (``key.path=value``, values parsed as YAML) and validate a spec file of one run."""
+    specs = load_specs(path, overrides)
+    if len(specs) != 1:
+        raise SpecError(f"{path}: this spec has a matrix of {len(specs)} runs; here a single run is needed",
+                        hint="`occctl run` runs every cell of a matrix; pick one with --set on a copy without matrix")
+    return specs[0]
+
+
+def load_specs(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> list[Spec]:
+    """A spec file -> its runs: one, or one per cell of its ``matrix:`` (the cartesian product of the lists).
+
+    ``matrix: {mtp.regime: [detach, occ], train.seed: [0, 1]}`` gives 4 runs named
+    ``<name>.regime-detach.seed-0`` etc., all with ``group: <name>`` and ``cell`` = their matrix values.
+    ``--set`` overrides apply to every cell; a key cannot be both overridden and varied.
+    """
     path = Path(path)
     raw = read_spec_file(path)
+    matrix = raw.pop("matrix", None)
     for item in overrides:
         key, value = parse_override(item)
+        if matrix and key in matrix:
+            raise SpecError(f"--set {item}: {key} is varied by the matrix of {path}")
         set_dotted(raw, key, value, where=f"--set {item}")
     raw.setdefault("name", path.stem)
-    return validate_spec(raw, str(path))
+    if matrix is None:
+        return [validate_spec(raw, str(path))]
+    keys, values, bundles = _check_matrix(matrix, str(path))
+    specs, seen = [], set()
+    for combo in itertools.product(*values):
+        cell = dict(zip(keys, combo))
+        cell_raw = copy.deepcopy(raw)
+        for key, value in cell.items():
+            for target, setting in (bundles[key][value].items() if key in bundles else [(key, value)]):
+                set_dotted(cell_raw, target, setting, where=f"{path}: matrix.{key}")
+        slug = ".".join(f"{key.rsplit('.', 1)[-1]}-{_slug(value)}" for key, value in cell.items())
+        cell_raw.update(name=f"{raw['name']}.{slug}", group=raw["name"], cell=cell)
+        spec = validate_spec(cell_raw, f"{path} (matrix cell {slug})")
+        if spec.name in seen:
+            raise SpecError(f"{path}: two matrix cells are both named {spec.name!r}")
+        seen.add(spec.name)
+        specs.append(spec)
+    return specs
+
+
+def _check_matrix(matrix: Any, source: str) -> tuple[list[str], list[list[Any]], dict[str, dict[str, Any]]]:
+    """-> keys, their values, and the bundles of named keys (``variant: {label: {key: value, ...}}``)."""
+    example = "e.g. {mtp.regime: [detach, occ], train.seed: [0, 1]}"
+    if not isinstance(matrix, dict) or not matrix:
+        raise SpecError(f"{source}: matrix must be a non-empty mapping of spec keys to lists of values, {example}")
+    dotted = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+    keys, values, bundles = [], [], {}
+    for key, options in matrix.items():
+        if not isinstance(key, str) or not re.fullmatch(dotted, key):
+            raise SpecError(f"{source}: matrix key {key!r} is not a dotted spec key")
+        if key.split(".")[0] in ("name", "group", "cell", "matrix"):
+            raise SpecError(f"{source}: matrix.{key}: this key cannot be varied")
+        if isinstance(options, dict) and options:  # named bundles: label -> {dotted key: value}
+            for label, bundle in options.items():
+                if not isinstance(bundle, dict) or not bundle or not all(
+                        isinstance(k, str) and re.fullmatch(dotted, k) for k in bundle):
+                    raise SpecError(f"{source}: matrix.{key}.{label} must map dotted spec keys to values")
+            bundles[key] = options
+            options = list(options)
+        if not isinstance(options, list) or not options:
+            raise SpecError(f"{source}: matrix.{key} must be a non-empty list of values (or a mapping of "
+                            f"labels to settings); got {options!r}"[:200])
+        if any(isinstance(v, (dict, list)) for v in options):
+            raise SpecError(f"{source}: matrix.{key}: values must be scalars")
+        keys.append(key)
+        values.append(options)
+    if len(list(itertools.product(*values))) > 1000:
+        raise SpecError(f"{source}: the matrix has more than 1000 cells")
+    return keys, values, bundles
+
+
+def _slug(value: Any) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text.replace(".", "p")) if text else "empty"
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ class TrlBackend:
         from occctl.models import save_checkpoint
         from occctl.tasks.arith import heldout_problems
 
-        from backends.trl_backend.hooks import MetricsCallback
+        from backends.trl_backend.hooks import MetricsCallback, PeriodicEval
 
         spec = plan.spec
         loaded, warm = load_start(spec, progress)
@@ -56,12 +56,21 @@ class TrlBackend:
                 progress.update(task_id, completed=step,
                                 description=f"RL {label}  reward {state['reward']:.3f}  λ {state['lambda']:+.4f}")
 
-        trainer = build_trainer(spec, plan.native_config, loaded, mtp_settings(spec), [MetricsCallback(on_metrics)])
+        callbacks = [MetricsCallback(on_metrics)]
+        if spec.eval.every:
+            callbacks.append(PeriodicEval(spec.eval.every, spec.train.steps,
+                                          lambda step: sink(step, _eval_metrics(evaluate()))))
+        trainer = build_trainer(spec, plan.native_config, loaded, mtp_settings(spec), callbacks)
         trainer.train()
         detach_head(loaded)
         after = evaluate()
+        sink(spec.train.steps, _eval_metrics(after))
         checkpoint = save_checkpoint(plan.run_dir / "checkpoints" / "final", loaded)
         return TrainResult(checkpoint=checkpoint, heldout_before=before, heldout_after=after, warm_start=warm)
+
+
+def _eval_metrics(result: dict[str, float]) -> dict[str, float]:
+    return {f"eval/tiny/{key}": value for key, value in result.items()}
 
 
 def quiet_libraries() -> None:

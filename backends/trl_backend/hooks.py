@@ -207,3 +207,14 @@ class MetricsCallback(TrainerCallback):
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if numeric:
             self.sink(state.global_step, numeric)
+
+
+class PeriodicEval(TrainerCallback):
+    """Calls ``evaluate(step)`` every ``every`` optimizer steps before the last (the last is evaluated anyway)."""
+
+    def __init__(self, every: int, last_step: int, evaluate: Callable[[int], None]) -> None:
+        self.every, self.last_step, self.evaluate = every, last_step, evaluate
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 and state.global_step < self.last_step:
+            self.evaluate(state.global_step)

@@ -1,13 +1,115 @@
-"""`occctl eval`: evaluate checkpoints on a suite (math6, tiny)."""
+"""`occctl eval`: evaluate a run, checkpoint or HF model on a suite; `occctl eval selfcheck`: grader self-check."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-app = typer.Typer(help="Evaluate a checkpoint on a benchmark suite (math6, tiny).", no_args_is_help=True)
+from occctl.console import err, fail, out
+from occctl.errors import OccError
+
+app = typer.Typer(help="Evaluate a run, checkpoint or HF model on a benchmark suite (math6, tiny).",
+                  no_args_is_help=True, invoke_without_command=True)
+
+SUITE_OPT = typer.Option("math6", "--suite", help="suite: math6 (aime24, aime25, amc23, math500, minerva, "
+                         "olympiadbench; amc23_40 selectable) or tiny (the embedded task's held-out split)")
+DATA_OPT = typer.Option(None, "--data-dir", help="math6 data directory (default: $OCCCTL_DATA_DIR, then "
+                        "../shared/data/math6 when present)")
+HUB_OPT = typer.Option(False, "--from-hub", help="load the benchmarks from the HF hub (needs network)")
+TIMEOUT_OPT = typer.Option(5.0, "--timeout", help="per-answer grading timeout in seconds (the worker is killed)")
+WORKERS_OPT = typer.Option(None, "--workers", help="grading worker processes (default: CPU count, at most 8)")
+
+
+@app.callback()
+def evaluate(
+    ctx: typer.Context,
+    suite: str = SUITE_OPT,
+    run: Optional[str] = typer.Option(None, "--run", help="a finished run under results/runs (its checkpoint)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="an occctl / HF checkpoint directory"),
+    model: Optional[str] = typer.Option(None, "--model", help="any HF model: a local directory or a hub id"),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="samples per problem (default: 32 for math6; the "
+                                    "run's eval.samples_per_problem for tiny)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N problems of each benchmark"),
+    grader: Optional[list[str]] = typer.Option(None, "--grader", help="math_verify@1 (default), deepscaler@1, "
+                                               "deepscaler_think@1; repeat to grade with several"),
+    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="comma-separated subset, e.g. "
+                                             "aime24,amc23_40 (default: the suite's six)"),
+    engine: str = typer.Option("hf", "--engine", help="hf (transformers, CPU or GPU) or sglang (GPU)"),
+    engine_url: Optional[str] = typer.Option(None, "--engine-url", help="sglang server, e.g. "
+                                             "http://127.0.0.1:30000 (default: the offline engine)"),
+    tp_size: int = typer.Option(1, "--tp-size", help="sglang tensor parallelism"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="samples per generate call "
+                                             "(default 16 for hf, 512 for sglang)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, "
+                              "bfloat16, float16"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    data_dir: Optional[str] = DATA_OPT,
+    from_hub: bool = HUB_OPT,
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="default 1.0 (the paper)"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="default 0.7 (the paper)"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="default 8192 for math6"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    prompt: str = typer.Option("auto", "--prompt", help="auto (chat template when the tokenizer has one), "
+                               "chat or plain"),
+    timeout: float = TIMEOUT_OPT,
+    workers: Optional[int] = WORKERS_OPT,
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="write results/ only"),
+) -> None:
+    """Evaluate: occctl eval --suite math6 (--run NAME | --checkpoint PATH | --model HF_ID_OR_PATH) [-k N] ..."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from occctl.eval.runner import EvalOptions, evaluate as run_eval
+    from occctl.eval.tables import results_table
+    from occctl.eval.targets import resolve_target
+
+    opts = EvalOptions(suite=suite, k=k, limit=limit, graders=tuple(grader or ()),
+                       benchmarks=tuple(b.strip() for b in (benchmarks or "").split(",") if b.strip()),
+                       engine=engine, engine_url=engine_url, tp_size=tp_size, batch_size=batch_size, dtype=dtype,
+                       trust_remote_code=trust_remote_code, data_dir=data_dir, from_hub=from_hub,
+                       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                       prompt=prompt, timeout_s=timeout, workers=workers, mlflow=not no_mlflow)
+    try:
+        target = resolve_target(run, checkpoint, model)
+        results = run_eval(target, opts, err)
+    except OccError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished generations are cached; rerun the same command to resume")
+        raise typer.Exit(130)
+    for result in results:
+        out.print(results_table(result))
+        if result.get("run_summary"):
+            s = result["run_summary"]
+            out.print(f"run summary: heldout_acc_after {s['heldout_acc_after']} at k={s['heldout_k']} "
+                      f"({'matches' if s['matches'] else 'differs'})", highlight=False)
+        out.print(f"saved: {result['files'][0]}", highlight=False, soft_wrap=True)
 
 
 @app.command("selfcheck")
-def selfcheck() -> None:
-    """Grade every gold answer against itself (not implemented yet)."""
-    raise typer.Exit(1)
+def selfcheck(
+    suite: str = SUITE_OPT,
+    grader: Optional[list[str]] = typer.Option(None, "--grader", help="default: math_verify@1 and deepscaler@1"),
+    data_dir: Optional[str] = DATA_OPT,
+    from_hub: bool = HUB_OPT,
+    timeout: float = TIMEOUT_OPT,
+    workers: Optional[int] = WORKERS_OPT,
+) -> None:
+    """Grade every gold answer (as a boxed response) against itself; agreement per benchmark, and the time."""
+    from occctl.eval.runner import SELFCHECK_MIN_AGREEMENT, require_selfcheck_ok, selfcheck as run_selfcheck
+    from occctl.eval.tables import selfcheck_table
+
+    try:
+        result = run_selfcheck(suite, list(grader or []), data_dir, from_hub, timeout, workers, err)
+        out.print(selfcheck_table(result))
+        for g, r in result["graders"].items():
+            out.print(f"{g}: {result['answers']} answers graded in {r['seconds']:.1f} s "
+                      f"({result['workers']} workers; pool start {result['pool_start_s']:.1f} s)", highlight=False)
+        out.print(f"total {result['total_s']:.1f} s; threshold {SELFCHECK_MIN_AGREEMENT:.0%} per benchmark: "
+                  f"{'ok' if result['ok'] else 'FAILED'}", highlight=False)
+        require_selfcheck_ok(result)
+    except OccError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130)

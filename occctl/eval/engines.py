@@ -24,6 +24,14 @@ class Completion:
     finish_reason: str  # "stop" (eos) or "length"
 
 
+def quiet_transformers() -> None:
+    """No per-load progress bars or info logs from transformers in the eval's output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _eos_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
     ids = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
     ids = ids if ids is not None else tokenizer.eos_token_id
@@ -51,6 +59,7 @@ class HfEngine:
 
         from occctl.models import load_checkpoint
 
+        quiet_transformers()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":
             dtype = "bfloat16" if self.device == "cuda" else "float32"
@@ -103,6 +112,7 @@ class SglangEngine:
                  trust_remote_code: bool = False) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
+        quiet_transformers()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
             config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
