@@ -10,9 +10,48 @@ SPECS = sorted(Path(__file__).resolve().parents[2].joinpath("specs").glob("*.yam
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
 def test_shipped_specs_validate(path):
-    spec = load_spec(path)
-    assert spec.name == path.stem
+    from occctl.spec import load_specs
+
+    specs = load_specs(path)
+    if len(specs) == 1 and specs[0].group is None:
+        assert specs[0].name == path.stem
+    else:
+        assert all(s.group == path.stem and s.name.startswith(f"{path.stem}.") for s in specs)
     assert path.read_text().startswith("#"), "every shipped spec opens with a comment"
+
+
+def test_matrix_expands_lists_and_named_bundles(tmp_path):
+    from occctl.spec import load_specs
+
+    p = _write(tmp_path, "matrix:\n  variant:\n    clip: {mtp.occ.clip_negative: true}\n"
+                         "    lp2: {mtp.occ.lambda_plus: 2.0, mtp.coef: 0.3}\n  train.seed: [0, 1]\n"
+                         "train: {steps: 7}\n", name="study.yaml")
+    specs = load_specs(p, ["train.lr=0.001"])
+    assert [s.name for s in specs] == ["study.variant-clip.seed-0", "study.variant-clip.seed-1",
+                                       "study.variant-lp2.seed-0", "study.variant-lp2.seed-1"]
+    assert all(s.group == "study" and s.train.steps == 7 and s.train.lr == 0.001 for s in specs)
+    assert specs[0].mtp.occ.clip_negative and not specs[2].mtp.occ.clip_negative
+    assert specs[3].mtp.occ.lambda_plus == 2.0 and specs[3].mtp.coef == 0.3 and specs[3].train.seed == 1
+    assert specs[3].cell == {"variant": "lp2", "train.seed": 1}
+    with pytest.raises(SpecError, match="single run"):
+        load_spec(p)
+
+
+@pytest.mark.parametrize("matrix, message", [
+    ("matrix: []", "non-empty mapping"),
+    ("matrix: {train.seed: 3}", "non-empty list"),
+    ("matrix: {train.seed: []}", "non-empty list"),
+    ("matrix: {name: [a, b]}", "cannot be varied"),
+    ("matrix: {mtp.regime: [detach, sometimes]}", "mtp.regime"),
+    ("matrix: {mtp.regimen: [detach]}", "did you mean 'regime'"),
+    ("matrix: {v: {a: 3}}", "must map dotted spec keys"),
+    ("matrix: {train.seed: [[1]]}", "scalars"),
+])
+def test_bad_matrices_are_spec_errors(tmp_path, matrix, message):
+    from occctl.spec import load_specs
+
+    with pytest.raises(SpecError, match=message):
+        load_specs(_write(tmp_path, matrix + "\n"))
 
 
 def _write(tmp_path, text, name="s.yaml"):
