@@ -122,6 +122,35 @@ def bench_overhead(
     out.print(overhead_table(result))
 
 
+@app.command()
+def report(
+    compare: str = typer.Option("detach,occ", "--compare", help="rows to compare, comma-separated (first = "
+                                "reference of the paired differences); empty = every row found"),
+    group: Optional[str] = typer.Option(None, "--group", help="matrix group(s), comma-separated, e.g. tiny_study"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment to read"),
+    rows: str = typer.Option("regime", "--rows", help="what a row is: regime, or a matrix key (variant, mtp.coef)"),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", help="metric key as a column (repeatable); "
+                                               "default: math6 benchmarks when evaluated, else the tiny set"),
+    output: Optional[str] = typer.Option(None, "--out", help="output directory inside results/ "
+                                         "(default results/reports/<name>)"),
+    name: Optional[str] = typer.Option(None, "--name", help="report name"),
+    smooth: int = typer.Option(10, "--smooth", min=1, help="moving-mean window of the training curves"),
+) -> None:
+    """Compare regimes: Table-1 layout (mean ± 95% CI over seeds, paired differences), curves, MLflow."""
+    from rich.markdown import Markdown
+
+    from occctl.report_writer import write_report
+
+    try:
+        result = write_report([c for c in compare.split(",") if c], group.split(",") if group else None,
+                              experiment, rows, metric, output, name, smooth=smooth)
+    except OccError as e:
+        fail(e)
+    out.print(Markdown(result["markdown"]))
+    err.print(f"wrote {len(result['files'])} files to {result['directory']}"
+              + (f"; MLflow report run {result['mlflow_run_id']}" if result["mlflow_run_id"] else ""))
+
+
 def _register_subcommands() -> None:
     """Command groups live beside the library code they drive (each module owns its Typer app)."""
     from occctl.eval.cli import app as eval_app

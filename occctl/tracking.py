@@ -128,6 +128,11 @@ def attach_tracker(run_id: str, uri: str | None = None) -> Tracker:
     return tracker
 
 
+def tracker_active(tracker: Tracker) -> bool:
+    """False when tracking is disabled or has failed (results/ still holds everything)."""
+    return tracker._client is not None
+
+
 def set_tags(tracker: Tracker, tags: dict[str, str]) -> None:
     if tracker._client is None:
         return
@@ -154,3 +159,51 @@ def run_info(uri: str, run_id: str) -> dict[str, Any]:
     run = _client(uri).get_run(run_id)
     return {"status": run.info.status, "experiment_id": run.info.experiment_id, "tags": dict(run.data.tags),
             "params": dict(run.data.params), "metrics": dict(run.data.metrics)}
+
+
+# ---- additions for `occctl report`: find a study's runs, read their histories, log a report ----------------
+
+
+def find_runs(uri: str, groups: list[str] | None = None, experiment: str | None = None) -> list[dict[str, Any]]:
+    """Finished occctl runs (all experiments unless one is named), optionally of some matrix groups, each as
+    {run_id, name, experiment, tags, params, metrics (latest values)}."""
+    client = _client(uri)
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        experiments = [exp] if exp is not None else []
+    else:
+        experiments = client.search_experiments()
+    if not experiments:
+        return []
+    filters = ["attributes.status = 'FINISHED'", "tags.`occctl.regime` != ''"]
+    found: list[dict[str, Any]] = []
+    for group in groups or [None]:
+        flt = " and ".join(filters + ([f"tags.`occctl.group` = '{group}'"] if group else []))
+        token = None
+        while True:
+            page = client.search_runs([e.experiment_id for e in experiments], filter_string=flt,
+                                      max_results=1000, page_token=token)
+            for run in page:
+                found.append({"run_id": run.info.run_id, "name": run.info.run_name,
+                              "experiment": run.info.experiment_id, "tags": dict(run.data.tags),
+                              "params": dict(run.data.params), "metrics": dict(run.data.metrics)})
+            token = page.token
+            if not token:
+                break
+    return found
+
+
+def log_report(uri: str, experiment: str, name: str, files: list[Path], tables: dict[str, dict[str, list]]) -> str:
+    """A report run: the report's files as artifacts and its tables via ``mlflow.log_table``. -> run id."""
+    import mlflow
+
+    client = _client(uri)
+    exp_id = ensure_experiment(client, experiment)
+    run = client.create_run(exp_id, run_name=name, tags={"occctl.report": name})
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run.info.run_id):
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="report")
+        for file_name, table in tables.items():
+            mlflow.log_table(data=table, artifact_file=f"report/{file_name}")
+    return run.info.run_id

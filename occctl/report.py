@@ -1,0 +1,170 @@
+"""Comparison tables of a study (pure: run records in, tables out) in the paper's Table 1 layout.
+
+Rows are regimes (or any matrix key), columns are benchmarks/metrics + Avg; each cell is the mean over
+seeds with a 95% t-interval. A second table gives paired (same-seed) differences to a reference row.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from scipy import stats
+
+# Columns of the embedded task's report: summary metrics of each run (all: higher is better).
+TINY_COLUMNS = {
+    "summary/heldout_acc_after": "Held-out avg@k",
+    "summary/heldout_greedy_after": "Greedy",
+    "summary/reward_mean": "Reward AUC",
+    "summary/mtp_acceptance_after": "MTP accept.",
+}
+MATH6 = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    half_width: float  # of the 95% t-interval; NaN with one value
+    n: int
+
+    def text(self, digits: int = 3) -> str:
+        if math.isnan(self.mean):
+            return "–"
+        ci = "" if math.isnan(self.half_width) else f" ± {self.half_width:.{digits}f}"
+        return f"{self.mean:.{digits}f}{ci}"
+
+
+def estimate(values: list[float]) -> Estimate:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return Estimate(float("nan"), float("nan"), 0)
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return Estimate(mean, float("nan"), 1)
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return Estimate(mean, half, len(values))
+
+
+def row_label(run: dict[str, Any], rows: str) -> str:
+    """The row a run belongs to: a tag (``regime``), a matrix key (``variant``, ``mtp.coef``) or a param."""
+    tags, params = run["tags"], run["params"]
+    if rows in ("regime", "mtp.regime"):
+        return tags.get("occctl.regime", params.get("mtp.regime", "?"))
+    return tags.get(f"occctl.cell.{rows}", params.get(rows, "?"))
+
+
+def seed_of(run: dict[str, Any]) -> str:
+    return run["tags"].get("occctl.seed", run["params"].get("train.seed", "?"))
+
+
+def choose_columns(runs: list[dict[str, Any]], metrics: list[str] | None) -> dict[str, str]:
+    """metric key -> column title: the given metrics; else math6 benchmarks when evaluated, else the tiny set."""
+    if metrics:
+        return {m: m.rsplit("/", 1)[-1] if m.startswith("summary/") else m for m in metrics}
+    keys = {k for run in runs for k in run["metrics"]}
+    math6 = {}
+    for bench in MATH6:
+        found = sorted(k for k in keys if k.startswith(f"eval/math6/{bench}/avg_at_"))
+        if found:
+            math6[found[-1]] = bench
+    return math6 or {k: v for k, v in TINY_COLUMNS.items() if k in keys}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    columns: list[str]  # titles, "Avg" last when there is more than one benchmark column
+    rows: list[str]
+    cells: dict[tuple[str, str], Estimate]
+    paired: dict[tuple[str, str], Estimate]  # (row, column) -> mean difference to the reference row
+    reference: str
+    seeds: dict[str, list[str]]
+    row_key: str = "regime"
+
+
+def build_comparison(runs: list[dict[str, Any]], compare: list[str], rows: str = "regime",
+                     metrics: list[str] | None = None) -> Comparison:
+    """Group runs into rows (kept in the order of ``compare``; all rows when ``compare`` is empty)."""
+    columns = choose_columns(runs, metrics)
+    by_row: dict[str, dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        label = row_label(run, rows)
+        if compare and label not in compare:
+            continue
+        by_row.setdefault(label, {})[seed_of(run)] = run  # one run per (row, seed): the latest wins
+    order = [r for r in compare if r in by_row] if compare else sorted(by_row)
+    with_avg = len(columns) > 1 and all(k.startswith("eval/") for k in columns)
+    titles = list(columns.values()) + (["Avg"] if with_avg else [])
+
+    def value(run: dict[str, Any], title: str) -> float:
+        if title == "Avg":
+            values = [run["metrics"].get(k, float("nan")) for k in columns]
+            return statistics.fmean(values) if values else float("nan")
+        key = next(k for k, t in columns.items() if t == title)
+        return run["metrics"].get(key, float("nan"))
+
+    cells, paired = {}, {}
+    reference = order[0] if order else ""
+    for label in order:
+        for title in titles:
+            cells[(label, title)] = estimate([value(r, title) for r in by_row[label].values()])
+            common = sorted(set(by_row[label]) & set(by_row.get(reference, {})))
+            if label != reference and common:
+                paired[(label, title)] = estimate([value(by_row[label][s], title) - value(by_row[reference][s], title)
+                                                   for s in common])
+    return Comparison(titles, order, cells, paired, reference, {r: sorted(by_row[r]) for r in order},
+                      "regime" if rows == "mtp.regime" else rows)
+
+
+def ranks_by_column(comp: Comparison) -> dict[tuple[str, str], int]:
+    """1 for the best mean of each column, 2 for the second (higher is better)."""
+    out = {}
+    for title in comp.columns:
+        means = sorted({comp.cells[(r, title)].mean for r in comp.rows if not math.isnan(comp.cells[(r, title)].mean)},
+                       reverse=True)
+        for r in comp.rows:
+            m = comp.cells[(r, title)].mean
+            if means and m == means[0]:
+                out[(r, title)] = 1
+            elif len(means) > 1 and m == means[1]:
+                out[(r, title)] = 2
+    return out
+
+
+def to_markdown(comp: Comparison, title: str) -> str:
+    rank = ranks_by_column(comp)
+    lines = [f"### {title}", "", "Mean ± 95% CI over seeds (t-interval); **best**, <u>second</u>.", "",
+             f"| {comp.row_key} | n | " + " | ".join(comp.columns) + " |", "|---|---|" + "---|" * len(comp.columns)]
+    for r in comp.rows:
+        texts = []
+        for c in comp.columns:
+            t = comp.cells[(r, c)].text()
+            texts.append(f"**{t}**" if rank.get((r, c)) == 1 else f"<u>{t}</u>" if rank.get((r, c)) == 2 else t)
+        lines.append(f"| {r} | {len(comp.seeds[r])} | " + " | ".join(texts) + " |")
+    if comp.paired:
+        lines += ["", f"Paired difference to **{comp.reference}** (same seeds), mean ± 95% CI:", "",
+                  f"| {comp.row_key} | " + " | ".join(comp.columns) + " |", "|---|" + "---|" * len(comp.columns)]
+        for r in comp.rows[1:]:
+            lines.append(f"| {r} − {comp.reference} | " + " | ".join(
+                _signed(comp.paired.get((r, c))) for c in comp.columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _signed(e: Estimate | None) -> str:
+    if e is None or math.isnan(e.mean):
+        return "–"
+    ci = "" if math.isnan(e.half_width) else f" ± {e.half_width:.3f}"
+    return f"{e.mean:+.3f}{ci}"
+
+
+def to_rows(comp: Comparison) -> list[dict[str, Any]]:
+    """Flat records for CSV and ``mlflow.log_table``."""
+    out = []
+    for r in comp.rows:
+        for c in comp.columns:
+            e, d = comp.cells[(r, c)], comp.paired.get((r, c))
+            out.append({"row": r, "column": c, "n": e.n, "mean": e.mean, "ci95_half_width": e.half_width,
+                        f"diff_to_{comp.reference}": d.mean if d else float("nan"),
+                        "diff_ci95_half_width": d.half_width if d else float("nan")})
+    return out

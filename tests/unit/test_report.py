@@ -1,0 +1,60 @@
+"""The comparison table (pure): grouping by row and seed, t-intervals, paired differences, ranks, markdown."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from occctl.report import build_comparison, estimate, ranks_by_column, to_markdown, to_rows
+
+
+def _run(regime, seed, acc, accept, variant=None):
+    tags = {"occctl.regime": regime, "occctl.seed": str(seed)}
+    if variant:
+        tags["occctl.cell.variant"] = variant
+    return {"run_id": f"{regime}{seed}{variant}", "tags": tags, "params": {"train.seed": str(seed)},
+            "metrics": {"summary/heldout_acc_after": acc, "summary/mtp_acceptance_after": accept}}
+
+
+RUNS = [_run("detach", 0, 0.50, 0.80), _run("detach", 1, 0.60, 0.82), _run("detach", 2, 0.55, 0.81),
+        _run("occ", 0, 0.52, 0.70), _run("occ", 1, 0.63, 0.71), _run("occ", 2, 0.57, 0.69),
+        _run("ce", 0, 0.40, 0.90)]
+
+
+def test_estimate_is_a_t_interval():
+    e = estimate([0.5, 0.6, 0.55])
+    assert e.mean == pytest.approx(0.55) and e.n == 3
+    assert e.half_width == pytest.approx(stats.t.ppf(0.975, 2) * 0.05 / math.sqrt(3))
+    assert math.isnan(estimate([0.4]).half_width) and estimate([]).n == 0
+
+
+def test_rows_follow_compare_and_paired_differences_use_common_seeds():
+    comp = build_comparison(RUNS, ["detach", "occ", "policy"])
+    assert comp.rows == ["detach", "occ"]  # policy has no runs; ce is not compared
+    assert comp.columns == ["Held-out avg@k", "MTP accept."]  # only the tiny columns present
+    assert comp.cells[("occ", "Held-out avg@k")].mean == pytest.approx(0.5733333, abs=1e-6)
+    diff = comp.paired[("occ", "Held-out avg@k")]
+    assert diff.mean == pytest.approx(0.0233333, abs=1e-6) and diff.n == 3
+    assert diff.half_width < comp.cells[("occ", "Held-out avg@k")].half_width  # pairing removes seed variance
+    assert ranks_by_column(comp)[("occ", "Held-out avg@k")] == 1
+    assert ranks_by_column(comp)[("detach", "Held-out avg@k")] == 2
+    md = to_markdown(comp, "t")
+    assert "**0.573 ± " in md and "<u>0.550 ± " in md and "| occ − detach |" in md
+    assert {r["row"] for r in to_rows(comp)} == {"detach", "occ"}
+
+
+def test_rows_by_matrix_key_and_explicit_metrics():
+    runs = [_run("occ", s, 0.5 + s / 10, 0.7, variant=v) for s in range(2) for v in ("clip", "lp2")]
+    comp = build_comparison(runs, [], rows="variant", metrics=["summary/mtp_acceptance_after"])
+    assert comp.rows == ["clip", "lp2"] and comp.columns == ["mtp_acceptance_after"] and comp.row_key == "variant"
+
+
+def test_math6_columns_get_an_unweighted_average():
+    runs = []
+    for seed in range(2):
+        metrics = {f"eval/math6/{b}/avg_at_4": v for b, v in (("aime24", 0.1), ("math500", 0.5 + seed / 10))}
+        runs.append({"run_id": str(seed), "tags": {"occctl.regime": "occ", "occctl.seed": str(seed)},
+                     "params": {}, "metrics": metrics})
+    comp = build_comparison(runs, ["occ"])
+    assert comp.columns == ["aime24", "math500", "Avg"]
+    assert comp.cells[("occ", "Avg")].mean == pytest.approx((0.1 + 0.55) / 2)
