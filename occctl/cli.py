@@ -135,6 +135,7 @@ def report(
                                          "(default results/reports/<name>)"),
     name: Optional[str] = typer.Option(None, "--name", help="report name"),
     smooth: int = typer.Option(10, "--smooth", min=1, help="moving-mean window of the training curves"),
+    regime: Optional[str] = typer.Option(None, "--regime", help="only runs of this regime (for sweeps with --rows)"),
 ) -> None:
     """Compare regimes: Table-1 layout (mean ± 95% CI over seeds, paired differences), curves, MLflow."""
     from rich.markdown import Markdown
@@ -143,7 +144,7 @@ def report(
 
     try:
         result = write_report([c for c in compare.split(",") if c], group.split(",") if group else None,
-                              experiment, rows, metric, output, name, smooth=smooth)
+                              experiment, rows, metric, output, name, smooth=smooth, regime=regime)
     except OccError as e:
         fail(e)
     out.print(Markdown(result["markdown"]))

@@ -81,19 +81,26 @@ class Comparison:
     reference: str
     seeds: dict[str, list[str]]
     row_key: str = "regime"
+    members: dict[str, list[dict[str, Any]]] | None = None  # row -> its runs (one per seed)
+
+
+def display_labels(runs: list[dict[str, Any]], rows: str) -> dict[str, str]:
+    """run id -> row label; with runs from several matrix groups the group is added, ``ce (tiny_stress)``."""
+    groups = {run["tags"].get("occctl.group", "") for run in runs}
+    return {run["run_id"]: row_label(run, rows) + (f" ({run['tags'].get('occctl.group', '-')})"
+                                                    if len(groups) > 1 else "") for run in runs}
 
 
 def build_comparison(runs: list[dict[str, Any]], compare: list[str], rows: str = "regime",
                      metrics: list[str] | None = None) -> Comparison:
-    """Group runs into rows (kept in the order of ``compare``; all rows when ``compare`` is empty)."""
+    """Group runs into rows (in the order of ``compare``, then of the groups; all rows when it is empty)."""
+    runs = [run for run in runs if not compare or row_label(run, rows) in compare]
     columns = choose_columns(runs, metrics)
+    labels = display_labels(runs, rows)
     by_row: dict[str, dict[str, dict[str, Any]]] = {}
     for run in runs:
-        label = row_label(run, rows)
-        if compare and label not in compare:
-            continue
-        by_row.setdefault(label, {})[seed_of(run)] = run  # one run per (row, seed): the latest wins
-    order = [r for r in compare if r in by_row] if compare else sorted(by_row)
+        by_row.setdefault(labels[run["run_id"]], {})[seed_of(run)] = run  # one run per (row, seed)
+    order = sorted(by_row, key=lambda label: (compare.index(label.split(" (")[0]) if compare else 0, label))
     with_avg = len(columns) > 1 and all(k.startswith("eval/") for k in columns)
     titles = list(columns.values()) + (["Avg"] if with_avg else [])
 
@@ -114,7 +121,7 @@ def build_comparison(runs: list[dict[str, Any]], compare: list[str], rows: str =
                 paired[(label, title)] = estimate([value(by_row[label][s], title) - value(by_row[reference][s], title)
                                                    for s in common])
     return Comparison(titles, order, cells, paired, reference, {r: sorted(by_row[r]) for r in order},
-                      "regime" if rows == "mtp.regime" else rows)
+                      "regime" if rows == "mtp.regime" else rows, {r: list(by_row[r].values()) for r in order})
 
 
 def ranks_by_column(comp: Comparison) -> dict[tuple[str, str], int]:

@@ -32,9 +32,11 @@ def report_dir(name: str, out: str | Path | None = None) -> Path:
 
 def write_report(compare: list[str], groups: list[str] | None, experiment: str | None, rows: str,
                  metrics: list[str] | None, out: str | None, name: str | None, uri: str | None = None,
-                 smooth: int = 10) -> dict[str, Any]:
+                 smooth: int = 10, regime: str | None = None) -> dict[str, Any]:
     uri = tracking_uri(uri)
     runs = find_runs(uri, groups, experiment)
+    if regime:
+        runs = [run for run in runs if run["tags"].get("occctl.regime") == regime]
     comp = build_comparison(runs, compare, rows, metrics)
     if not comp.rows:
         where = f"group {','.join(groups)}" if groups else f"experiment {experiment}" if experiment else "the store"
@@ -48,7 +50,7 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
     records = to_rows(comp)
     files = [_write(directory / "table.md", markdown + _provenance(compare, groups, experiment, rows, metrics)),
              _write(directory / "table.csv", _csv(records))]
-    files += _figures(comp, runs, rows, compare, directory, uri, smooth)
+    files += _figures(comp, directory, uri, smooth)
     try:
         report_run = log_report(uri, REPORT_EXPERIMENT, name, files, {"table.json": _columns(records)})
     except Exception as e:  # noqa: BLE001 - the files are written; MLflow is a mirror
@@ -86,10 +88,8 @@ def _columns(records: list[dict[str, Any]]) -> dict[str, list]:
     return {key: [r[key] for r in records] for key in records[0]}
 
 
-def _figures(comp: Comparison, runs, rows, compare, directory: Path, uri: str, smooth: int) -> list[Path]:
-    from occctl.report import row_label
-
-    members = {r: [run for run in runs if row_label(run, rows) == r] for r in comp.rows}
+def _figures(comp: Comparison, directory: Path, uri: str, smooth: int) -> list[Path]:
+    members = comp.members or {}
     paths = []
     for key, (stem, title, transform) in CURVES.items():
         by_row = {r: [metric_history(uri, run["run_id"], key) for run in members[r]] for r in comp.rows}
