@@ -19,9 +19,10 @@ from occctl.errors import RunError, SpecError
 from occctl.fidelity import fidelity
 from occctl.rundir import move_aside, run_dir, write_json_atomic, write_text_atomic
 from occctl.spec import Spec, dump_spec, flatten, spec_to_dict
-from occctl.tracking import Tracker
+from occctl.tracking import Tracker, attach_tracker, reopen
 
 SUMMARY = "summary.json"
+TRACKING = "tracking.json"
 METRICS = "metrics.jsonl"
 
 
@@ -33,56 +34,86 @@ def plan_run(spec: Spec) -> Plan:
     return backend.prepare(spec, run_dir(spec.name))
 
 
+class MetricLog:
+    """Per-step metrics: ``metrics.jsonl`` at once, MLflow when the backend commits a checkpoint (and at the end).
+
+    So a run killed between checkpoints and resumed from the last one logs every step to MLflow exactly once,
+    and ``metrics.jsonl`` is cut back to the checkpoint before the resumed steps are appended.
+    """
+
+    def __init__(self, path: Path, tracker: Tracker, keep_until: int | None) -> None:
+        self.path, self.tracker = path, tracker
+        self.history: list[dict[str, float]] = []
+        if keep_until is not None and path.is_file():  # resuming: keep the steps the checkpoint includes
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.history = [r for r in rows if r["step"] <= keep_until]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
+        self._pending: list[dict[str, float]] = []
+        self._file = path.open("a", encoding="utf-8")
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **metrics}
+        self.history.append(row)
+        self._pending.append(row)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def commit(self, step: int | None = None) -> None:
+        """Publish pending rows (up to ``step``) to MLflow."""
+        ready = [r for r in self._pending if step is None or r["step"] <= step]
+        self._pending = [r for r in self._pending if not (step is None or r["step"] <= step)]
+        for row in ready:
+            self.tracker.log_metrics(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run one spec. An existing run directory is resumed from its last checkpoint (same MLflow run); a
+    finished run is not rerun; ``fresh`` moves the old directory aside and starts over."""
     console = console or Console(stderr=True)
     plan = plan_run(spec)
     directory = plan.run_dir
-    if directory.exists():
-        if not fresh:
-            done = (directory / SUMMARY).is_file()
-            raise SpecError(f"run {spec.name!r} already exists at {directory}"
-                            f"{' (finished)' if done else ' (unfinished)'}",
-                            hint="pass --fresh to move it aside and start over, or --set name=<new name>")
+    resume_from: int | None = None
+    if directory.exists() and fresh:
         console.print(f"moved the old run aside: {move_aside(directory)}")
-    directory.mkdir(parents=True)
+    elif directory.exists():
+        saved = (directory / "spec.yaml").read_text() if (directory / "spec.yaml").is_file() else None
+        if saved is not None and saved != dump_spec(spec):
+            raise SpecError(f"run {spec.name!r} exists at {directory} with a different spec",
+                            hint="pass --fresh to move it aside and start over, or --set name=<new name>")
+        if (directory / SUMMARY).is_file():
+            console.print(f"run {spec.name!r} is finished ({directory / SUMMARY}); nothing to do "
+                          "(--fresh starts it over)")
+            return json.loads((directory / SUMMARY).read_text())
+        resume_from = getattr(get_backend(spec.backend), "resume_step", lambda plan: 0)(plan)
+        console.print(f"resuming run {spec.name!r} from step {resume_from}" if resume_from
+                      else f"run {spec.name!r} has no checkpoint yet: starting it again in place")
+    directory.mkdir(parents=True, exist_ok=True)
     write_text_atomic(directory / "spec.yaml", dump_spec(spec))
     write_json_atomic(directory / "native_config.json", plan.native_config)
     env = environment()
     write_json_atomic(directory / "env.json", env)
-
-    tags = {"occctl.regime": spec.mtp.regime if spec.mtp.enabled else "none", "occctl.seed": str(spec.train.seed),
-            "occctl.backend": spec.backend, "occctl.algorithm": spec.algorithm.name,
-            "occctl.git_sha": env["git_sha"] or "unknown"}
-    if spec.group:
-        tags["occctl.group"] = spec.group
-        tags.update({f"occctl.cell.{key}": str(value) for key, value in spec.cell.items()})
-    tracker = Tracker(spec.tracking.mlflow, spec.tracking.experiment, spec.tracking.uri, spec.name,
-                      flatten(spec_to_dict(spec)), tags)
-    history: list[dict[str, float]] = []
-    metrics_file = (directory / METRICS).open("a", encoding="utf-8")
-
-    def sink(step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, **metrics}
-        history.append(row)
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
-        tracker.log_metrics(step, metrics)
+    tracker = _tracker(spec, env, directory / TRACKING)
+    log = MetricLog(directory / METRICS, tracker, resume_from)
 
     start = time.perf_counter()
     status = "FAILED"
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=False) as progress:
-            result = get_backend(spec.backend).train(plan, sink, progress)
+            result = get_backend(spec.backend).train(plan, log, progress)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        metrics_file.close()
+        log.close()
         if status != "FINISHED":
             tracker.finish(status)
-    summary = build_summary(spec, history, result, time.perf_counter() - start, tracker.run_id)
+    log.commit()
+    summary = build_summary(spec, log.history, result, time.perf_counter() - start, tracker.run_id)
     write_json_atomic(directory / SUMMARY, summary)
     tracker.log_metrics(spec.train.steps, {f"summary/{k}": v for k, v in summary.items()
                                            if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -93,10 +124,31 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
     return summary
 
 
+def _tracker(spec: Spec, env: dict[str, Any], record: Path) -> Tracker:
+    """The run's MLflow run: the one recorded in the run directory when resuming, else a new one."""
+    if record.is_file():
+        run_id = json.loads(record.read_text()).get("mlflow_run_id")
+        if run_id:
+            tracker = attach_tracker(run_id, spec.tracking.uri)
+            if tracker._client is not None:
+                reopen(tracker)
+                return tracker
+    tags = {"occctl.regime": spec.mtp.regime if spec.mtp.enabled else "none", "occctl.seed": str(spec.train.seed),
+            "occctl.backend": spec.backend, "occctl.algorithm": spec.algorithm.name,
+            "occctl.git_sha": env["git_sha"] or "unknown"}
+    if spec.group:
+        tags["occctl.group"] = spec.group
+        tags.update({f"occctl.cell.{key}": str(value) for key, value in spec.cell.items()})
+    tracker = Tracker(spec.tracking.mlflow, spec.tracking.experiment, spec.tracking.uri, spec.name,
+                      flatten(spec_to_dict(spec)), tags)
+    write_json_atomic(record, {"mlflow_run_id": tracker.run_id})
+    return tracker
+
+
 def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
     """Every cell of a matrix, sequentially; finished cells are skipped, so an interrupted study resumes.
 
-    An unfinished cell (its process died) is moved aside and run again; ``fresh`` moves every cell aside.
+    An unfinished cell (its process died) resumes from its last checkpoint; ``fresh`` moves every cell aside.
     """
     console = console or Console(stderr=True)
     summaries: list[dict[str, Any]] = []
@@ -108,7 +160,7 @@ def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = 
             summaries.append(json.loads((directory / SUMMARY).read_text()))
             continue
         console.rule(f"cell {i}/{total}: {spec.name}  ({done} done, {total - done} left)")
-        summaries.append(run_spec(spec, fresh=fresh or directory.exists(), console=console))
+        summaries.append(run_spec(spec, fresh=fresh, console=console))
     console.rule(f"study {specs[0].group or specs[0].name}: {total}/{total} cells done")
     return summaries
 

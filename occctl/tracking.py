@@ -207,3 +207,55 @@ def log_report(uri: str, experiment: str, name: str, files: list[Path], tables: 
         for file_name, table in tables.items():
             mlflow.log_table(data=table, artifact_file=f"report/{file_name}")
     return run.info.run_id
+
+
+# ---- additions for `occctl ls` / `occctl ui`: the project's store without side effects, run statuses -------
+
+
+def default_store() -> tuple[str, str | None]:
+    """(tracking URI, artifact root URI or None) of the project's store, resolved as ``tracking_uri()`` and
+    ``ensure_experiment`` do without a spec override, but creating nothing (for `occctl ls` and `occctl ui`)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results_root() / 'mlflow.db'}"
+    artifacts = (results_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:///") else None
+    return uri, artifacts
+
+
+def is_local_store(uri: str) -> bool:
+    """A store on this machine (sqlite file or file: directory) that exists: reading it needs no network."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).is_file()
+    if uri.startswith("file:"):
+        return Path(uri[len("file:"):].removeprefix("//")).is_dir()
+    return False
+
+
+def latest_statuses(uri: str, experiment: str, run_names: list[str]) -> dict[str, str]:
+    """Status (RUNNING, FINISHED, FAILED, KILLED) of the newest MLflow run of each name in one experiment.
+    Read-only and best effort: {} when the store is not local, does not exist or cannot be read."""
+    if not run_names or not is_local_store(uri):
+        return {}
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return {}
+        found: dict[str, str] = {}
+        for name in dict.fromkeys(run_names):
+            quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+            runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{quoted}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                found[name] = runs[0].info.status
+        return found
+    except Exception:  # noqa: BLE001 - a listing never fails on tracking; results/ is the truth
+        return {}
+
+
+def reopen(tracker: Tracker) -> None:
+    """Mark a resumed run as running again (it was left RUNNING, KILLED or FAILED by the interrupted process)."""
+    if tracker._client is None:
+        return
+    try:
+        tracker._client.update_run(tracker.run_id, status="RUNNING")
+    except Exception as e:  # noqa: BLE001
+        tracker._fail(e)

@@ -15,6 +15,11 @@ from backends.trl_backend.translate import grpo_config_kwargs, policy_loss_kwarg
 class TrlBackend:
     name: ClassVar[str] = "trl"
 
+    def resume_step(self, plan: Plan) -> int:
+        """The optimizer step a rerun of this (unfinished) run continues from; 0 = from the start."""
+        checkpoint = last_checkpoint(plan.run_dir)
+        return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+
     def check(self, spec: Spec) -> list[str]:
         problems = []
         if spec.backend_options:
@@ -23,6 +28,10 @@ class TrlBackend:
             problems.append("train.optimizer_steps_per_generation must be >= 2 for mtp.regime=occ: with one "
                             "optimizer step per generation the policy never moves before its loss is taken, "
                             "so delta_RL and lambda_t are identically 0")
+        if spec.train.save_every % spec.train.optimizer_steps_per_generation:
+            problems.append(f"train.save_every ({spec.train.save_every}) must be a multiple of "
+                            f"train.optimizer_steps_per_generation ({spec.train.optimizer_steps_per_generation}): "
+                            "a resumed run restarts at a generation boundary")
         if spec.mtp.occ.oracle_every and (not spec.mtp.enabled or spec.mtp.regime == "detach"):
             problems.append("mtp.occ.oracle_every needs MTP gradients in the main model: use mtp.regime "
                             "ce, policy or occ")
@@ -36,7 +45,10 @@ class TrlBackend:
         from occctl.models import save_checkpoint
         from occctl.tasks.arith import heldout_problems
 
-        from backends.trl_backend.hooks import MetricsCallback, PeriodicEval
+        import torch
+
+        from backends.trl_backend.hooks import (CALIBRATOR_STATE, CalibratorCheckpoint, MetricsCallback, OnSave,
+                                                PeriodicEval)
 
         spec = plan.spec
         loaded, warm = load_start(spec, progress)
@@ -60,13 +72,29 @@ class TrlBackend:
         if spec.eval.every:
             callbacks.append(PeriodicEval(spec.eval.every, spec.train.steps,
                                           lambda step: sink(step, _eval_metrics(evaluate()))))
-        trainer = build_trainer(spec, plan.native_config, loaded, mtp_settings(spec), callbacks)
-        trainer.train()
+        settings = mtp_settings(spec)
+        resume = last_checkpoint(plan.run_dir)
+        if settings is not None:
+            callbacks.append(CalibratorCheckpoint(settings.calibrator))
+            if resume is not None and (resume / CALIBRATOR_STATE).is_file():
+                settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
+        commit = getattr(sink, "commit", None)
+        if commit is not None:
+            callbacks.append(OnSave(commit))
+        trainer = build_trainer(spec, plan.native_config, loaded, settings, callbacks)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         detach_head(loaded)
         after = evaluate()
         sink(spec.train.steps, _eval_metrics(after))
         checkpoint = save_checkpoint(plan.run_dir / "checkpoints" / "final", loaded)
         return TrainResult(checkpoint=checkpoint, heldout_before=before, heldout_after=after, warm_start=warm)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete TRL checkpoint of a run (``trl/checkpoint-N`` with its trainer state), if any."""
+    found = [p for p in (run_dir / "trl").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def _eval_metrics(result: dict[str, float]) -> dict[str, float]:

@@ -209,6 +209,30 @@ class MetricsCallback(TrainerCallback):
             self.sink(state.global_step, numeric)
 
 
+CALIBRATOR_STATE = "occ_calibrator.pt"
+
+
+class CalibratorCheckpoint(TrainerCallback):
+    """Saves the OCC calibrator's state beside each TRL checkpoint (the trainer restores the rest)."""
+
+    def __init__(self, calibrator: Calibrator) -> None:
+        self.calibrator = calibrator
+
+    def on_save(self, args, state, control, **kwargs):
+        path = f"{args.output_dir}/checkpoint-{state.global_step}/{CALIBRATOR_STATE}"
+        torch.save(self.calibrator.state_dict(), path)
+
+
+class OnSave(TrainerCallback):
+    """Calls ``commit(step)`` once a checkpoint is on disk (the runner then publishes metrics up to it)."""
+
+    def __init__(self, commit: Callable[[int], None]) -> None:
+        self.commit = commit
+
+    def on_save(self, args, state, control, **kwargs):
+        self.commit(state.global_step)
+
+
 class PeriodicEval(TrainerCallback):
     """Calls ``evaluate(step)`` every ``every`` optimizer steps before the last (the last is evaluated anyway)."""
 

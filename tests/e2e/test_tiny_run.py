@@ -45,10 +45,15 @@ def test_cli_smoke_run_writes_summary_and_mlflow(results_dir):
     for key in ("reward", "mtp/loss", "mtp/acc", "occ/lambda", "occ/c_hat", "occ/v_hat2"):
         assert metric_history(uri, summary["mlflow_run_id"], key), key
     assert len(metric_history(uri, summary["mlflow_run_id"], "occ/lambda")) == 5
-    # the same name again is refused (nothing is overwritten) ...
+    # the same command again: the run is finished, nothing is rerun or overwritten
+    stamp = (results_dir / "runs" / "smoke" / "summary.json").stat().st_mtime_ns
     again = subprocess.run([sys.executable, "-m", "occctl", "run", str(SPEC), "--set", "train.steps=5",
                             "--set", "name=smoke"], capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 0 and "nothing to do" in again.stderr and "Traceback" not in again.stderr
+    assert (results_dir / "runs" / "smoke" / "summary.json").stat().st_mtime_ns == stamp
+    changed = subprocess.run([sys.executable, "-m", "occctl", "run", str(SPEC), "--set", "train.steps=6",
+                              "--set", "name=smoke"], capture_output=True, text=True, env=env, timeout=600)
+    assert changed.returncode == 2 and "different spec" in changed.stderr and "Traceback" not in changed.stderr
 
 
 @pytest.mark.parametrize("regime", ["detach", "ce", "policy", "occ"])
