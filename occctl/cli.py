@@ -158,6 +158,10 @@ def _register_subcommands() -> None:
 
     app.add_typer(eval_app, name="eval")
     app.add_typer(bench_app, name="bench")
+    from occctl import inventory, ui
+
+    inventory.register(app)
+    ui.register(app)
 
 
 _register_subcommands()

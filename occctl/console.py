@@ -6,6 +6,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from occctl.errors import OccError
 
@@ -22,9 +23,9 @@ def fail(e: OccError) -> NoReturn:
     """Print one clear message (plus a hint) and exit with the error's code; --debug re-raises."""
     if _state["debug"]:
         raise e
-    err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, markup=True, soft_wrap=True)
     if e.hint:
-        err.print(f"[bold]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+        err.print(f"[bold]hint:[/] {escape(e.hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code)
 
 
@@ -32,5 +33,5 @@ def fail_all(errors: list[OccError]) -> NoReturn:
     if _state["debug"]:
         raise errors[0]
     for e in errors:
-        err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(max(e.exit_code for e in errors))

@@ -8,15 +8,19 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import math
+import reprlib
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from occctl.errors import SpecError
 
+HUB_ID = r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 # Per-algorithm clip defaults: DAPO's clip-higher, GRPO's symmetric clip, GSPO's sequence-ratio clip
@@ -24,8 +28,35 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 CLIP_DEFAULTS = {"dapo": (0.2, 0.28), "grpo": (0.2, 0.2), "gspo": (3e-4, 4e-4)}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable key: the base constructor reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML `true` is not a count: pydantic would read it as 1."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class TinyModelSpec(_Strict):
@@ -61,13 +92,23 @@ class ModelSpec(_Strict):
     def _one_source(self) -> "ModelSpec":
         if (self.preset is None) == (self.path is None):
             raise ValueError("set exactly one of model.preset and model.path")
-        if self.path is not None and _looks_local(self.path) and not Path(self.path).expanduser().exists():
-            raise ValueError(f"model.path does not exist: {self.path}")
+        if self.path is not None and _looks_local(self.path) and not _exists(self.path):
+            raise ValueError(f"model.path does not exist: {self.path[:200]}")
+        if self.path is not None and not _looks_local(self.path) and not re.fullmatch(HUB_ID, self.path):
+            raise ValueError(f"model.path is neither an existing directory nor a Hugging Face hub id "
+                             f"(org/name, at most 96 characters each): {self.path[:200]}")
         return self
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, ValueError):  # name too long, NUL byte
+        return False
+
+
 def _looks_local(path: str) -> bool:
-    return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
+    return path.startswith(("/", "./", "../", "~")) or _exists(path)
 
 
 class TaskSpec(_Strict):
@@ -100,8 +141,9 @@ class AlgorithmSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _clip_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("name", "dapo") in CLIP_DEFAULTS:
-            low, high = CLIP_DEFAULTS[data.get("name", "dapo")]
+        name = data.get("name", "dapo") if isinstance(data, dict) else None
+        if isinstance(name, str) and name in CLIP_DEFAULTS:
+            low, high = CLIP_DEFAULTS[name]
             data = {"clip_low": low, "clip_high": high, **data}
         return data
 
@@ -273,7 +315,7 @@ def _check_matrix(matrix: Any, source: str) -> tuple[list[str], list[list[Any]],
             raise SpecError(f"{source}: matrix.{key}: values must be scalars")
         keys.append(key)
         values.append(options)
-    if len(list(itertools.product(*values))) > 1000:
+    if math.prod(len(v) for v in values) > 1000:
         raise SpecError(f"{source}: the matrix has more than 1000 cells")
     return keys, values, bundles
 
@@ -291,7 +333,7 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -350,8 +392,16 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{field}: unknown key{hint}; valid keys: {', '.join(valid)}"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    shown = "" if err["type"] == "missing" or isinstance(got, dict) else f"; got {got!r}"[:120]
+    shown = "" if err["type"] == "missing" or isinstance(got, dict) else f"; got {_short_repr(got)}"
     return f"{field}: {msg}{shown}"
+
+
+def _short_repr(value: Any) -> str:
+    """A bounded repr (an alias bomb must not be expanded into the message)."""
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 100
+    r.maxlevel, r.maxlist, r.maxdict = 2, 4, 4
+    return r.repr(value)[:120]
 
 
 def _model_at(loc: list[str]) -> type[BaseModel] | None:

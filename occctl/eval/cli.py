@@ -83,7 +83,7 @@ def evaluate(
             s = result["run_summary"]
             out.print(f"run summary: heldout_acc_after {s['heldout_acc_after']} at k={s['heldout_k']} "
                       f"({'matches' if s['matches'] else 'differs'})", highlight=False)
-        out.print(f"saved: {result['files'][0]}", highlight=False, soft_wrap=True)
+        out.print(f"saved: {result['files'][0]}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("selfcheck")
@@ -96,7 +96,7 @@ def selfcheck(
     workers: Optional[int] = WORKERS_OPT,
 ) -> None:
     """Grade every gold answer (as a boxed response) against itself; agreement per benchmark, and the time."""
-    from occctl.eval.runner import SELFCHECK_MIN_AGREEMENT, require_selfcheck_ok, selfcheck as run_selfcheck
+    from occctl.eval.selfcheck import SELFCHECK_MIN_AGREEMENT, require_selfcheck_ok, selfcheck as run_selfcheck
     from occctl.eval.tables import selfcheck_table
 
     try:

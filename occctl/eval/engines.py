@@ -38,13 +38,12 @@ def _eos_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
     return [i for i in (ids if isinstance(ids, list) else [ids]) if i is not None]
 
 
-def cut_at_eos(ids: list[int], eos: list[int], pad: int | None) -> tuple[list[int], str]:
-    """Generated ids up to and including the first eos (then "stop"), else without trailing pads ("length")."""
+def cut_at_eos(ids: list[int], eos: list[int]) -> tuple[list[int], str]:
+    """Generated ids up to and including the first eos ("stop"); a row without eos ran to the token limit, so it
+    holds no padding and is kept whole ("length")."""
     for i, t in enumerate(ids):
         if t in eos:
             return ids[:i + 1], "stop"
-    while pad is not None and ids and ids[-1] == pad and pad not in eos:
-        ids = ids[:-1]
     return ids, "length"
 
 
@@ -88,14 +87,15 @@ class HfEngine:
             sample = sampling.temperature > 0
             kwargs: dict[str, Any] = dict(do_sample=sample, max_new_tokens=max_new_tokens, pad_token_id=pad,
                                           eos_token_id=eos)
-            if sample:
-                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+            if sample:  # exactly temperature + top-p: neutralise the checkpoint's generation_config extras
+                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, min_p=None,
+                              typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0)
             with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device == "cuda" else []):
                 torch.manual_seed(seed + start)
                 with torch.no_grad():
                     seqs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # [B, P + C]
             for row in seqs[:, width:].tolist():
-                gen, reason = cut_at_eos(row, eos, pad)
+                gen, reason = cut_at_eos(row, eos)
                 out.append(Completion(gen, tok.decode(gen, skip_special_tokens=True), reason))
         return out
 
@@ -146,8 +146,9 @@ class SglangEngine:
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
                  seed: int) -> list[Completion]:
-        params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": -1,
-                  "max_new_tokens": max_new_tokens, "skip_special_tokens": True}
+        params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": -1, "min_p": 0.0,
+                  "repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+                  "max_new_tokens": max_new_tokens, "skip_special_tokens": True}  # nothing from generation_config
         eos = _eos_ids(self.tokenizer)
         out = []
         for item in self._request(prompts, params):
@@ -155,7 +156,7 @@ class SglangEngine:
             if ids is None:
                 ids = self.tokenizer(item["text"], add_special_tokens=False)["input_ids"]
             reason = (item.get("meta_info", {}).get("finish_reason") or {}).get("type", "")
-            gen, cut = cut_at_eos(list(ids), eos, None)
+            gen, cut = cut_at_eos(list(ids), eos)
             out.append(Completion(gen, item["text"], reason if reason in ("stop", "length") else cut))
         return out
 
@@ -165,12 +166,16 @@ class SglangEngine:
             self._engine = None
 
 
+def check_engine(name: str) -> str:
+    if name not in ENGINES:
+        close = difflib.get_close_matches(name, ENGINES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"unknown engine {name!r}{hint}; valid engines: {', '.join(ENGINES)}")
+    return name
+
+
 def make_engine(name: str, model_path: str, *, dtype: str = "auto", batch_size: int = 16, url: str | None = None,
                 tp_size: int = 1, trust_remote_code: bool = False):
-    if name == "hf":
+    if check_engine(name) == "hf":
         return HfEngine(model_path, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code)
-    if name == "sglang":
-        return SglangEngine(model_path, url=url, tp_size=tp_size, dtype=dtype, trust_remote_code=trust_remote_code)
-    close = difflib.get_close_matches(name, ENGINES, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise SpecError(f"unknown engine {name!r}{hint}; valid engines: {', '.join(ENGINES)}")
+    return SglangEngine(model_path, url=url, tp_size=tp_size, dtype=dtype, trust_remote_code=trust_remote_code)

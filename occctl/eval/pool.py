@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_MB = 4096
-_PRELOAD = ["occctl.eval.graders", "occctl.eval.pool", "math_verify", "sympy"]
+_PRELOAD = ["__main__", "occctl.eval.graders", "occctl.eval.pool", "math_verify", "sympy"]  # imported once
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,11 @@ class GradingPool:
         return [r for r in results if r is not None]
 
     def close(self) -> None:
+        """Idle workers are asked to exit; busy ones (an interrupted grade()) are killed at once."""
         for worker in self._workers:
+            if worker.job is not None:
+                worker.kill()
+                continue
             try:
                 worker.conn.send(None)
             except (OSError, ValueError):

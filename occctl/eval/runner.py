@@ -1,4 +1,4 @@
-"""checkpoint -> samples -> grades -> summary: ``occctl eval`` and ``occctl eval selfcheck``.
+"""checkpoint -> samples -> grades -> summary: ``occctl eval``.
 
 math suites: prompts (DeepScaleR), generations cached per (checkpoint, suite, prompt, sampling) and resumed,
 grades (per grader, in the grading pool) and MTP draft acceptance cached beside them, then avg@k / pass@k per
@@ -8,28 +8,26 @@ run's own held-out eval (``evaluate_heldout``) with the run's k, temperature, to
 
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 
-from occctl.errors import RunError, SpecError
+from occctl.errors import SpecError
 from occctl.eval import cache as evcache
-from occctl.eval.graders import DEFAULT_GRADER, GRADERS, boxed_response, grader_slug, resolve_grader
+from occctl.eval.engines import check_engine
+from occctl.eval.graders import DEFAULT_GRADER, grader_slug, resolve_grader
 from occctl.eval.pool import DEFAULT_TIMEOUT_S, GradingPool, Job
 from occctl.eval.prompts import encode_prompt, fit_prompt, render_prompt, resolve_mode
-from occctl.eval.suites import INSTRUCTION, Problem, Sampling, Suite, get_suite, load_benchmarks, select_benchmarks
-from occctl.eval.tables import results_markdown
-from occctl.eval.targets import EVAL_EXPERIMENT, Target
-from occctl.rundir import write_json_atomic, write_text_atomic
+from occctl.eval.suites import INSTRUCTION, Sampling, Suite, get_suite, load_benchmarks, select_benchmarks
+from occctl.eval.results import publish
+from occctl.eval.tables import progress_bar as _progress
+from occctl.eval.targets import Target
 
 TASK_GRADER = "exact_match@1"  # the embedded task's reward (occctl.tasks.arith.exact_match)
-SELFCHECK_MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
@@ -57,11 +55,6 @@ class EvalOptions:
     mlflow: bool = True
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
-
-
 def plan_lengths(context: int | None, requested: int) -> tuple[int, int | None]:
     """(max new tokens, prompt room): a model whose context cannot hold the request gets half of it for the
     answer and the rest for a left-truncated prompt (the caller reports it)."""
@@ -73,12 +66,12 @@ def plan_lengths(context: int | None, requested: int) -> tuple[int, int | None]:
 
 def evaluate(target: Target, opts: EvalOptions, console: Console) -> list[dict[str, Any]]:
     """Evaluate ``target`` on ``opts.suite``; one result dict per grader (also written under the target)."""
-    if opts.k is not None and opts.k < 1 or opts.limit is not None and opts.limit < 1:
-        raise SpecError("-k and --limit must be >= 1")
+    _check_numbers(opts)
     suite = get_suite(opts.suite)
     if suite.kind == "task":
         return [evaluate_task(target, suite, opts, console)]
     graders = [resolve_grader(g) for g in (opts.graders or (DEFAULT_GRADER,))]
+    check_engine(opts.engine)
     names = select_benchmarks(suite, list(opts.benchmarks))
     problems = load_benchmarks(suite, names, opts.data_dir, opts.limit, opts.from_hub)
     base = suite.sampling
@@ -98,7 +91,7 @@ def evaluate(target: Target, opts: EvalOptions, console: Console) -> list[dict[s
             truncated += cut
     n_prompts = sum(len(v) for v in problems.values())
     if max_new < sampling.max_new_tokens or truncated:
-        console.print(f"[yellow]warning:[/] {target.label} has a {context}-token context: max_new_tokens "
+        console.print(f"[yellow]warning:[/] {escape(target.label)} has a {context}-token context: max_new_tokens "
                       f"{sampling.max_new_tokens} -> {max_new}, {truncated}/{n_prompts} prompts left-truncated to "
                       f"{room} tokens (recorded in the results)", highlight=False)
     key = {"model": evcache.fingerprint(target.model), "suite": suite.name,
@@ -118,7 +111,19 @@ def evaluate(target: Target, opts: EvalOptions, console: Console) -> list[dict[s
                      "context_length": context}
         results = [summarize(suite, names, problems, grades[g], accept, g, sampling, opts, target, directory,
                              {"mode": mode, "instruction": INSTRUCTION}, effective, gens) for g in graders]
-        return _publish(results, target, suite, opts, directory, console)
+        return publish(results, target, suite, opts.mlflow, directory, console)
+
+
+def _check_numbers(opts: EvalOptions) -> None:
+    for flag, value, ok, rule in (("-k", opts.k, lambda v: v >= 1, ">= 1"),
+                                  ("--limit", opts.limit, lambda v: v >= 1, ">= 1"),
+                                  ("--temperature", opts.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
+                                  ("--top-p", opts.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                  ("--max-new-tokens", opts.max_new_tokens, lambda v: v >= 1, ">= 1"),
+                                  ("--timeout", opts.timeout_s, lambda v: v > 0, "> 0"),
+                                  ("--workers", opts.workers, lambda v: v >= 1, ">= 1")):
+        if value is not None and not ok(value):
+            raise SpecError(f"{flag} must be {rule}; got {value}")
 
 
 def _pick(value, default):
@@ -151,7 +156,7 @@ def _generate(directory, names, problems, prompts, sampling, max_new, target, op
         todo += [(name, p, s) for p in problems[name] for s in range(sampling.k) if (p.id, s) not in have]
     total = sum(len(v) for v in problems.values()) * sampling.k
     if not todo:
-        console.print(f"generations: all {total} cached in {directory}", highlight=False)
+        console.print(f"generations: all {total} cached in {directory}", highlight=False, markup=False)
         return None
     console.print(f"generations: {total - len(todo)} of {total} cached; generating {len(todo)} with "
                   f"engine {opts.engine}", highlight=False)
@@ -308,65 +313,6 @@ def summarize(suite: Suite, names, problems, grades, accept, grader, sampling, o
             "metrics": metrics, "cache": str(directory), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def _results_stem(result: dict[str, Any], suite: Suite) -> str:
-    names = list(result["benchmarks"])
-    stem = f"results_{grader_slug(result['grader'])}_k{result['sampling']['k']}"
-    if names != list(suite.benchmarks):
-        stem += "_" + "+".join(names)
-    return stem + (f"_limit{result['limit']}" if result["limit"] is not None else "")
-
-
-def _publish(results, target, suite, opts, directory, console) -> list[dict[str, Any]]:
-    """Write results JSON + markdown beside the cache and mirror metrics + files to MLflow."""
-    tracker, owned = _open_tracker(target, opts)
-    files: list[Path] = []
-    for result in results:
-        stem = directory / _results_stem(result, suite)
-        result["files"] = [str(stem.with_suffix(".json")), str(stem.with_suffix(".md"))]
-        result["mlflow_run_id"] = tracker.run_id if tracker else None
-        write_json_atomic(stem.with_suffix(".json"), result)
-        write_text_atomic(stem.with_suffix(".md"), results_markdown(result))
-        files += [stem.with_suffix(".json"), stem.with_suffix(".md")]
-    if tracker is None:
-        return results
-    from occctl.tracking import log_artifacts_under, set_tags
-
-    metrics: dict[str, float] = {}
-    for result in results:
-        metrics.update({k: v for k, v in result["metrics"].items() if v is not None})
-    tracker.log_metrics(target.step, metrics)
-    r = results[0]
-    set_tags(tracker, {f"occctl.eval.{r['suite_label']}": json.dumps(
-        {"graders": [x["grader"] for x in results], "sampling": r["sampling"], "cache": r.get("cache")})})
-    log_artifacts_under(tracker, files, directory.relative_to(target.base_dir).as_posix())
-    logged = tracker._client is not None
-    if owned and logged:
-        tracker.finish("FINISHED")
-    console.print(f"MLflow: {'logged to run ' + str(tracker.run_id) if logged else 'not logged'} ({tracker.uri})",
-                  highlight=False)
-    return results
-
-
-def _open_tracker(target: Target, opts: EvalOptions):
-    """(tracker, owned): the run's own MLflow run, else this target's eval run (created once, then reused)."""
-    from occctl.tracking import Tracker, attach_tracker, tracking_uri
-
-    if not opts.mlflow or (target.spec is not None and not target.spec.tracking.mlflow):
-        return None, False
-    if target.mlflow_run_id:
-        return attach_tracker(target.mlflow_run_id, target.tracking_uri), False
-    record = target.base_dir / "mlflow_eval_run.json"
-    uri = tracking_uri(None)
-    saved = json.loads(record.read_text()) if record.is_file() else {}
-    if saved.get("uri") == uri and saved.get("run_id"):
-        return attach_tracker(saved["run_id"], uri), True
-    tracker = Tracker(True, EVAL_EXPERIMENT, None, f"eval-{target.label}", {"model": target.model},
-                      {"occctl.kind": "eval", "occctl.model": target.model})
-    if tracker.run_id:
-        write_json_atomic(record, {"uri": uri, "run_id": tracker.run_id})
-    return tracker, True
-
-
 # ---- the tiny suite: the run's own held-out eval ---------------------------------------------------------
 
 
@@ -411,52 +357,4 @@ def evaluate_task(target: Target, suite: Suite, opts: EvalOptions, console: Cons
         result["run_summary"] = {"heldout_acc_after": ref, "heldout_k": target.summary.get("heldout_k"),
                                  "matches": same_k and ref == res["avg_at_k"]}
     directory = target.base_dir / "eval" / suite.name
-    return _publish([result], target, suite, opts, directory, console)[0]
-
-
-# ---- selfcheck ---------------------------------------------------------------------------------------------
-
-
-def selfcheck(suite_name: str, graders: list[str], data_dir: str | None, from_hub: bool, timeout_s: float,
-              workers: int | None, console: Console) -> dict[str, Any]:
-    """Grade every reference answer (as a boxed response) against itself, per grader; times each grader."""
-    suite = get_suite(suite_name)
-    if suite.kind != "math":
-        raise SpecError(f"selfcheck grades reference answers; suite {suite.name!r} has none (try --suite math6)")
-    keys = [resolve_grader(g) for g in (graders or [k for k in GRADERS if k != "deepscaler_think@1"])]
-    names = list(suite.all_benchmarks)
-    problems = load_benchmarks(suite, names, data_dir, None, from_hub)
-    n = sum(len(v) for v in problems.values())
-    out: dict[str, Any] = {"suite": suite.name, "answers": n, "graders": {}}
-    start = time.perf_counter()
-    with GradingPool(workers, timeout_s) as pool:
-        out["pool_start_s"] = time.perf_counter() - start
-        out["workers"] = pool.processes
-        for grader in keys:
-            jobs = [(name, p, Job(grader, boxed_response(p.answers[0]), p.answers))
-                    for name in names for p in problems[name]]
-            t0 = time.perf_counter()
-            with _progress(console) as progress:
-                task = progress.add_task(f"selfcheck {grader}", total=len(jobs))
-                outcomes = pool.grade([j for _, _, j in jobs], on_done=lambda *_: progress.advance(task))
-            seconds = time.perf_counter() - t0
-            per: dict[str, Any] = {}
-            for name in names:
-                got = [(p, o) for (b, p, _), o in zip(jobs, outcomes) if b == name]
-                agree = sum(o.correct for _, o in got)
-                per[name] = {"answers": len(got), "agree": agree, "agreement": agree / len(got),
-                             "timeouts": sum(o.status == "timeout" for _, o in got),
-                             "disagreeing": [p.id for p, o in got if not o.correct][:20]}
-            out["graders"][grader] = {"seconds": seconds, "benchmarks": per}
-    out["total_s"] = time.perf_counter() - start
-    low = [f"{g}/{b} {v['agreement']:.1%}" for g, r in out["graders"].items() for b, v in r["benchmarks"].items()
-           if v["agreement"] < SELFCHECK_MIN_AGREEMENT]
-    out["ok"] = not low
-    out["below_threshold"] = low
-    return out
-
-
-def require_selfcheck_ok(result: dict[str, Any]) -> None:
-    if not result["ok"]:
-        raise RunError(f"selfcheck: gold self-agreement below {SELFCHECK_MIN_AGREEMENT:.0%}: "
-                       + ", ".join(result["below_threshold"]))
+    return publish([result], target, suite, opts.mlflow, directory, console)[0]

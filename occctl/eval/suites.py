@@ -55,7 +55,7 @@ class Suite:
         return self.benchmarks + self.optional
 
 
-_AMC = HubSource("AI-MO/aimo-validation-amc", "train", id_fields=("url",))
+_AMC = HubSource("AI-MO/aimo-validation-amc", "train")
 SUITES: dict[str, Suite] = {
     "math6": Suite(
         name="math6", kind="math",
@@ -65,7 +65,7 @@ SUITES: dict[str, Suite] = {
             "aime24": HubSource("HuggingFaceH4/aime_2024", "train"),
             "aime25": HubSource("math-ai/aime25", "test"),
             "amc23": _AMC,
-            "amc23_40": HubSource(_AMC.repo, _AMC.split, id_fields=("url",), keep_if={"url": "2023_AMC_12"}),
+            "amc23_40": HubSource(_AMC.repo, _AMC.split, keep_if={"url": "2023_AMC_12"}),
             "math500": HubSource("HuggingFaceH4/MATH-500", "test"),
             "minerva": HubSource("math-ai/minervamath", "test"),
             "olympiadbench": HubSource("Hothan/OlympiadBench", "train", config="OE_TO_maths_en_COMP",

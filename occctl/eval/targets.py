@@ -73,11 +73,13 @@ def _run_target(name: str, checkpoint: Path | None = None) -> Target:
     path = checkpoint or Path(summary["checkpoint"])
     if not path.is_absolute():
         path = directory / path
+    if checkpoint is None and not path.exists() and (directory / "checkpoints" / path.name).exists():
+        path = directory / "checkpoints" / path.name  # the run directory was moved or copied
     if not (path / "config.json").is_file():
         raise SpecError(f"run {name!r}: checkpoint {path} is missing")
     spec = validate_spec(read_spec_file(directory / "spec.yaml"), str(directory / "spec.yaml"))
     step = int(summary.get("steps") or 0)
-    if checkpoint is not None and checkpoint.resolve() != Path(summary["checkpoint"]).resolve():
+    if checkpoint is not None and checkpoint.resolve() != (directory / "checkpoints" / "final").resolve():
         m = re.search(r"(\d+)$", checkpoint.name)  # an intermediate checkpoint: log at its own step
         step = int(m.group(1)) if m else step
     return Target(model=str(path), label=name, base_dir=directory, run_name=name,
