@@ -48,10 +48,11 @@ def run(
         if dry_run:
             for cell in resolved:
                 plan = plan_run(cell)
-                out.print(dump_spec(cell), highlight=False)
-                out.print(json.dumps(plan.native_config, indent=2), highlight=False)
+                # plain writes: no markup, no hard wrapping (the JSON stays JSON, `[a,b]` stays)
+                sys.stdout.write(dump_spec(cell))
+                sys.stdout.write(json.dumps(plan.native_config, indent=2) + "\n")
                 if plan.command:
-                    out.print(shlex.join(plan.command), highlight=False, soft_wrap=True)
+                    sys.stdout.write(shlex.join(plan.command) + "\n")
             return
         if resolved[0].group is not None:
             summary = {"cells": [s["name"] for s in run_study(resolved, fresh=fresh, console=err)]}
@@ -81,7 +82,7 @@ def validate(spec: list[Path] = typer.Argument(..., help="one or more spec files
             first = cells[0]
             what = f"{len(cells)} matrix cells, group {first.group}" if first.group else f"name {first.name}"
             out.print(f"ok: {path} ({what}, backend {first.backend}, "
-                      f"regime {first.mtp.regime if first.mtp.enabled else 'none'})", highlight=False)
+                      f"regime {first.mtp.regime if first.mtp.enabled else 'none'})", highlight=False, markup=False)
         except OccError as e:
             failed.append(e)
     if failed:

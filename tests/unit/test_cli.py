@@ -53,9 +53,14 @@ def test_occ_with_one_step_per_generation_is_refused():
     assert result.exit_code == 2 and "identically 0" in result.output
 
 
-def test_unknown_backend_is_an_environment_error():
-    result = runner.invoke(app, ["validate", str(REPO / "specs" / "tiny_occ.yaml"), "--set", "backend=verl"])
+def test_unknown_backend_is_an_environment_error(monkeypatch):
+    """A backend whose module cannot be imported (its extra is not installed) is an environment error."""
+    import occctl.backend
+
+    monkeypatch.setitem(occctl.backend.BACKENDS, "trl", "backends.no_such_backend.adapter:NoSuchBackend")
+    result = runner.invoke(app, ["validate", str(REPO / "specs" / "tiny_occ.yaml")])
     assert result.exit_code == 3
+    assert "backend 'trl' cannot be imported" in result.output
 
 
 def test_schema_and_dry_run():

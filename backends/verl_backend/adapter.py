@@ -1,0 +1,259 @@
+"""veRL backend: large models on a GPU cluster, veRL 0.9.1 with Megatron training and SGLang rollouts, the
+shared OCC core inside the workers (``plugin.py`` -> ``hooks.py``).
+
+``prepare`` builds the ``python -m verl.trainer.main_ppo`` launch and validates it on CPU against the installed
+veRL (Hydra compose, dataclasses, ``validate_config``); without veRL installed the command is still built and
+the plan says that validation was skipped. ``train`` converts the prompts, starts veRL, follows its log and
+collects the final HF checkpoint into ``checkpoints/final``. See backends/verl_backend/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any, ClassVar
+
+from occctl.backend import MetricSink, Plan, TrainResult
+from occctl.errors import EnvError, RunError, SpecError
+from occctl.spec import Spec
+
+from backends.verl_backend.options import VerlOptions, override_key, parse_options
+from backends.verl_backend.translate import (
+    launch_env, managed_keys, verl_overrides, verl_steps)
+
+INSTALL_HINT = "install occctl with its `verl` extra (veRL 0.9.1); the GPU run also needs Megatron, " \
+               "Megatron-Bridge/mbridge and SGLang, see backends/verl_backend/README.md"
+
+
+class VerlBackend:
+    name: ClassVar[str] = "verl"
+
+    def check(self, spec: Spec) -> list[str]:
+        try:
+            options = parse_options(spec.backend_options)
+        except SpecError as e:
+            return e.message.splitlines()
+        return spec_problems(spec, options) + override_problems(spec, options) + data_problems(options)
+
+    def prepare(self, spec: Spec, run_dir: Path) -> Plan:
+        from occctl.tracking import tracking_uri
+
+        from backends.verl_backend.validation import validate_overrides
+
+        options = parse_options(spec.backend_options)
+        uri = tracking_uri(spec.tracking.uri) if spec.tracking.mlflow else None
+        overrides = verl_overrides(spec, options, run_dir, uri)
+        env = launch_env(spec, uri)
+        command = ("env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "verl.trainer.main_ppo",
+                   *overrides)
+        checked = validate_overrides(overrides, spec.name)
+        if checked.skipped:
+            from occctl.console import err
+
+            err.print(f"warning: veRL validation skipped: {checked.skipped}; the command below is unchecked",
+                      highlight=False, markup=False)
+        native = {
+            "backend": "verl",
+            "verl_version": checked.verl_version,
+            "validation": "passed" if checked.skipped is None else f"skipped: {checked.skipped}",
+            "verl_steps": verl_steps(spec),
+            "launch": {"env": env, "overrides": overrides, "cwd": str(run_dir / "verl")},
+            "data": {"train": options.data.train, "val": options.data.val, "template": options.data.prompt_template},
+            "config": checked.config,
+        }
+        return Plan(spec=spec, run_dir=run_dir, native_config=native, command=command)
+
+    def train(self, plan: Plan, sink: MetricSink, progress: Any = None,
+              mlflow_run_id: str | None = None) -> TrainResult:
+        from backends.verl_backend.checkpoints import collect
+        from backends.verl_backend.logs import StepFollower
+
+        spec, run_dir = plan.spec, plan.run_dir
+        if mlflow_run_id is None and (run_dir / "tracking.json").is_file():  # the runner's record of its MLflow run
+            mlflow_run_id = json.loads((run_dir / "tracking.json").read_text()).get("mlflow_run_id")
+        if not plan.native_config.get("verl_version"):
+            raise EnvError("the verl backend cannot train: veRL is not installed in this environment",
+                           hint=INSTALL_HINT)
+        options = parse_options(spec.backend_options)
+        write_prompts(options, run_dir)
+        command = launch_command(plan, mlflow_run_id)
+        (run_dir / "verl").mkdir(parents=True, exist_ok=True)
+        (run_dir / "verl_command.json").write_text(json.dumps(command, indent=1) + "\n")
+        records = (run_dir / "verl_metrics.jsonl").open("a", encoding="utf-8")
+
+        def record(step: int, metrics: dict[str, float]) -> None:
+            records.write(json.dumps({"step": step, **metrics}) + "\n")
+            records.flush()
+
+        label = spec.mtp.regime if spec.mtp.enabled else "no-mtp"
+        follower = StepFollower(sink, record, spec.train.optimizer_steps_per_generation, verl_steps(spec), label,
+                                progress)
+        try:
+            run_logged(command, run_dir / "verl", run_dir / "verl.log", follower.feed)
+        finally:
+            records.close()
+        if follower.last_step < verl_steps(spec):
+            raise RunError(f"veRL exited normally after step {follower.last_step} of {verl_steps(spec)}",
+                           hint=f"see {run_dir / 'verl.log'}")
+        step, final, note = collect(run_dir / "verl" / "checkpoints", run_dir / "checkpoints" / "final")
+        if note:
+            (final / "MTP_HEAD_NOT_EXTRACTED.txt").write_text(note + "\n")
+        return TrainResult(checkpoint=final)
+
+
+# --- checks ---------------------------------------------------------------------------------------------------
+
+
+def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
+    t, p, problems = spec.train, o.parallel, []
+    k = t.optimizer_steps_per_generation
+    if spec.model.path is None:
+        problems.append("model: the verl backend needs model.path (an HF directory or hub id of a model with an MTP "
+                        "layer, e.g. XiaomiMiMo/MiMo-7B-RL); the tiny preset is TRL-only")
+    for name, value in (("train.steps", t.steps), ("train.prompts_per_generation", t.prompts_per_generation),
+                        ("train.save_every", t.save_every)):
+        if value % k:
+            problems.append(f"{name} = {value} must be a multiple of train.optimizer_steps_per_generation = {k} "
+                            f"(a veRL step is one generation round of {k} optimizer steps)")
+    if spec.mtp.enabled and spec.mtp.regime == "occ" and k < 2:
+        problems.append("train.optimizer_steps_per_generation must be >= 2 for mtp.regime=occ: with one optimizer "
+                        "step per generation the policy never moves before its loss is taken, so delta_RL and "
+                        "lambda_t are 0 up to numerical noise")
+    if spec.mtp.occ.baseline != "main_old":
+        problems.append("mtp.occ.baseline: the verl backend supports main_old only (the MTP head's old log-probs "
+                        "are not computed in veRL's old-log-prob pass)")
+    if spec.mtp.occ.oracle_every:
+        problems.append("mtp.occ.oracle_every: oracle gradient geometry is TRL-only; set it to 0")
+    if getattr(spec.eval, "every", 0):
+        problems.append("eval.every: in-training held-out eval is TRL-only; use backend_options.validation (veRL's "
+                        "validation set) and `occctl eval --run NAME` after training")
+    if o.rollout.speculative and not spec.mtp.enabled:
+        problems.append("backend_options.rollout.speculative needs the MTP layer (mtp.enabled: true)")
+    world = o.world_size
+    for what, size in (("parallel.tp x parallel.pp x parallel.cp", p.tp * p.pp * p.cp),
+                       ("parallel.ep x parallel.etp x parallel.pp", p.ep * (p.etp or 1) * p.pp),
+                       ("rollout.tp", o.rollout.tp)):
+        if world % size:
+            problems.append(f"backend_options: {what} = {size} must divide the {world} GPUs "
+                            f"(nnodes {o.nnodes} x gpus_per_node {o.gpus_per_node})")
+    dp = o.data_parallel
+    if dp and spec.completions_per_step % dp:
+        problems.append(f"the {spec.completions_per_step} completions of an optimizer step must split evenly over "
+                        f"the {dp} data-parallel ranks")
+    elif dp and not o.micro_batch.dynamic and (spec.completions_per_step // dp) % t.micro_batches_per_step:
+        problems.append(f"each data-parallel rank gets {spec.completions_per_step // dp} completions per optimizer "
+                        f"step, which train.micro_batches_per_step = {t.micro_batches_per_step} does not divide")
+    if o.micro_batch.dynamic and t.micro_batches_per_step != 1:
+        problems.append("train.micro_batches_per_step has no meaning with backend_options.micro_batch.dynamic: true "
+                        "(micro-batches follow a token budget); leave it at 1")
+    if o.overlong_buffer.enabled and o.overlong_buffer.tokens >= t.max_new_tokens:
+        problems.append(f"backend_options.overlong_buffer.tokens = {o.overlong_buffer.tokens} must be smaller than "
+                        f"train.max_new_tokens = {t.max_new_tokens}")
+    return problems
+
+
+def override_problems(spec: Spec, o: VerlOptions) -> list[str]:
+    problems = []
+    managed = managed_keys(spec, o)
+    for item in o.overrides:
+        key = override_key(item)
+        if key is None:
+            problems.append(f"backend_options.overrides: {item!r} is not a veRL override (expected key=value, "
+                            f"+key=value or ~key)")
+        elif key in managed or key.startswith(("ray_kwargs.ray_init.runtime_env.env_vars.",
+                                               "actor_rollout_ref.actor.profile.occctl_")):
+            problems.append(f"backend_options.overrides: {key} is set by occctl from the spec; change the spec "
+                            f"(or its backend_options) instead of overriding it")
+    return problems
+
+
+def data_problems(o: VerlOptions) -> list[str]:
+    problems = []
+    for field, ref in (("train", o.data.train), ("val", o.data.val)):
+        try:
+            data_file(ref)
+        except SpecError as e:
+            problems.append(f"backend_options.data.{field}: {e.message}")
+    return problems
+
+
+def data_file(ref: str) -> Path:
+    """A prompt file: an absolute path, or ``<dataset>/<file>`` under occctl's data root."""
+    from occctl.data import dataset_dir
+
+    path = Path(ref).expanduser()
+    if path.is_absolute():
+        if not path.is_file():
+            raise SpecError(f"no such file: {path}")
+        return path
+    if ref.endswith(".parquet"):
+        raise SpecError(f"{ref}: give a veRL parquet as an absolute path (relative paths name occctl JSONL data)")
+    name, _, rest = ref.partition("/")
+    if not rest:
+        raise SpecError(f"{ref}: expected <dataset>/<file>, e.g. math6/train/dapo_math_17k.jsonl")
+    return dataset_dir(name, [rest]) / rest
+
+
+# --- launch ---------------------------------------------------------------------------------------------------
+
+
+def write_prompts(options: VerlOptions, run_dir: Path) -> None:
+    from backends.verl_backend.prompts import write_parquet
+
+    for split, ref in (("train", options.data.train), ("val", options.data.val)):
+        if not ref.endswith(".parquet"):
+            write_parquet(data_file(ref), run_dir / "data" / f"{split}.parquet", options.data.prompt_template, split)
+
+
+def launch_command(plan: Plan, mlflow_run_id: str | None) -> list[str]:
+    """The plan's command; with a known MLflow run, veRL's logger attaches to it (driver env and Ray workers)."""
+    command = list(plan.command)
+    if mlflow_run_id and plan.spec.tracking.mlflow:
+        command.insert(1, f"MLFLOW_RUN_ID={mlflow_run_id}")
+        command.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.MLFLOW_RUN_ID={mlflow_run_id}")
+    return command
+
+
+def run_logged(command: list[str], cwd: Path, log_path: Path, on_line, tail: int = 20) -> None:
+    """Run ``command``, tee its output to ``log_path`` and ``on_line``; RunError with the last lines on failure.
+    Ctrl-C stops the whole process group (Ray's local cluster included)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    last: deque[str] = deque(maxlen=tail)
+    with log_path.open("a", encoding="utf-8") as log:
+        try:
+            proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    bufsize=1, errors="replace", start_new_session=True)
+        except OSError as e:
+            raise EnvError(f"cannot start veRL: {e}", hint=INSTALL_HINT) from None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                last.append(line.rstrip("\n"))
+                on_line(line)
+            rc = proc.wait()
+        except BaseException:
+            stop(proc)
+            raise
+    if rc != 0:
+        lines = "\n".join(last)
+        raise RunError(f"veRL exited with code {rc}; log: {log_path}; last {len(last)} lines:\n{lines}")
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue

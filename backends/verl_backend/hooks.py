@@ -1,0 +1,175 @@
+"""The veRL backend's only contact with the OCC core: veRL's micro-batch layout -> ``mtp_objective``.
+
+veRL hands its actor loss (``verl.workers.utils.losses.ppo_loss``) the model output as *nested* full-sequence
+tensors (prompt + response, no padding) and the rollout data as a TensorDict; the global normalisers of the
+optimizer step arrive as ``dp_size``, ``batch_num_tokens`` and ``global_batch_size``. This module maps them onto
+the core's inputs so that the MTP term and lambda_t are exactly the TRL backend's (tested on CPU):
+
+* the main head's log-prob of response token j sits at sequence position P + j - 1 (it predicts token i + 1);
+  the MTP head (depth 1) predicts token i + 2, so its log-prob of response token j sits at P + j - 2;
+* ``loss_agg_mode`` token-mean -> the core's ``token_mean`` with the step's global token count per DP rank as
+  normaliser (= veRL's ``agg_loss``); seq-mean-token-mean -> ``seq_mean_token_mean`` rescaled from this
+  micro-batch's sequences to the step's ``global_batch_size`` (= veRL's ``agg_loss``);
+* c_hat and v_hat2 are accumulated over the optimizer step and summed over data-parallel ranks (the
+  Calibrator's ``all_reduce``), so every rank applies the same lambda_t.
+
+Imports torch and the OCC core only; veRL objects are duck-typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from occctl.occ.calibration import Calibrator
+from occctl.occ.mtp_head import MtpHead
+from occctl.occ.objective import MtpObjective, mtp_objective
+from occctl.occ.regimes import masked_mean
+
+PROFILE_PREFIX = "occctl_"
+LOSS_PREFIX = "occctl_"
+AGGREGATIONS = {"token-mean": "token_mean", "seq-mean-token-mean": "seq_mean_token_mean"}
+POLICY_REGIMES = ("policy", "occ")  # the regimes whose MTP term the plugin computes (detach / ce are native)
+
+
+@dataclass(frozen=True)
+class OccSettings:
+    """The spec's MTP/OCC settings as they reach a worker (``actor.profile.occctl_*``)."""
+
+    regime: str
+    coef: float
+    lambda_plus: float
+    eps: float
+    estimator: str
+    clip_negative: bool
+    scope: str
+    ema: float
+
+    @classmethod
+    def from_profile(cls, profile: Mapping[str, Any] | None) -> "OccSettings | None":
+        if not profile or f"{PROFILE_PREFIX}regime" not in profile:
+            return None
+        get = lambda name: profile[f"{PROFILE_PREFIX}{name}"]  # noqa: E731
+        return cls(regime=str(get("regime")), coef=float(get("coef")), lambda_plus=float(get("lambda_plus")),
+                   eps=float(get("eps")), estimator=str(get("estimator")), clip_negative=bool(get("clip_negative")),
+                   scope=str(get("scope")), ema=float(get("ema")))
+
+    def calibrator(self, all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Calibrator:
+        return Calibrator(self.lambda_plus, self.eps, self.estimator, self.clip_negative, all_reduce=all_reduce,
+                          scope=self.scope, ema=self.ema)
+
+
+def base_loss_mode(loss_mode: str) -> str:
+    """``occctl_gspo`` -> ``gspo``: the veRL policy loss the main head uses."""
+    return loss_mode[len(LOSS_PREFIX):] if loss_mode.startswith(LOSS_PREFIX) else loss_mode
+
+
+def policy_kwargs(actor_config: Any) -> dict[str, Any]:
+    """The core policy loss's arguments from veRL's actor config: the main head's clip range, ratio level
+    (GSPO: sequence) and aggregation. The MTP term has no dual clip (``clip_ratio_c``), as on TRL."""
+    mode = actor_config.loss_agg_mode
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"occctl: loss_agg_mode {mode!r} is not supported for the MTP policy term; "
+                         f"expected one of {sorted(AGGREGATIONS)}")
+    level = "sequence" if base_loss_mode(actor_config.policy_loss.loss_mode) == "gspo" else "token"
+    return dict(clip_low=float(actor_config.clip_ratio_low), clip_high=float(actor_config.clip_ratio_high),
+                level=level, aggregation=AGGREGATIONS[mode])
+
+
+def dp_all_reduce(group: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Sum over the data-parallel group (the statistics of every rank, for one lambda_t everywhere)."""
+
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM, group=group)
+        return t
+
+    return all_reduce
+
+
+def sequence_lengths(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt lengths [B], response lengths [B]) of veRL's no-padding batch, as ``no_padding_2_padding``."""
+    prompts, responses = data["prompts"], data["responses"]
+    if prompts.is_nested:
+        return prompts.offsets().diff(), responses.offsets().diff()
+    attention = data["attention_mask"]
+    p = prompts.shape[1]
+    return attention[:, :p].sum(dim=1), attention[:, p:].sum(dim=1)
+
+
+def response_values(
+    values: torch.Tensor,  # [N] flat, or nested [B, j]: one value per sequence position
+    prompt_lens: torch.Tensor,  # [B]
+    response_lens: torch.Tensor,  # [B]
+    width: int,  # padded response length R
+    lag: int,  # 1: the main head (position i predicts token i+1); 2: MTP depth 1 (predicts i+2)
+) -> tuple[torch.Tensor, torch.Tensor]:  # values [B, R], valid [B, R] (False where the position is off the sequence)
+    """The value of response token j at flat position ``start + P + j - lag``; zero-padded to R."""
+    flat = values.values() if values.is_nested else values
+    starts = torch.cat([prompt_lens.new_zeros(1), (prompt_lens + response_lens).cumsum(0)[:-1]])
+    rows, valid_rows = [], []
+    for start, p, r in zip(starts.tolist(), prompt_lens.tolist(), response_lens.tolist(), strict=True):
+        first = p - lag  # position (within the sequence) holding response token 0
+        idx = torch.arange(first, first + r, device=flat.device)
+        ok = idx >= 0
+        picked = flat[(start + idx.clamp(min=0))] * ok
+        rows.append(torch.nn.functional.pad(picked, (0, width - r)))
+        valid_rows.append(torch.nn.functional.pad(ok, (0, width - r)))
+    return torch.stack(rows), torch.stack(valid_rows)
+
+
+@dataclass(frozen=True)
+class MtpTerm:
+    loss: torch.Tensor  # scalar, veRL's normalisation (the actor loss it is added to)
+    objective: MtpObjective  # the core's output (loss before veRL's rescaling, coef, stats)
+    metrics: dict[str, float]
+
+
+def mtp_term(settings: OccSettings, calibrator: Calibrator, actor_config: Any, model_output: Mapping[str, Any],
+             data: Any) -> MtpTerm:
+    """This micro-batch's MTP policy term (regimes policy / occ) in veRL's loss normalisation."""
+    if settings.regime not in POLICY_REGIMES:
+        raise ValueError(f"occctl: regime {settings.regime!r} uses veRL's native MTP loss, not this term")
+    if "mtp_log_probs" not in model_output:
+        raise RuntimeError("occctl: the model output has no 'mtp_log_probs': the occctl Megatron patch did not run "
+                           "in this worker (is megatron importable, and was backends.verl_backend.plugin loaded via "
+                           "VERL_USE_EXTERNAL_MODULES?)")
+    fields = data.select("response_mask", "old_log_probs", "advantages").to_padded_tensor()
+    response_mask = fields["response_mask"].bool()  # [B, R]
+    logp_old, advantages = fields["old_log_probs"], fields["advantages"]  # [B, R], [B, R]
+    prompt_lens, response_lens = sequence_lengths(data)
+    width = response_mask.shape[1]
+    logp_main, _ = response_values(model_output["log_probs"], prompt_lens, response_lens, width, lag=1)  # [B, R]
+    logp_mtp, reachable = response_values(model_output["mtp_log_probs"], prompt_lens, response_lens, width,
+                                          lag=2)  # [B, R], with grad
+    mask = (response_mask & reachable).to(logp_old.dtype)  # [B, R]
+
+    kwargs = policy_kwargs(actor_config)
+    dp_size = int(data["dp_size"])
+    if kwargs["aggregation"] == "token_mean":
+        kwargs["normalizer"] = float(data["batch_num_tokens"]) / dp_size  # veRL agg_loss: sum / N * dp_size
+    out = mtp_objective(settings.regime, calibrator, logp_main=logp_main.detach(), logp_mtp=logp_mtp,
+                        logp_old=logp_old, mask=mask, advantages=advantages, coef=settings.coef, **kwargs)
+    loss = out.loss
+    if kwargs["aggregation"] == "seq_mean_token_mean":
+        # core: mean over this micro-batch's B sequences; veRL: sum over them / global_batch_size * dp_size
+        loss = loss * (mask.shape[0] * dp_size / float(data["global_batch_size"]))
+    stats = out.stats
+    metrics = {
+        "mtp/loss": float(out.loss.detach()),
+        "mtp/coef": out.coef,
+        "mtp/nll": float(-masked_mean(logp_mtp.detach(), mask)),
+        "occ/lambda": stats.lam,
+        "occ/c_hat": stats.c_hat,
+        "occ/v_hat2": stats.v_hat2,
+        "occ/nonfinite": float(calibrator.nonfinite_count),
+    }
+    return MtpTerm(loss=loss, objective=out, metrics=metrics)
+
+
+def mtp_head_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of occctl's MTP head for ``model`` (a meta-device model: nothing is allocated)."""
+    with torch.device("meta"):
+        head = MtpHead.for_model(model)
+    return {k: tuple(v.shape) for k, v in head.state_dict().items()}
