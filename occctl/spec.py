@@ -381,11 +381,12 @@ def validate_spec(raw: dict[str, Any], source: str) -> Spec:
         raise SpecError("\n".join(lines)) from None
 
 
-def describe_error(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any], root: type[BaseModel] | None = None) -> str:
+    """One pydantic error as one line naming the field (``root``: the model validated; default Spec)."""
     loc = [str(p) for p in err["loc"]]
     field = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = _model_at(loc[:-1], root or Spec)
         valid = sorted(parent.model_fields) if parent else []
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -404,8 +405,8 @@ def _short_repr(value: Any) -> str:
     return r.repr(value)[:120]
 
 
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Spec
+def _model_at(loc: list[str], root: type[BaseModel]) -> type[BaseModel] | None:
+    model = root
     for part in loc:
         info = model.model_fields.get(part)
         ann = getattr(info, "annotation", None)

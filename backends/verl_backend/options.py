@@ -7,13 +7,13 @@ Defaults are veRL 0.9.1's own, or "off", so that an option left out never change
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from occctl.errors import SpecError
+from occctl.spec import describe_error
 
 # A Hydra override as veRL's CLI takes it: [+|++|~]dotted.key=value
 OVERRIDE_PATTERN = re.compile(r"^(\+\+|\+|~)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)(=.*)?$", re.S)
@@ -135,31 +135,7 @@ def parse_options(raw: dict[str, Any], source: str = "backend_options") -> VerlO
     try:
         return VerlOptions.model_validate(raw)
     except ValidationError as e:
-        raise SpecError("\n".join(f"{source}.{describe(err)}" for err in e.errors())) from None
-
-
-def describe(err: dict[str, Any]) -> str:
-    loc = [str(p) for p in err["loc"]]
-    field = ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        valid = sorted(model.model_fields) if model else []
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"{field}: unknown key{hint}; valid keys: {', '.join(valid)}"
-    got = err.get("input")
-    shown = "" if err["type"] == "missing" or isinstance(got, dict) else f"; got {got!r}"[:120]
-    return f"{field}: {err['msg'].removeprefix('Value error, ')}{shown}"
-
-
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = VerlOptions
-    for part in loc:
-        ann = getattr(model.model_fields.get(part), "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
+        raise SpecError("\n".join(f"{source}.{describe_error(err, VerlOptions)}" for err in e.errors())) from None
 
 
 def override_key(item: str) -> str | None:

@@ -9,26 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
+from occctl.cli import app
 from occctl import inventory
-from occctl.inventory import build_ls_table, filter_rows, last_step, list_runs, read_run, register
+from occctl.inventory import build_ls_table, filter_rows, last_step, list_runs, read_run
 
 OLD = time.time() - 3 * 3600  # "last activity" of runs that are not running
 
-
-def make_app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def main() -> None:  # a group, so that `ls` stays a subcommand as in occctl's root app
-        pass
-
-    return app
 
 
 def spec_dict(name: str, regime: str = "occ", seed: int = 0, steps: int = 10, group: str | None = None,
@@ -175,25 +165,25 @@ def test_filters(study):
 
 
 def test_ls_json_via_the_cli(study):
-    result = CliRunner().invoke(make_app(), ["ls", "--json", "--no-mlflow"])
+    result = CliRunner().invoke(app, ["ls", "--json", "--no-mlflow"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert [r["name"] for r in rows] == [r["name"] for r in list_runs(mlflow=False)]
     assert set(rows[0]) == set(inventory.COLUMNS)
     assert by_name(rows)["b_unfinished"]["status"] == "unfinished"
-    result = CliRunner().invoke(make_app(), ["ls", "--json", "--no-mlflow", "--group", "s", "--status", "finished"])
+    result = CliRunner().invoke(app, ["ls", "--json", "--no-mlflow", "--group", "s", "--status", "finished"])
     assert [r["name"] for r in json.loads(result.stdout)] == ["s.regime-detach.seed-1"]
 
 
 def test_ls_nan_metrics_become_null(results_dir):
     make_run(results_dir, "nan", summary=b'{"steps": 10, "heldout_acc_after": NaN, "lambda_mean": Infinity}')
-    result = CliRunner().invoke(make_app(), ["ls", "--json", "--no-mlflow"])
+    result = CliRunner().invoke(app, ["ls", "--json", "--no-mlflow"])
     (row,) = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert row["status"] == "finished" and row["heldout_acc_after"] is None and row["lambda_mean"] is None
 
 
 def test_ls_table_via_the_cli(study):
-    result = CliRunner().invoke(make_app(), ["ls", "--no-mlflow"], env={"COLUMNS": "160"})
+    result = CliRunner().invoke(app, ["ls", "--no-mlflow"], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     for text in ("a_done", "b_unfinished", "unfinished", "running", "broken", "4/10", "0.610", "0.800",
                  "0.0123", "2m05s", "group"):
@@ -201,7 +191,7 @@ def test_ls_table_via_the_cli(study):
 
 
 def test_ls_bad_status_is_exit_2(study):
-    result = CliRunner().invoke(make_app(), ["ls", "--status", "done"])
+    result = CliRunner().invoke(app, ["ls", "--status", "done"])
     assert result.exit_code == 2
     assert "error:" in result.stderr and "finished, running" in result.stderr
 
@@ -210,16 +200,16 @@ def test_ls_bad_status_is_exit_2(study):
 def test_ls_without_runs_is_friendly(results_dir, setup):
     if setup == "empty-runs":
         (results_dir / "runs").mkdir(parents=True)
-    result = CliRunner().invoke(make_app(), ["ls"])
+    result = CliRunner().invoke(app, ["ls"])
     assert result.exit_code == 0 and "no runs yet" in result.stderr and "occctl run" in result.stderr
     assert result.exception is None
-    result = CliRunner().invoke(make_app(), ["ls", "--json"])
+    result = CliRunner().invoke(app, ["ls", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout) == []
     assert setup == "empty-runs" or not results_dir.exists(), "ls must create nothing"
 
 
 def test_ls_filters_matching_nothing_say_so(study):
-    result = CliRunner().invoke(make_app(), ["ls", "--group", "nope", "--no-mlflow"])
+    result = CliRunner().invoke(app, ["ls", "--group", "nope", "--no-mlflow"])
     assert result.exit_code == 0 and "no runs match" in result.stderr
 
 

@@ -10,22 +10,12 @@ import sys
 import time
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from occctl.cli import app
 from occctl import ui as ui_module
-from occctl.ui import build_command, is_loopback, register, stop_group
+from occctl.ui import build_command, is_loopback, stop_group
 
-
-def make_app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def main() -> None:  # a group, so that `ui` stays a subcommand as in occctl's root app
-        pass
-
-    return app
 
 
 @pytest.fixture
@@ -43,7 +33,7 @@ def option(command: list[str], name: str) -> str:
 
 
 def test_help_starts_nothing(no_server, results_dir):
-    result = CliRunner().invoke(make_app(), ["ui", "--help"])
+    result = CliRunner().invoke(app, ["ui", "--help"])
     assert result.exit_code == 0, result.output
     assert "--host" in result.output and "--port" in result.output and "--dry-run" in result.output
     assert "127.0.0.1" in result.output
@@ -52,7 +42,7 @@ def test_help_starts_nothing(no_server, results_dir):
 
 @pytest.mark.parametrize("flag", ["--dry-run", "--print-command"])
 def test_dry_run_prints_a_loopback_command_on_the_project_store(flag, no_server, results_dir):
-    result = CliRunner().invoke(make_app(), ["ui", flag])
+    result = CliRunner().invoke(app, ["ui", flag])
     assert result.exit_code == 0, result.output
     assert result.stderr == "", "no warning for the default host"
     words = shlex.split(result.stdout)
@@ -79,14 +69,14 @@ def test_the_store_is_the_one_tracking_writes(results_dir, monkeypatch):
 
 def test_a_remote_tracking_server_is_not_served_again(results_dir, monkeypatch, no_server):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.org")
-    result = CliRunner().invoke(make_app(), ["ui", "--dry-run"])
+    result = CliRunner().invoke(app, ["ui", "--dry-run"])
     assert result.exit_code == 3
     assert "already a server" in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "myhost.example.org"])
 def test_non_loopback_host_warns(host, no_server, results_dir):
-    result = CliRunner().invoke(make_app(), ["ui", "--print-command", "--host", host, "--port", "8080"])
+    result = CliRunner().invoke(app, ["ui", "--print-command", "--host", host, "--port", "8080"])
     assert result.exit_code == 0, result.output
     assert "warning:" in result.stderr and repr(host) in result.stderr and "8080" in result.stderr
     assert option(shlex.split(result.stdout)[1:], "--host") == host
@@ -101,7 +91,7 @@ def test_is_loopback(host, loopback):
 
 
 def test_bad_port_is_a_usage_error(no_server, results_dir):
-    result = CliRunner().invoke(make_app(), ["ui", "--port", "70000"])
+    result = CliRunner().invoke(app, ["ui", "--port", "70000"])
     assert result.exit_code == 2
 
 
@@ -120,7 +110,7 @@ def test_start_runs_the_server_in_its_own_group_and_passes_its_exit_code(results
     FakePopen.calls = []
     FakePopen.code = 0
     monkeypatch.setattr(ui_module.subprocess, "Popen", FakePopen)
-    result = CliRunner().invoke(make_app(), ["ui", "--port", "5123"])
+    result = CliRunner().invoke(app, ["ui", "--port", "5123"])
     assert result.exit_code == 0, result.output
     ((command, kwargs),) = FakePopen.calls
     assert option(command, "--host") == "127.0.0.1" and option(command, "--port") == "5123"
@@ -129,7 +119,7 @@ def test_start_runs_the_server_in_its_own_group_and_passes_its_exit_code(results
     assert "http://127.0.0.1:5123" in result.stderr
     assert results_dir.is_dir(), "the sqlite store needs its folder"
     FakePopen.code = 1
-    assert CliRunner().invoke(make_app(), ["ui"]).exit_code == 1
+    assert CliRunner().invoke(app, ["ui"]).exit_code == 1
 
 
 def test_ctrl_c_stops_the_server_group_and_exits_130(results_dir, monkeypatch):
@@ -142,7 +132,7 @@ def test_ctrl_c_stops_the_server_group_and_exits_130(results_dir, monkeypatch):
     monkeypatch.setattr(ui_module.subprocess, "Popen", Interrupted)
     monkeypatch.setattr(ui_module, "stop_group", lambda proc, grace_s=10.0: stopped.append(proc))
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
-    result = CliRunner().invoke(make_app(), ["ui"])
+    result = CliRunner().invoke(app, ["ui"])
     assert result.exit_code == 130
     assert len(stopped) == 1
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before, "handlers restored"
