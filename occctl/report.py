@@ -52,7 +52,7 @@ def row_label(run: dict[str, Any], rows: str) -> str:
     tags, params = run["tags"], run["params"]
     if rows in ("regime", "mtp.regime"):
         return tags.get("occctl.regime", params.get("mtp.regime", "?"))
-    return tags.get(f"occctl.cell.{rows}", params.get(rows, "?"))
+    return tags.get(f"occctl.cell.{rows}", params.get(rows, "default"))  # not varied: the spec's setting
 
 
 def seed_of(run: dict[str, Any]) -> str:

@@ -48,7 +48,7 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
     title = f"{', '.join(comp.rows)} on {', '.join(groups or [experiment or 'all runs'])}"
     markdown = to_markdown(comp, title)
     records = to_rows(comp)
-    files = [_write(directory / "table.md", markdown + _provenance(compare, groups, experiment, rows, metrics)),
+    files = [_write(directory / "table.md", markdown + _provenance(compare, groups, experiment, rows, metrics, regime)),
              _write(directory / "table.csv", _csv(records))]
     files += _figures(comp, directory, uri, smooth)
     try:
@@ -62,11 +62,12 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
             "mlflow_run_id": report_run}
 
 
-def _provenance(compare, groups, experiment, rows, metrics) -> str:
-    args = [f"--compare {','.join(compare)}"] if compare else []
+def _provenance(compare, groups, experiment, rows, metrics, regime) -> str:
+    args = [f"--compare {','.join(compare)}"] if compare else ['--compare ""']
     args += [f"--group {','.join(groups)}"] if groups else []
     args += [f"--experiment {experiment}"] if experiment else []
     args += [f"--rows {rows}"] if rows != "regime" else []
+    args += [f"--regime {regime}"] if regime else []
     args += [f"--metric {m}" for m in metrics or []]
     return f"\nProduced by `occctl report {' '.join(args)}`.\n"
 
