@@ -16,7 +16,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from occctl.backend import Plan, get_backend
 from occctl.errors import RunError, SpecError
-from occctl.fidelity import fidelity
 from occctl.rundir import move_aside, run_dir, write_json_atomic, write_text_atomic
 from occctl.spec import Spec, dump_spec, flatten, spec_to_dict
 from occctl.tracking import Tracker, attach_tracker, reopen
@@ -175,6 +174,8 @@ def _mean(values: list[float]) -> float:
 
 def build_summary(spec: Spec, history: list[dict[str, float]], result, wall_s: float,
                   mlflow_run_id: str | None) -> dict[str, Any]:
+    from occctl.fidelity import fidelity  # scipy: only when a summary is built, not for validate / --dry-run
+
     rewards, lambdas = _series(history, "reward"), _series(history, "occ/lambda")
     before, after = result.heldout_before, result.heldout_after
     steps = max((int(r["step"]) for r in history), default=0)
