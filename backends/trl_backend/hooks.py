@@ -14,10 +14,15 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from occctl.errors import RunError
 from occctl.occ.calibration import ESTIMATORS, Calibrator, lambda_from_sums, oracle_geometry, proxy_sums
 from occctl.occ.mtp_head import draft_acceptance, mtp_logits
 from occctl.occ.objective import deltas, mtp_objective
 from occctl.occ.regimes import isolates_main_model, masked_mean, mtp_loss, token_logprobs
+
+
+class NonFiniteLossError(RunError):
+    """A NaN/Inf training loss: the run stops instead of training on garbage."""
 
 
 @dataclass
@@ -84,6 +89,15 @@ class MtpGRPOTrainer(GRPOTrainer):
                           slice(p - 2, p + completion_len - 2), position_ids, isolated=isolated)
 
     def _compute_loss(self, model, inputs):
+        loss = self._compute_loss_with_mtp(model, inputs)
+        if not torch.isfinite(loss):  # stop before the optimizer step: the last checkpoint stays clean
+            raise NonFiniteLossError(
+                f"the loss is {loss.item()} at optimizer step {self.state.global_step + 1}; training stopped "
+                "before updating the weights", hint="rerunning the same command resumes from the last checkpoint "
+                "(train.save_every); lower train.lr or check the rewards before you do")
+        return loss
+
+    def _compute_loss_with_mtp(self, model, inputs):
         if self.mtp is None:
             return super()._compute_loss(model, inputs)
         unwrapped = self.accelerator.unwrap_model(model)

@@ -71,3 +71,33 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(results_dir):
     summary = json.loads((run / "summary.json").read_text())
     steps = [s for s, _ in metric_history(tracking_uri(), summary["mlflow_run_id"], "occ/lambda")]
     assert steps == list(range(1, 13)), "MLflow: every step exactly once, in the same run"
+
+
+def test_a_nan_loss_stops_the_run_and_the_rerun_resumes(results_dir, monkeypatch):
+    import backends.trl_backend.hooks as hooks
+    from occctl.errors import RunError
+    from occctl.runner import run_spec
+    from occctl.spec import load_spec
+
+    spec = load_spec(SPEC, ["name=nan", "train.steps=8", "train.save_every=4", "train.prompts_per_generation=8",
+                            "eval.samples_per_problem=1"])
+    real, calls = hooks.mtp_objective, []
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 6:  # the 6th optimizer step's loss becomes NaN
+            return type(out)(loss=out.loss * float("nan"), coef=out.coef, stats=out.stats)
+        return out
+
+    monkeypatch.setattr(hooks, "mtp_objective", poisoned)
+    with pytest.raises(RunError, match="training stopped before updating the weights"):
+        run_spec(spec)
+    run = results_dir / "runs" / "nan"
+    assert not (run / "summary.json").exists() and (run / "trl" / "checkpoint-4").is_dir()
+    assert max(r["step"] for r in _rows(run)) == 5  # step 6 never completed
+
+    monkeypatch.setattr(hooks, "mtp_objective", real)
+    summary = run_spec(spec)
+    assert summary["steps"] == 8
+    assert [r["step"] for r in _rows(run) if "loss" in r] == list(range(1, 9))

@@ -77,4 +77,16 @@ def test_run_names_cannot_escape_results(results_dir):
     for name in ("../x", "/etc", "a/b", "..", ".", ""):
         with pytest.raises(SpecError):
             run_dir(name)
+    outside = results_dir.parent / "outside"
+    outside.mkdir()
+    (results_dir / "runs").mkdir(parents=True)
+    (results_dir / "runs" / "evil").symlink_to(outside, target_is_directory=True)  # a planted symlink
+    with pytest.raises(SpecError, match="outside"):
+        run_dir("evil")
+    from occctl.report_writer import report_dir
+
+    (results_dir / "reports").symlink_to(outside, target_is_directory=True)
+    for out in ("../elsewhere", str(outside), None):
+        with pytest.raises(SpecError, match="inside the results root"):
+            report_dir("r", out)
     assert run_dir("ok_name-1.2").parent == results_dir / "runs"
