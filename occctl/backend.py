@@ -54,4 +54,4 @@ def get_backend(name: str) -> Backend:
         return getattr(importlib.import_module(module), cls)()
     except ImportError as e:
         raise EnvError(f"backend {name!r} cannot be imported: {e}",
-                       hint="install what it needs (verl: bash backends/verl_backend/install_verl.sh, own venv)") from None
+                       hint="install what it needs (verl: backends/verl_backend/install_verl.sh)") from None

@@ -26,7 +26,8 @@ from backends.verl_backend.options import VerlOptions, override_key, parse_optio
 from backends.verl_backend.translate import (
     launch_env, managed_keys, verl_overrides, verl_steps)
 
-INSTALL_HINT = "install veRL 0.9.1 with backends/verl_backend/install_verl.sh (in its own venv); the GPU run also needs Megatron, " \
+INSTALL_HINT = "install veRL 0.9.1 with backends/verl_backend/install_verl.sh (in its own venv); " \
+               "the GPU run also needs Megatron, " \
                "Megatron-Bridge/mbridge and SGLang, see backends/verl_backend/README.md"
 
 
