@@ -37,18 +37,25 @@ class MetricLog:
     """Per-step metrics: ``metrics.jsonl`` at once, MLflow when the backend commits a checkpoint (and at the end).
 
     So a run killed between checkpoints and resumed from the last one logs every step to MLflow exactly once,
-    and ``metrics.jsonl`` is cut back to the checkpoint before the resumed steps are appended.
+    and ``metrics.jsonl`` is cut back to the checkpoint before the resumed steps are appended. The last step
+    published is recorded in ``record`` (tracking.json): a process killed after a checkpoint was written but
+    before its steps were published publishes them on resume.
     """
 
-    def __init__(self, path: Path, tracker: Tracker, keep_until: int | None) -> None:
-        self.path, self.tracker = path, tracker
+    def __init__(self, path: Path, tracker: Tracker, keep_until: int | None, record: Path) -> None:
+        self.path, self.tracker, self.record = path, tracker, record
         self.history: list[dict[str, float]] = []
+        self._pending: list[dict[str, float]] = []
         if keep_until is not None and path.is_file():  # resuming: keep the steps the checkpoint includes
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             self.history = [r for r in rows if r["step"] <= keep_until]
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
-        self._pending: list[dict[str, float]] = []
+            published = self._record().get("published_step", 0)
+            self._pending = [r for r in self.history if r["step"] > published]
         self._file = path.open("a", encoding="utf-8")
+
+    def _record(self) -> dict[str, Any]:
+        return json.loads(self.record.read_text()) if self.record.is_file() else {}
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
@@ -63,6 +70,8 @@ class MetricLog:
         self._pending = [r for r in self._pending if not (step is None or r["step"] <= step)]
         for row in ready:
             self.tracker.log_metrics(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+        if ready:
+            write_json_atomic(self.record, {**self._record(), "published_step": max(r["step"] for r in ready)})
 
     def close(self) -> None:
         self._file.close()
@@ -95,7 +104,7 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
     env = environment()
     write_json_atomic(directory / "env.json", env)
     tracker = _tracker(spec, env, directory / TRACKING)
-    log = MetricLog(directory / METRICS, tracker, resume_from)
+    log = MetricLog(directory / METRICS, tracker, resume_from, directory / TRACKING)
 
     start = time.perf_counter()
     status = "FAILED"

@@ -1,0 +1,34 @@
+"""MetricLog: what reaches MLflow after a resume — every step once, including a checkpoint never published."""
+
+import json
+
+from occctl.runner import MetricLog
+
+
+class FakeTracker:
+    def __init__(self):
+        self.logged = []
+
+    def log_metrics(self, step, metrics):
+        self.logged.append(step)
+
+
+def test_resume_publishes_checkpointed_steps_that_were_never_published(tmp_path):
+    metrics, record = tmp_path / "metrics.jsonl", tmp_path / "tracking.json"
+    first = FakeTracker()
+    log = MetricLog(metrics, first, None, record)
+    for step in range(1, 10):
+        log(step, {"loss": float(step)})
+        if step == 4:
+            log.commit(4)  # checkpoint 4 published
+    log.close()  # killed after checkpoint 8 was written, before it was published
+    assert first.logged == [1, 2, 3, 4] and json.loads(record.read_text())["published_step"] == 4
+
+    second = FakeTracker()
+    resumed = MetricLog(metrics, second, 8, record)  # resuming from checkpoint 8
+    assert [r["step"] for r in resumed.history] == list(range(1, 9))  # step 9 is cut: it will be redone
+    resumed(9, {"loss": 9.0})
+    resumed.commit()
+    resumed.close()
+    assert second.logged == [5, 6, 7, 8, 9]
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 10))
