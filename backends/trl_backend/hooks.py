@@ -61,7 +61,8 @@ class MtpGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         handle = None
-        if self._mtp_old_chunks is not None:  # the rollout-time (old) forward: the MTP head rides along
+        if self._mtp_old_chunks is not None and model is self.model:  # the rollout-time (old) forward of the
+            # policy (not a reference model's): the MTP head rides along
             unwrapped = self.accelerator.unwrap_model(model)
 
             def mtp_old(module, f_args, f_kwargs, output):
