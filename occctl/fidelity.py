@@ -14,7 +14,7 @@ from typing import Any
 
 from scipy import stats
 
-PROBE = re.compile(r"^occ/probe_(?P<baseline>main_old|mtp_old)_(?P<what>c|v2|lambda_\w+?)_(?P<scope>micro|step)$")
+PROBE = re.compile(r"^occ/probe_(?P<baseline>main_old|mtp_old)_(?P<what>c|v2|lambda_\w+?)_(?P<scope>micro|step|full|prev)$")
 
 
 def pearson(x: list[float], y: list[float]) -> float:

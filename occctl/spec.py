@@ -166,6 +166,8 @@ class TrainSpec(_Strict):
     max_new_tokens: int = Field(6, ge=1)
     temperature: float = Field(1.0, gt=0)
     lr: float = Field(2e-4, gt=0)
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw, or plain SGD (no momentum): Eq. 12 linearises one plain gradient step")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
     seed: int = 0
@@ -318,12 +320,13 @@ class Spec(_Strict):
     def _answers_fit(self) -> "Spec":
         from occctl.tasks import get_task
 
-        needed = get_task(self.task).answer_length(self.task) + 1  # + EOS
+        task = get_task(self.task)
+        needed = task.answer_length(self.task) + 1  # + EOS
         if self.train.max_new_tokens < needed:
             raise ValueError(f"train.max_new_tokens ({self.train.max_new_tokens}) is shorter than the task's answers "
                              f"({needed - 1} tokens + EOS = {needed})")
         if self.model.preset == "tiny":
-            prompt = self.task.operands * (self.task.digits + 1) + 1  # digits, '+'/'=' and <bos>
+            prompt = task.prompt_length(self.task) + 1  # + BOS
             if prompt + self.train.max_new_tokens > TINY_CONTEXT:
                 raise ValueError(f"train.max_new_tokens ({self.train.max_new_tokens}) + the prompt ({prompt} tokens) "
                                  f"exceed the tiny model's context of {TINY_CONTEXT} positions")

@@ -23,7 +23,7 @@ from occctl.rundir import cache_root, write_json_atomic
 from occctl.spec import Spec
 from occctl.tasks import get_task
 
-WARMUP_FORMAT = 1  # bump when the warm-up procedure changes, so stale caches are not reused
+WARMUP_FORMAT = 2  # bump when the warm-up procedure or a task's text format changes, so stale caches are not reused
 DONE = "warmup.json"
 
 

@@ -1,14 +1,20 @@
 """`occctl bench overhead` for the TRL backend: the cost of the MTP head, of OCC and of oracle mode.
 
-Four trainers on the same starting weights and the same prompts (vanilla TRL GRPO without an MTP head,
-detach, occ, occ + oracle every step) run in one process, each in its own thread, and take strict turns:
-one optimizer step each, round-robin (the order rotates every round), so they share the machine's state
+Five trainers on the same starting weights and the same prompts (vanilla TRL GRPO without an MTP head,
+detach, policy, occ, occ + oracle every step) run in one process, each in its own thread, and take strict
+turns: one optimizer step each, round-robin (the order rotates every round), so they share the machine's state
 (clock, caches, thermal) and the per-step times compare like for like (paper Fig. 5).
+
+``policy`` and ``occ`` build the same backward graph (the MTP policy term, no detaching); they differ only by
+the delta proxies and the calibrator, so occ/policy is what OCC itself costs. Every ratio is the geometric
+mean over rounds of the paired per-round ratios (round i = optimizer step i of every variant, the same kind of
+step: with or without a generation), with a 95 % t-interval over rounds.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import threading
 import time
@@ -18,7 +24,14 @@ from transformers import TrainerCallback
 
 from occctl.spec import Spec
 
-VARIANTS = ("vanilla", "detach", "occ", "oracle")
+VARIANTS = ("vanilla", "detach", "policy", "occ", "oracle")
+RATIOS = {  # name -> (numerator, denominator)
+    "occ_over_policy": ("occ", "policy"),
+    "occ_over_detach": ("occ", "detach"),
+    "policy_over_detach": ("policy", "detach"),
+    "detach_over_vanilla": ("detach", "vanilla"),
+    "oracle_over_detach": ("oracle", "detach"),
+}
 
 
 class Baton:
@@ -71,18 +84,30 @@ class StepTimer(TrainerCallback):
         self.baton.release(self.name)
 
 
+def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of the per-round ratios and its 95 % t-interval: (ratio, low, high)."""
+    from scipy import stats
+
+    logs = [math.log(a / b) for a, b in zip(numerator, denominator)]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
 def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, progress: Any = None) -> dict[str, Any]:
-    """Median seconds per optimizer step of each variant and the ratios to detach (first round excluded)."""
+    """Seconds per optimizer step of each variant and the paired ratios with 95 % intervals (first round excluded)."""
     from backends.trl_backend.adapter import build_trainer, load_start, mtp_settings
 
     loaded, _ = load_start(spec, progress)
     config = {**native_config, "max_steps": steps + 1, "output_dir": native_config["output_dir"] + "-bench"}
-    specs = {
-        "vanilla": None,
-        "detach": spec.model_copy(update={"mtp": spec.mtp.model_copy(update={"regime": "detach"})}),
-        "occ": spec.model_copy(update={"mtp": spec.mtp.model_copy(update={"regime": "occ"})}),
-        "oracle": spec.model_copy(update={"mtp": spec.mtp.model_copy(update={"regime": "occ"})}),
-    }
+
+    def with_regime(regime: str) -> Spec:
+        return spec.model_copy(update={"mtp": spec.mtp.model_copy(update={"regime": regime})})
+
+    specs = {"vanilla": None, "detach": with_regime("detach"), "policy": with_regime("policy"),
+             "occ": with_regime("occ"), "oracle": with_regime("occ")}
     baton = Baton(list(VARIANTS))
     task = progress.add_task("bench", total=len(VARIANTS) * (steps + 1)) if progress else None
     advance = (lambda name: progress.advance(task)) if progress else (lambda name: None)
@@ -110,20 +135,17 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
     if errors:
         name, e = next(iter(errors.items()))
         raise RuntimeError(f"bench variant {name!r} failed: {e}") from e
-    median = {n: statistics.median(timers[n].times[1:]) for n in VARIANTS}
-    mean = {n: statistics.fmean(timers[n].times[1:]) for n in VARIANTS}
-    return {
+    times = {n: timers[n].times[1:] for n in VARIANTS}
+    result: dict[str, Any] = {
         "spec": spec.name,
         "steps_timed": steps,
         "completions_per_step": spec.completions_per_step,
         "optimizer_steps_per_generation": spec.train.optimizer_steps_per_generation,
-        "median_step_s": median,
-        "mean_step_s": mean,
-        "occ_over_detach": median["occ"] / median["detach"],
-        "detach_over_vanilla": median["detach"] / median["vanilla"],
-        "oracle_over_detach": median["oracle"] / median["detach"],
-        "vanilla_over_detach": median["vanilla"] / median["detach"],
-        "mean_occ_over_detach": mean["occ"] / mean["detach"],
-        "mean_detach_over_vanilla": mean["detach"] / mean["vanilla"],
-        "mean_oracle_over_detach": mean["oracle"] / mean["detach"],
+        "median_step_s": {n: statistics.median(t) for n, t in times.items()},
+        "mean_step_s": {n: statistics.fmean(t) for n, t in times.items()},
     }
+    for key, (num, den) in RATIOS.items():
+        ratio, low, high = paired_ratio(times[num], times[den])
+        result[key] = ratio
+        result[f"{key}_ci95"] = [low, high]
+    return result

@@ -47,6 +47,8 @@ class MtpGRPOTrainer(GRPOTrainer):
         self._calibrated_step = -1
         self._mtp_old_chunks: list[torch.Tensor] | None = None  # collected at generation time (baseline mtp_old)
         self._probe_sums: dict[str, torch.Tensor] = {}  # oracle mode: step-cumulative sums per baseline
+        self._probe_prev: dict[str, torch.Tensor] = {}  # oracle mode: the previous step's complete sums
+        self._micro_in_step = 0
 
     def _generate_and_score_completions(self, inputs):
         if self.mtp is None or (self.mtp.baseline != "mtp_old" and not self.mtp.oracle_every):
@@ -139,7 +141,7 @@ class MtpGRPOTrainer(GRPOTrainer):
         if mode == "train" and self.state.global_step != self._calibrated_step:
             mtp.calibrator.begin_step()
             self._calibrated_step = self.state.global_step
-            self._probe_sums = {}
+            self._probe_prev, self._probe_sums, self._micro_in_step = self._probe_sums, {}, 0
 
         ga = self.current_gradient_accumulation_steps if mode == "train" else 1
         kwargs, scale = dict(mtp.policy_kwargs), 1.0 / ga
@@ -172,20 +174,30 @@ class MtpGRPOTrainer(GRPOTrainer):
         metrics["occ/c_hat"].append(stats.c_hat)
         metrics["occ/v_hat2"].append(stats.v_hat2)
         metrics["occ/nonfinite"].append(float(mtp.calibrator.nonfinite_count))
+        if mode == "train":
+            self._micro_in_step += 1
         if oracle_every_step:
-            self._log_probe(logp_main, logp_mtp, logp_old, inputs.get("old_mtp_logps"), mask)
+            self._log_probe(logp_main, logp_mtp, logp_old, inputs.get("old_mtp_logps"), mask,
+                            last_micro_batch=self._micro_in_step == ga)
         return out.loss * scale
 
-    def _log_probe(self, logp_main, logp_mtp, logp_old, logp_mtp_old, mask) -> None:
+    def _log_probe(self, logp_main, logp_mtp, logp_old, logp_mtp_old, mask, last_micro_batch: bool) -> None:
         """Every estimator variant on the same trajectory, for the fidelity comparison (oracle mode only):
-        both delta_MTP baselines x {this micro-batch, the step so far} x both estimators."""
+        both delta_MTP baselines x {this micro-batch, the step's running sums} x both estimators; and, for
+        the step-scope decision, lambda from the whole step's sums (``_full``, logged once, at the step's last
+        micro-batch) and from the previous step's complete sums (``_prev``)."""
         cal, metrics = self.mtp.calibrator, self._metrics["train"]
         for baseline, base in (("main_old", None), ("mtp_old", logp_mtp_old)):
             if baseline == "mtp_old" and base is None:
                 continue
             micro = proxy_sums(*deltas(logp_main, logp_mtp, logp_old, base), mask, cal.eps)
             step = self._probe_sums[baseline] = self._probe_sums.get(baseline, torch.zeros_like(micro)) + micro
-            for scope, sums in (("micro", micro), ("step", step)):
+            scopes = [("micro", micro), ("step", step)]
+            if last_micro_batch:
+                scopes.append(("full", step))
+            if baseline in self._probe_prev:
+                scopes.append(("prev", self._probe_prev[baseline]))
+            for scope, sums in scopes:
                 metrics[f"occ/probe_{baseline}_c_{scope}"].append(float(sums[0]))
                 metrics[f"occ/probe_{baseline}_v2_{scope}"].append(float(sums[1]))
                 for estimator in ESTIMATORS:

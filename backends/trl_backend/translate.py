@@ -55,6 +55,7 @@ def grpo_config_kwargs(spec: Spec, output_dir: str, use_cpu: bool = True) -> dic
         epsilon=spec.algorithm.clip_low,
         epsilon_high=spec.algorithm.clip_high,
         dataloader_num_workers=0,
+        **({"optim": "sgd"} if t.optimizer == "sgd" else {}),  # adamw: transformers' default AdamW
     )
 
 

@@ -24,6 +24,7 @@ class Task:
     is_correct: Callable[[str, str], float]  # (completion, answer) -> 1.0 / 0.0
     reward: Reward  # the same check over a batch, for TRL (its __name__ names TRL's reward metric)
     answer_length: Callable[[TaskSpec], int]  # tokens of every answer, without the EOS
+    prompt_length: Callable[[TaskSpec], int]  # tokens of every prompt, without the BOS
 
 
 def final_answer_reward(completions: list[str], answer: list[str], **_: object) -> list[float]:
@@ -33,9 +34,9 @@ def final_answer_reward(completions: list[str], answer: list[str], **_: object) 
 
 TASKS = {
     "arith": Task("arith", arith.heldout_problems, arith.train_problems, arith.exact_match,
-                  arith.exact_match_reward, lambda t: t.digits + 1),
+                  arith.exact_match_reward, lambda t: t.digits + 1, lambda t: 2 * t.digits + 2),
     "chain": Task("chain", chain.heldout_problems, chain.train_problems, chain.final_answer_match,
-                  final_answer_reward, chain.answer_length),
+                  final_answer_reward, chain.answer_length, chain.prompt_length),
 }
 
 

@@ -1,10 +1,11 @@
 """The long-response embedded task: a chain of additions written out as running sums.
 
-``"3+9+4+1+…=" -> "21=61=71=…"``: operands of ``task.digits`` digits; the answer lists the running sums
-a1+a2, a1+a2+a3, …, each zero-padded to the width of the largest possible sum and written least-significant
-digit first (as the `arith` task writes its one sum), separated by ``=``. The reward looks only at the final sum
-(the last field), so the intermediate steps are the model's own working, as in a math solution.
-With two operands the chain is exactly the `arith` task's problem.
+``"30+90+40+10+…=" -> "21=61=71=…"``: operands of ``task.digits`` digits; the answer lists the running sums
+a1+a2, a1+a2+a3, …, each zero-padded to the width of the largest possible sum and, like the `arith` task's sum,
+written least-significant digit first, separated by ``=``. The operands are written in the same width and digit
+order, so every answer field sits at the same distance after the operand it adds: a tiny model can learn the
+procedure, and the length of the chain, not the layout, sets the difficulty. The reward looks only at the final
+sum (the last field); the intermediate sums are the model's own working, as in a math solution.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ def sum_width(task: TaskSpec) -> int:
     return len(str(task.operands * (10 ** task.digits - 1)))
 
 
+def prompt_length(task: TaskSpec) -> int:
+    """Characters (= tokens) of every prompt, without the BOS."""
+    return task.operands * (sum_width(task) + 1)
+
+
 def answer_length(task: TaskSpec) -> int:
     """Characters (= tokens) of every answer, without the EOS."""
     return (task.operands - 1) * (sum_width(task) + 1) - 1
@@ -32,7 +38,8 @@ def make_problem(operands: tuple[int, ...], task: TaskSpec) -> Problem:
         total += value
         text = f"{total:0{width}d}"
         sums.append(text[::-1] if task.reverse_answer else text)
-    prompt = "+".join(f"{v:0{task.digits}d}" for v in operands) + "="
+    fields = (f"{v:0{width}d}" for v in operands)
+    prompt = "+".join(f[::-1] if task.reverse_answer else f for f in fields) + "="
     return Problem(prompt=prompt, answer=SEPARATOR.join(sums))
 
 

@@ -1,0 +1,60 @@
+"""The built-in tasks: problem format, the reward's check, splits, and the spec's length checks."""
+
+import pytest
+
+from occctl.errors import SpecError
+from occctl.spec import Spec, TaskSpec, validate_spec
+from occctl.tasks import TASKS, get_task
+from occctl.tasks.chain import final_answer_match, make_problem
+
+CHAIN = TaskSpec(name="chain", digits=1, operands=10, heldout_problems=50, train_problems=200)
+
+
+def test_chain_writes_running_sums_lsd_first_at_a_fixed_offset():
+    p = make_problem((3, 9, 4, 1, 9, 9, 9, 9, 9, 9), CHAIN)
+    assert p.prompt == "30+90+40+10+90+90+90+90+90+90="
+    assert p.answer == "21=61=71=62=53=44=35=26=17"  # 12, 16, 17, 26, 35, … least-significant digit first
+    assert len(p.answer) == get_task(CHAIN).answer_length(CHAIN) == 26
+    assert len(p.prompt) == get_task(CHAIN).prompt_length(CHAIN)
+
+
+def test_reward_checks_only_the_final_sum():
+    answer = "21=61=71"
+    assert final_answer_match("21=61=71", answer) == 1.0
+    assert final_answer_match("99=99=71 ", answer) == 1.0  # wrong working, right final sum
+    assert final_answer_match("21=61=72", answer) == 0.0
+    assert final_answer_match("", answer) == 0.0
+    reward = TASKS["chain"].reward(["21=61=71", "21=61"], answer=[answer, answer])
+    assert reward == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("name, task", [("arith", TaskSpec(heldout_problems=50, train_problems=300)),
+                                        ("chain", CHAIN)])
+def test_splits_are_disjoint_deterministic_and_equal_length(name, task):
+    t = TASKS[name]
+    held, train = t.heldout_problems(task), t.train_problems(task, seed=3)
+    assert not {p.prompt for p in held} & {p.prompt for p in train}
+    assert train == t.train_problems(task, seed=3) and train != t.train_problems(task, seed=4)
+    assert len({len(p.prompt + p.answer) for p in held + train}) == 1  # the warm-up batches them unpadded
+
+
+def _spec(**task_and_train):
+    task = {k: v for k, v in task_and_train.items() if k in TaskSpec.model_fields}
+    train = {k: v for k, v in task_and_train.items() if k not in TaskSpec.model_fields}
+    return {"name": "t", "task": task, "train": train}
+
+
+@pytest.mark.parametrize("raw, field", [
+    (_spec(name="chain", digits=1, operands=10, max_new_tokens=20), "train.max_new_tokens"),
+    (_spec(name="chain", digits=2, operands=12, max_new_tokens=60), "context"),
+    (_spec(name="arith", operands=3), "task.operands"),
+])
+def test_answers_that_cannot_fit_are_refused(raw, field):
+    with pytest.raises(SpecError) as e:
+        validate_spec(raw, "s.yaml")
+    assert field in str(e.value)
+
+
+def test_long_specs_fit():
+    spec = validate_spec(_spec(name="chain", digits=1, operands=10, max_new_tokens=28), "s.yaml")
+    assert isinstance(spec, Spec) and spec.task.operands == 10
