@@ -78,12 +78,12 @@ def evaluate(
         err.print("interrupted: finished generations are cached; rerun the same command to resume")
         raise typer.Exit(130)
     for result in results:
-        out.print(results_table(result))
-        if result.get("run_summary"):
-            s = result["run_summary"]
+        out.print(results_table(result.to_json()))
+        if result.run_summary:
+            s = result.run_summary
             out.print(f"run summary: heldout_acc_after {s['heldout_acc_after']} at k={s['heldout_k']} "
                       f"({'matches' if s['matches'] else 'differs'})", highlight=False)
-        out.print(f"saved: {result['files'][0]}", highlight=False, markup=False, soft_wrap=True)
+        out.print(f"saved: {result.files[0]}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("selfcheck")
