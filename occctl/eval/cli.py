@@ -31,8 +31,8 @@ def evaluate(
     k: Optional[int] = typer.Option(None, "-k", "--k", help="samples per problem (default: 32 for math6; the "
                                     "run's eval.samples_per_problem for tiny)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="only the first N problems of each benchmark"),
-    grader: Optional[list[str]] = typer.Option(None, "--grader", help="math_verify@1 (default), deepscaler@1, "
-                                               "deepscaler_think@1; repeat to grade with several"),
+    grader: Optional[list[str]] = typer.Option(None, "--grader", help="math_verify@1 (default), deepscaler@2, "
+                                               "deepscaler_think@2; repeat to grade with several"),
     benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="comma-separated subset, e.g. "
                                              "aime24,amc23_40 (default: the suite's six)"),
     engine: str = typer.Option("hf", "--engine", help="hf (transformers, CPU or GPU) or sglang (GPU)"),
@@ -89,7 +89,7 @@ def evaluate(
 @app.command("selfcheck")
 def selfcheck(
     suite: str = SUITE_OPT,
-    grader: Optional[list[str]] = typer.Option(None, "--grader", help="default: math_verify@1 and deepscaler@1"),
+    grader: Optional[list[str]] = typer.Option(None, "--grader", help="default: math_verify@1 and deepscaler@2"),
     data_dir: Optional[str] = DATA_OPT,
     from_hub: bool = HUB_OPT,
     timeout: float = TIMEOUT_OPT,

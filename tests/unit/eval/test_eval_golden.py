@@ -106,14 +106,14 @@ def test_eval_outputs_match_the_golden_files(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "make_engine", lambda *a, **kw: CannedEngine())
     runner = CliRunner()
     math = runner.invoke(app, ["eval", "--suite", "math6", "--checkpoint", str(checkpoint), "-k", "3",
-                               "--data-dir", str(data), "--grader", "math_verify@1", "--grader", "deepscaler@1",
+                               "--data-dir", str(data), "--grader", "math_verify@1", "--grader", "deepscaler@2",
                                "--no-mlflow", "--workers", "1"])
     assert math.exit_code == 0, math.output
     tiny = runner.invoke(app, ["eval", "--suite", "tiny", "--checkpoint", str(checkpoint), "--limit", "6", "-k", "2",
                                "--no-mlflow"])
     assert tiny.exit_code == 0, tiny.output
     files = _results(tmp_path / "results")
-    assert sorted(files) == ["results_deepscaler_v1_k3.json", "results_deepscaler_v1_k3.md",
+    assert sorted(files) == ["results_deepscaler_v2_k3.json", "results_deepscaler_v2_k3.md",
                              "results_exact_match_v1_k2_limit6.json", "results_exact_match_v1_k2_limit6.md",
                              "results_math_verify_v1_k3.json", "results_math_verify_v1_k3.md"]
     for name, path in files.items():

@@ -47,7 +47,7 @@ def pool():
     p.close()
 
 
-@pytest.mark.parametrize("grader", ["math_verify@1", "deepscaler@1"])
+@pytest.mark.parametrize("grader", ["math_verify@1", "deepscaler@2"])
 def test_pathological_answers_return_within_the_timeout(pool, grader):
     start = time.monotonic()
     outcomes = pool.grade([Job(grader, text, GOLD) for text in PATHOLOGICAL])
@@ -92,7 +92,7 @@ def test_a_worker_that_dies_mid_answer_is_reported_and_replaced():
 
 def test_results_keep_job_order_across_workers():
     with GradingPool(processes=2, timeout_s=10) as pool:
-        jobs = [Job("deepscaler@1", f"\\boxed{{{i}}}", (str(i if i % 3 else i + 1),)) for i in range(40)]
+        jobs = [Job("deepscaler@2", f"\\boxed{{{i}}}", (str(i if i % 3 else i + 1),)) for i in range(40)]
         outcomes = pool.grade(jobs)
     assert [o.correct for o in outcomes] == [bool(i % 3) for i in range(40)]
     assert [o.pred for o in outcomes] == [str(i) for i in range(40)]
