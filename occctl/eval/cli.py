@@ -17,7 +17,9 @@ SUITE_OPT = typer.Option("math6", "--suite", help="suite: math6 (aime24, aime25,
 DATA_OPT = typer.Option(None, "--data-dir", help="math6 data directory (default: $OCCCTL_DATA_DIR, then "
                         "../shared/data/math6 when present)")
 HUB_OPT = typer.Option(False, "--from-hub", help="load the benchmarks from the HF hub (needs network)")
-TIMEOUT_OPT = typer.Option(5.0, "--timeout", help="per-answer grading timeout in seconds (the worker is killed)")
+TIMEOUT_OPT = typer.Option(5.0, "--grade-timeout", "--timeout", help="per-answer grading deadline in seconds: the "
+                           "worker is killed and replaced, the answer counts as incorrect and is counted in the "
+                           "results (a rerun regrades it)")
 WORKERS_OPT = typer.Option(None, "--workers", help="grading worker processes (default: CPU count, at most 8)")
 
 

@@ -33,10 +33,12 @@ class MtpAcceptance:
 
 @dataclass(frozen=True)
 class GradingCounts:
-    """Answers graded in the pool: deadline overruns and grader errors (both count as incorrect)."""
+    """Answers graded in the pool: deadline overruns and grader errors (both count as incorrect), and the worker
+    processes replaced meanwhile (one per overrun or crash)."""
 
     timeouts: int
     errors: int
+    worker_replacements: int
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class BenchmarkResult:
         if self.greedy is not None:
             out["greedy"] = self.greedy
         if self.grading is not None:
-            out.update(timeouts=self.grading.timeouts, errors=self.grading.errors)
+            out.update(timeouts=self.grading.timeouts, errors=self.grading.errors,
+                       worker_replacements=self.grading.worker_replacements)
         if self.truncated_by_length is not None:
             out["truncated_by_length"] = self.truncated_by_length
         if self.mtp is not None:
@@ -89,6 +92,7 @@ class EvalResult:
     benchmarks: dict[str, BenchmarkResult]
     generation: Generation | None = None
     run_summary: dict[str, Any] | None = None  # the tiny suite: does it reproduce the run's own held-out eval?
+    grade_timeout_s: float | None = None  # the per-answer grading deadline (None: graded in-process)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     files: list[Path] = field(default_factory=list)
     mlflow_run_id: str | None = None
@@ -128,6 +132,9 @@ class EvalResult:
                 out[f"eval/{label}/{name}/greedy/{slug}"] = b.greedy
             if b.mtp is not None and b.mtp.rate is not None:
                 out[f"eval/{label}/{name}/mtp_acceptance"] = b.mtp.rate
+            if b.grading is not None:
+                out[f"eval/{label}/{name}/grade_timeouts/{slug}"] = b.grading.timeouts
+                out[f"eval/{label}/{name}/worker_replacements/{slug}"] = b.grading.worker_replacements
         if len(self.suite.benchmarks) > 1:
             if self.average is not None:
                 out[f"eval/{label}/avg_at_{k}/{slug}"] = self.average["avg_at_k"]
@@ -144,7 +151,10 @@ class EvalResult:
         head["sampling"] = {"k": self.sampling.k, **self.sampling.key_fields()}
         if self.generation is not None:
             head.update(effective=self.generation.effective, prompt=self.generation.prompt)
-        head.update(limit=self.limit, benchmarks={n: b.to_json() for n, b in self.benchmarks.items()},
+        head["limit"] = self.limit
+        if self.grade_timeout_s is not None:
+            head["grade_timeout_s"] = self.grade_timeout_s
+        head.update(benchmarks={n: b.to_json() for n, b in self.benchmarks.items()},
                     average=self.average, mtp_acceptance=self.mtp_acceptance, metrics=self.metrics)
         if self.generation is not None:
             head["cache"] = str(self.generation.cache)

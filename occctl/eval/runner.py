@@ -91,7 +91,10 @@ def evaluate(target: Target, opts: EvalOptions, console: Console) -> list[EvalRe
     scores = SCORERS[job.suite.kind](job, console)
     results = [EvalResult(suite=job.suite, label=job.label, grader=g, target=target, sampling=job.sampling,
                           limit=opts.limit, benchmarks=scores.benchmarks[g], generation=scores.generation,
-                          run_summary=scores.run_summary) for g in job.graders]
+                          run_summary=scores.run_summary,
+                          grade_timeout_s=opts.timeout_s if scores.generation is not None else None)
+               for g in job.graders]
+    warn_grading(results, opts.timeout_s, console)
     artifacts = scores.directory.relative_to(target.base_dir).as_posix()
     return publish(results, scores.directory, artifacts, opts.mlflow, console)
 
@@ -132,7 +135,7 @@ def _check_numbers(opts: EvalOptions) -> None:
                                   ("--temperature", opts.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
                                   ("--top-p", opts.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
                                   ("--max-new-tokens", opts.max_new_tokens, lambda v: v >= 1, ">= 1"),
-                                  ("--timeout", opts.timeout_s, lambda v: v > 0, "> 0"),
+                                  ("--grade-timeout", opts.timeout_s, lambda v: v > 0, "> 0"),
                                   ("--workers", opts.workers, lambda v: v >= 1, ">= 1")):
         if value is not None and not ok(value):
             raise SpecError(f"{flag} must be {rule}; got {value}")
@@ -218,7 +221,8 @@ def _math_benchmark(job: EvalJob, name: str, grades: dict, gens: dict, accept: d
     return BenchmarkResult(
         n_problems=len(job.problems[name]), k=job.sampling.k, avg_at_k=avg, pass_at_k=passed,
         grading=GradingCounts(timeouts=statuses.count("timeout"),
-                              errors=sum(s not in ("ok", "timeout") for s in statuses)),
+                              errors=sum(s not in ("ok", "timeout") for s in statuses),
+                              worker_replacements=sum(_replacements(grades[key]) for key in keys)),
         truncated_by_length=sum(gens[key]["finish"] == "length" for key in keys), mtp=mtp)
 
 
@@ -258,12 +262,15 @@ def _tokenizer(model: str, trust_remote_code: bool):
     return tok, getattr(config, "max_position_embeddings", None)
 
 
-def _missing(job: EvalJob, path: Callable[[str], Path]) -> list[tuple[str, Problem, int]]:
-    """(benchmark, problem, sample) for every sample the cache file ``path(benchmark)`` lacks, in order."""
+def _missing(job: EvalJob, path: Callable[[str], Path],
+             redo: Callable[[dict], bool] = lambda row: False) -> list[tuple[str, Problem, int]]:
+    """(benchmark, problem, sample) for every sample the cache file ``path(benchmark)`` lacks (or holds a row
+    that ``redo`` rejects), in order."""
     out = []
     for name in job.benchmarks:
         have = evcache.read_rows(path(name))
-        out += [(name, p, s) for p in job.problems[name] for s in range(job.sampling.k) if (p.id, s) not in have]
+        out += [(name, p, s) for p in job.problems[name] for s in range(job.sampling.k)
+                if (p.id, s) not in have or redo(have[(p.id, s)])]
     return out
 
 
@@ -347,13 +354,14 @@ def _acceptance_model(model: str, engine):
 
 
 def _grade(job: EvalJob, gens: dict, directory: Path, console: Console) -> dict[str, dict[str, dict]]:
-    """Grades per grader and benchmark (cached per sample; only missing ones are graded, in the pool)."""
+    """Grades per grader and benchmark, cached per sample: missing ones, and ones that timed out before (perhaps
+    under a shorter ``--grade-timeout``), are graded in the pool."""
     out: dict[str, dict[str, dict]] = {}
     pool = None
     try:
         for grader in job.graders:
             slug = grader_slug(grader)
-            todo = _missing(job, lambda n: evcache.grades_path(directory, slug, n))
+            todo = _missing(job, lambda n: evcache.grades_path(directory, slug, n), _timed_out)
             if todo:
                 pool = pool or GradingPool(job.options.workers, job.options.timeout_s)
                 with _progress(console) as progress:
@@ -364,7 +372,8 @@ def _grade(job: EvalJob, gens: dict, directory: Path, console: Console) -> dict[
                         outcomes = pool.grade(jobs, on_done=lambda *_: progress.advance(task))
                         for name in job.benchmarks:
                             rows = [{"id": p.id, "sample": s, "correct": o.correct,
-                                     "pred": None if o.pred is None else o.pred[:500], "status": o.status}
+                                     "pred": None if o.pred is None else o.pred[:500], "status": o.status,
+                                     "replaced": o.replaced}
                                     for (n, p, s), o in zip(part, outcomes) if n == name]
                             if rows:
                                 with evcache.RowWriter(evcache.grades_path(directory, slug, name)) as writer:
@@ -374,6 +383,29 @@ def _grade(job: EvalJob, gens: dict, directory: Path, console: Console) -> dict[
         if pool is not None:
             pool.close()
     return out
+
+
+def _timed_out(row: dict) -> bool:
+    return row["status"] == "timeout"
+
+
+def _replacements(row: dict) -> int:
+    """Workers replaced while grading this answer (rows cached before it was recorded: one per timeout or crash)."""
+    return int(row.get("replaced", row["status"] in ("timeout", "crash")))
+
+
+def warn_grading(results: list[EvalResult], timeout_s: float, console: Console) -> None:
+    """One warning per grader whose answers timed out or needed a fresh worker: they count as incorrect."""
+    for result in results:
+        counts = {n: b.grading for n, b in result.benchmarks.items() if b.grading is not None}
+        timeouts = {n: c.timeouts for n, c in counts.items() if c.timeouts}
+        replaced = sum(c.worker_replacements for c in counts.values())
+        if timeouts or replaced:
+            where = ", ".join(f"{n} {t}" for n, t in timeouts.items()) or "none"
+            console.print(f"[yellow]warning:[/] {result.grader}: {sum(timeouts.values())} answers hit the "
+                          f"{timeout_s:g} s grading deadline and count as incorrect ({where}); "
+                          f"{replaced} grading workers replaced. Rerun with a larger --grade-timeout to regrade "
+                          "them (other grades are cached)", highlight=False)
 
 
 # ---- the tiny suite: the run's own held-out eval ---------------------------------------------------------

@@ -49,6 +49,7 @@ def selfcheck(suite_name: str, graders: list[str], data_dir: str | None, from_hu
                 agree = sum(o.correct for _, o in got)
                 per[name] = {"answers": len(got), "agree": agree, "agreement": agree / len(got),
                              "timeouts": sum(o.status == "timeout" for _, o in got),
+                             "worker_replacements": sum(o.replaced for _, o in got),
                              "disagreeing": [p.id for p, o in got if not o.correct][:20]}
             out["graders"][grader] = {"seconds": seconds, "benchmarks": per}
     out["total_s"] = time.perf_counter() - start

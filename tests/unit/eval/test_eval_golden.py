@@ -37,8 +37,8 @@ class CannedEngine:
 
     name = "canned"
 
-    def __init__(self) -> None:
-        self.texts = [text for b in range(len(BENCHMARKS)) for i in range(2) for text in ROWS[(b + i) % len(ROWS)][1]]
+    def __init__(self, texts: list[str] | None = None) -> None:
+        self.texts = texts or [t for b in range(len(BENCHMARKS)) for i in range(2) for t in ROWS[(b + i) % len(ROWS)][1]]
         self.calls = 0
 
     def generate(self, prompts, sampling, max_new_tokens, seed):
@@ -121,3 +121,34 @@ def test_eval_outputs_match_the_golden_files(checkpoint, tmp_path, monkeypatch):
             _compare(name, _normalized_json(path, tmp_path, checkpoint))
         else:
             _compare(name, _stable(path.read_text(), tmp_path, checkpoint))
+
+
+def test_grading_timeouts_are_counted_warned_about_and_regraded(checkpoint, tmp_path, monkeypatch):
+    """An answer that overruns the grading deadline: incorrect, but counted per benchmark (JSON, markdown, MLflow
+    metric names), warned about, and graded again on the next run."""
+    monkeypatch.setenv("OCCCTL_RESULTS_DIR", str(tmp_path / "results"))
+    data = _data(tmp_path)
+    from occctl.eval import cache as evcache
+    from occctl.eval import engines
+
+    hang = "\\boxed{9^{9^{9^{9}}}}"  # math-verify evaluates the tower in C: only the deadline stops it
+    monkeypatch.setattr(engines, "make_engine", lambda *a, **kw: CannedEngine([hang, "\\boxed{0.5}"]))
+    args = ["eval", "--suite", "math6", "--checkpoint", str(checkpoint), "-k", "1", "--benchmarks", "aime24",
+            "--data-dir", str(data), "--grade-timeout", "0.5", "--no-mlflow", "--workers", "1"]
+    first = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    assert first.exit_code == 0, first.output
+    assert "1 answers hit the 0.5 s grading deadline" in first.output and "1 grading workers replaced" in first.output
+    (path,) = (tmp_path / "results").rglob("results_math_verify_v1_k1_aime24.json")
+    result = json.loads(path.read_text())
+    bench = result["benchmarks"]["aime24"]
+    assert (bench["timeouts"], bench["worker_replacements"], bench["avg_at_k"]) == (1, 1, 0.5)
+    assert result["grade_timeout_s"] == 0.5
+    assert result["metrics"]["eval/math6/aime24/grade_timeouts/math_verify_v1"] == 1
+    assert result["metrics"]["eval/math6/aime24/worker_replacements/math_verify_v1"] == 1
+    assert "**Warning:** 1 answers hit the 0.5 s grading deadline" in path.with_suffix(".md").read_text()
+    # the next run grades the timed-out answer again (and only it)
+    grades = evcache.grades_path(Path(result["cache"]), "math_verify_v1", "aime24")
+    assert len(grades.read_text().splitlines()) == 2
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert len(grades.read_text().splitlines()) == 3
