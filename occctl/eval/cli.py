@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -57,6 +58,9 @@ def evaluate(
     timeout: float = TIMEOUT_OPT,
     workers: Optional[int] = WORKERS_OPT,
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="write results/ only"),
+    output: Optional[Path] = typer.Option(None, "--out", help="directory for the results JSON + markdown, anywhere "
+                                          "(default: beside the generations cache under the run or results/evals)"),
+    force: bool = typer.Option(False, "--force", help="with --out: overwrite results files already there"),
 ) -> None:
     """Evaluate: occctl eval --suite math6 (--run NAME | --checkpoint PATH | --model HF_ID_OR_PATH) [-k N] ..."""
     if ctx.invoked_subcommand is not None:
@@ -70,7 +74,8 @@ def evaluate(
                        engine=engine, engine_url=engine_url, tp_size=tp_size, batch_size=batch_size, dtype=dtype,
                        trust_remote_code=trust_remote_code, data_dir=data_dir, from_hub=from_hub,
                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                       prompt=prompt, timeout_s=timeout, workers=workers, mlflow=not no_mlflow)
+                       prompt=prompt, timeout_s=timeout, workers=workers, mlflow=not no_mlflow,
+                       out=output.expanduser().absolute() if output else None, force=force)
     try:
         target = resolve_target(run, checkpoint, model)
         results = run_eval(target, opts, err)

@@ -59,6 +59,8 @@ class EvalOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
     workers: int | None = None
     mlflow: bool = True
+    out: Path | None = None  # results files go here instead of beside the cache
+    force: bool = False  # overwrite results files already in ``out``
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,9 @@ def evaluate(target: Target, opts: EvalOptions, console: Console) -> list[EvalRe
                for g in job.graders]
     warn_grading(results, opts.timeout_s, console)
     artifacts = scores.directory.relative_to(target.base_dir).as_posix()
-    return publish(results, scores.directory, artifacts, opts.mlflow, console)
+    if opts.out is not None:
+        opts.out.mkdir(parents=True, exist_ok=True)
+    return publish(results, opts.out or scores.directory, artifacts, opts.mlflow, console)
 
 
 def plan_job(target: Target, opts: EvalOptions) -> EvalJob:
@@ -106,8 +110,10 @@ def plan_job(target: Target, opts: EvalOptions) -> EvalJob:
     if suite.kind == "task":
         if any(g not in (TASK_GRADER, "exact_match") for g in opts.graders):
             raise SpecError(f"the {suite.name} suite is graded by the task's reward ({TASK_GRADER}); drop --grader")
-        return EvalJob(target, suite, opts, (TASK_GRADER,), suite.benchmarks, _task_sampling(target, opts),
-                       suite_label(suite.name, opts.limit), {})
+        job = EvalJob(target, suite, opts, (TASK_GRADER,), suite.benchmarks, _task_sampling(target, opts),
+                      suite_label(suite.name, opts.limit), {})
+        _check_out(job)
+        return job
     graders = tuple(dict.fromkeys(resolve_grader(g) for g in (opts.graders or (DEFAULT_GRADER,))))
     check_engine(opts.engine)
     names = tuple(select_benchmarks(suite, list(opts.benchmarks)))
@@ -116,7 +122,22 @@ def plan_job(target: Target, opts: EvalOptions) -> EvalJob:
     sampling = Sampling(k=opts.k or base.k, temperature=_pick(opts.temperature, base.temperature),
                         top_p=_pick(opts.top_p, base.top_p), max_new_tokens=opts.max_new_tokens or base.max_new_tokens,
                         seed=_pick(opts.seed, base.seed))
-    return EvalJob(target, suite, opts, graders, names, sampling, suite_label(suite.name, opts.limit), problems)
+    job = EvalJob(target, suite, opts, graders, names, sampling, suite_label(suite.name, opts.limit), problems)
+    _check_out(job)
+    return job
+
+
+def _check_out(job: EvalJob) -> None:
+    """``--out`` may be anywhere, but results files already there are only replaced with ``--force``."""
+    out = job.options.out
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out}: not a directory")
+    stems = [results_stem(g, job.sampling.k, list(job.benchmarks), job.suite, job.options.limit) for g in job.graders]
+    present = [out / f"{stem}{ext}" for stem in stems for ext in (".json", ".md") if (out / f"{stem}{ext}").exists()]
+    if present and not job.options.force:
+        raise SpecError(f"--out {out}: {present[0].name} exists (pass --force to overwrite)")
 
 
 def _task_sampling(target: Target, opts: EvalOptions) -> Sampling:

@@ -54,14 +54,6 @@ class CannedEngine:
         pass
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from occctl.models import build_tiny, save_checkpoint
-    from occctl.spec import TinyModelSpec
-
-    return save_checkpoint(tmp_path_factory.mktemp("golden") / "tiny_ckpt", build_tiny(TinyModelSpec(), seed=0))
-
-
 def _data(tmp_path: Path) -> Path:
     root = tmp_path / "math6"
     root.mkdir()
