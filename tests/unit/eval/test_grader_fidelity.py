@@ -88,6 +88,8 @@ def test_documented_deviations():
     assert ds_box("\\sqrt[3]{5}", "\\sqrt[3]{5}")
     # floor / ceiling are sympy functions, so a reordered sum is equal (the original cannot parse them)
     assert ds_box("1+\\lceil t/2 \\rceil", "\\lceil t/2 \\rceil + 1")
+    # \pi is the constant, so `pi` typed as text is the same number
+    assert ds_box("2 pi", "2\\pi") and not ds_box("2", "2\\pi")
 
 
 # ---- the math6 golds of these classes (when the data is present) ------------------------------------------------
