@@ -85,6 +85,7 @@ class Scores:
     directory: Path  # where the results go by default (beside the cache)
     generation: Generation | None = None
     run_summary: dict[str, Any] | None = None
+    grade_timeout_s: float | None = None  # the grading pool's per-answer deadline (None: graded in-process)
 
 
 def evaluate(target: Target, opts: EvalOptions, console: Console) -> list[EvalResult]:
@@ -93,8 +94,7 @@ def evaluate(target: Target, opts: EvalOptions, console: Console) -> list[EvalRe
     scores = SCORERS[job.suite.kind](job, console)
     results = [EvalResult(suite=job.suite, label=job.label, grader=g, target=target, sampling=job.sampling,
                           limit=opts.limit, benchmarks=scores.benchmarks[g], generation=scores.generation,
-                          run_summary=scores.run_summary,
-                          grade_timeout_s=opts.timeout_s if scores.generation is not None else None)
+                          run_summary=scores.run_summary, grade_timeout_s=scores.grade_timeout_s)
                for g in job.graders]
     warn_grading(results, opts.timeout_s, console)
     artifacts = scores.directory.relative_to(target.base_dir).as_posix()
@@ -107,13 +107,12 @@ def plan_job(target: Target, opts: EvalOptions) -> EvalJob:
     """Check the options and resolve suite, graders, benchmarks, sampling and problems (bad input: SpecError)."""
     _check_numbers(opts)
     suite = get_suite(opts.suite)
-    if suite.kind == "task":
-        if any(g not in (TASK_GRADER, "exact_match") for g in opts.graders):
-            raise SpecError(f"the {suite.name} suite is graded by the task's reward ({TASK_GRADER}); drop --grader")
-        job = EvalJob(target, suite, opts, (TASK_GRADER,), suite.benchmarks, _task_sampling(target, opts),
-                      suite_label(suite.name, opts.limit), {})
-        _check_out(job)
-        return job
+    job = (_task_job if suite.kind == "task" else _math_job)(target, suite, opts)
+    _check_out(job)
+    return job
+
+
+def _math_job(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
     graders = tuple(dict.fromkeys(resolve_grader(g) for g in (opts.graders or (DEFAULT_GRADER,))))
     check_engine(opts.engine)
     names = tuple(select_benchmarks(suite, list(opts.benchmarks)))
@@ -122,9 +121,21 @@ def plan_job(target: Target, opts: EvalOptions) -> EvalJob:
     sampling = Sampling(k=opts.k or base.k, temperature=_pick(opts.temperature, base.temperature),
                         top_p=_pick(opts.top_p, base.top_p), max_new_tokens=opts.max_new_tokens or base.max_new_tokens,
                         seed=_pick(opts.seed, base.seed))
-    job = EvalJob(target, suite, opts, graders, names, sampling, suite_label(suite.name, opts.limit), problems)
-    _check_out(job)
-    return job
+    return EvalJob(target, suite, opts, graders, names, sampling, suite_label(suite.name, opts.limit), problems)
+
+
+def _task_job(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
+    """The run's own held-out eval settings (a checkpoint without a run: the spec defaults), top-p 1."""
+    from occctl.spec import EvalSpec, TrainSpec
+
+    if any(g not in (TASK_GRADER, "exact_match") for g in opts.graders):
+        raise SpecError(f"the {suite.name} suite is graded by the task's reward ({TASK_GRADER}); drop --grader")
+    ev, train = (target.spec.eval, target.spec.train) if target.spec else (EvalSpec(), TrainSpec())
+    sampling = Sampling(k=opts.k or ev.samples_per_problem, temperature=_pick(opts.temperature, ev.temperature),
+                        top_p=1.0, max_new_tokens=opts.max_new_tokens or train.max_new_tokens,
+                        seed=_pick(opts.seed, train.seed))
+    return EvalJob(target, suite, opts, (TASK_GRADER,), suite.benchmarks, sampling,
+                   suite_label(suite.name, opts.limit), {})
 
 
 def _check_out(job: EvalJob) -> None:
@@ -138,16 +149,6 @@ def _check_out(job: EvalJob) -> None:
     present = [out / f"{stem}{ext}" for stem in stems for ext in (".json", ".md") if (out / f"{stem}{ext}").exists()]
     if present and not job.options.force:
         raise SpecError(f"--out {out}: {present[0].name} exists (pass --force to overwrite)")
-
-
-def _task_sampling(target: Target, opts: EvalOptions) -> Sampling:
-    """The run's own held-out eval settings (a checkpoint without a run: the spec defaults), top-p 1."""
-    from occctl.spec import EvalSpec, TrainSpec
-
-    ev, train = (target.spec.eval, target.spec.train) if target.spec else (EvalSpec(), TrainSpec())
-    return Sampling(k=opts.k or ev.samples_per_problem, temperature=_pick(opts.temperature, ev.temperature),
-                    top_p=1.0, max_new_tokens=opts.max_new_tokens or train.max_new_tokens,
-                    seed=_pick(opts.seed, train.seed))
 
 
 def _check_numbers(opts: EvalOptions) -> None:
@@ -227,7 +228,7 @@ def score_math(job: EvalJob, console: Console) -> Scores:
                             cache=directory)
     benchmarks = {g: {n: _math_benchmark(job, n, grades[g][n], gens[n], accept and accept[n]) for n in job.benchmarks}
                   for g in job.graders}
-    return Scores(benchmarks, directory, generation)
+    return Scores(benchmarks, directory, generation, grade_timeout_s=job.options.timeout_s)
 
 
 def _math_benchmark(job: EvalJob, name: str, grades: dict, gens: dict, accept: dict | None) -> BenchmarkResult:

@@ -38,7 +38,8 @@ class CannedEngine:
     name = "canned"
 
     def __init__(self, texts: list[str] | None = None) -> None:
-        self.texts = texts or [t for b in range(len(BENCHMARKS)) for i in range(2) for t in ROWS[(b + i) % len(ROWS)][1]]
+        default = [t for b in range(len(BENCHMARKS)) for i in range(2) for t in ROWS[(b + i) % len(ROWS)][1]]
+        self.texts = texts or default
         self.calls = 0
 
     def generate(self, prompts, sampling, max_new_tokens, seed):
