@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -17,7 +18,9 @@ SUITE_OPT = typer.Option("math6", "--suite", help="suite: math6 (aime24, aime25,
 DATA_OPT = typer.Option(None, "--data-dir", help="math6 data directory (default: $OCCCTL_DATA_DIR, then "
                         "../shared/data/math6 when present)")
 HUB_OPT = typer.Option(False, "--from-hub", help="load the benchmarks from the HF hub (needs network)")
-TIMEOUT_OPT = typer.Option(5.0, "--timeout", help="per-answer grading timeout in seconds (the worker is killed)")
+TIMEOUT_OPT = typer.Option(5.0, "--grade-timeout", "--timeout", help="per-answer grading deadline in seconds: the "
+                           "worker is killed and replaced, the answer counts as incorrect and is counted in the "
+                           "results (a rerun regrades it)")
 WORKERS_OPT = typer.Option(None, "--workers", help="grading worker processes (default: CPU count, at most 8)")
 
 
@@ -31,8 +34,8 @@ def evaluate(
     k: Optional[int] = typer.Option(None, "-k", "--k", help="samples per problem (default: 32 for math6; the "
                                     "run's eval.samples_per_problem for tiny)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="only the first N problems of each benchmark"),
-    grader: Optional[list[str]] = typer.Option(None, "--grader", help="math_verify@1 (default), deepscaler@1, "
-                                               "deepscaler_think@1; repeat to grade with several"),
+    grader: Optional[list[str]] = typer.Option(None, "--grader", help="math_verify@1 (default), deepscaler@2, "
+                                               "deepscaler_think@2; repeat to grade with several"),
     benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="comma-separated subset, e.g. "
                                              "aime24,amc23_40 (default: the suite's six)"),
     engine: str = typer.Option("hf", "--engine", help="hf (transformers, CPU or GPU) or sglang (GPU)"),
@@ -55,6 +58,9 @@ def evaluate(
     timeout: float = TIMEOUT_OPT,
     workers: Optional[int] = WORKERS_OPT,
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="write results/ only"),
+    output: Optional[Path] = typer.Option(None, "--out", help="directory for the results JSON + markdown, anywhere "
+                                          "(default: beside the generations cache under the run or results/evals)"),
+    force: bool = typer.Option(False, "--force", help="with --out: overwrite results files already there"),
 ) -> None:
     """Evaluate: occctl eval --suite math6 (--run NAME | --checkpoint PATH | --model HF_ID_OR_PATH) [-k N] ..."""
     if ctx.invoked_subcommand is not None:
@@ -68,7 +74,8 @@ def evaluate(
                        engine=engine, engine_url=engine_url, tp_size=tp_size, batch_size=batch_size, dtype=dtype,
                        trust_remote_code=trust_remote_code, data_dir=data_dir, from_hub=from_hub,
                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                       prompt=prompt, timeout_s=timeout, workers=workers, mlflow=not no_mlflow)
+                       prompt=prompt, timeout_s=timeout, workers=workers, mlflow=not no_mlflow,
+                       out=output.expanduser().absolute() if output else None, force=force)
     try:
         target = resolve_target(run, checkpoint, model)
         results = run_eval(target, opts, err)
@@ -78,18 +85,18 @@ def evaluate(
         err.print("interrupted: finished generations are cached; rerun the same command to resume")
         raise typer.Exit(130)
     for result in results:
-        out.print(results_table(result))
-        if result.get("run_summary"):
-            s = result["run_summary"]
+        out.print(results_table(result.to_json()))
+        if result.run_summary:
+            s = result.run_summary
             out.print(f"run summary: heldout_acc_after {s['heldout_acc_after']} at k={s['heldout_k']} "
                       f"({'matches' if s['matches'] else 'differs'})", highlight=False)
-        out.print(f"saved: {result['files'][0]}", highlight=False, markup=False, soft_wrap=True)
+        out.print(f"saved: {result.files[0]}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("selfcheck")
 def selfcheck(
     suite: str = SUITE_OPT,
-    grader: Optional[list[str]] = typer.Option(None, "--grader", help="default: math_verify@1 and deepscaler@1"),
+    grader: Optional[list[str]] = typer.Option(None, "--grader", help="default: math_verify@1 and deepscaler@2"),
     data_dir: Optional[str] = DATA_OPT,
     from_hub: bool = HUB_OPT,
     timeout: float = TIMEOUT_OPT,

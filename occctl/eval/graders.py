@@ -1,17 +1,23 @@
 """Graders: a response + the reference answers -> correct or not. Versioned: ``<name>@<version>``.
 
 A grader key fixes its behaviour forever; a change gets a new version, so scores from different graders never
-share a column. Graders can hang on hostile input (sympy), so the runner calls them only through
-``occctl.eval.pool`` (worker processes with a hard per-answer timeout); calling ``grade_answer`` directly is for
-tests and trusted input.
+share a column (nor a grade cache). Graders can hang on hostile input (sympy), so the runner calls them only
+through ``occctl.eval.pool`` (worker processes with a hard per-answer timeout); calling ``grade_answer`` directly is
+for tests and trusted input.
 
-* ``math_verify@1`` (default): HF math-verify on the response (after ``</think>`` when present); each reference
-  is wrapped as ``\\boxed{...}`` (outer ``$...$`` and a trailing period removed) before parsing, since bare
-  LaTeX gold is mis-parsed; correct if any reference verifies.
-* ``deepscaler@1``: DeepScaleR's reward: the last ``\\boxed{}`` of the response (after ``</think>`` when
-  present), then Hendrycks string equality or the guarded sympy check against any reference.
-* ``deepscaler_think@1``: as ``deepscaler@1`` but with DeepScaleR's format rule: the response must contain
-  ``<think>`` and ``</think>``, and only the text after the first ``</think>`` counts.
+* ``math_verify@1`` (default): HF math-verify on the response (after the first ``</think>`` when present); each
+  reference is wrapped as ``\\boxed{...}`` (outer ``$...$`` and a trailing period removed) before parsing, since
+  bare LaTeX gold is mis-parsed; correct if any reference verifies.
+* ``deepscaler@2``: DeepScaleR's reward (``rllm``'s ``math_reward`` without the format rule): the text between the
+  first and a second ``</think>`` when present (``response.split("</think>")[1]``), its last ``\\boxed{}`` (never
+  an ``\\fbox``), then Hendrycks string equality or the guarded sympy check against
+  any reference.
+* ``deepscaler_think@2``: as ``deepscaler@2`` with DeepScaleR's format rule: the response must contain ``<think>``
+  and ``</think>``.
+
+Retired: ``deepscaler@1`` / ``deepscaler_think@1`` graded the text after the first ``</think>`` (a second one
+included), rendered Greek letters as words (so the sympy check was skipped), dropped floor/ceiling brackets and
+let a later ``\\fbox`` hide a ``\\boxed``.
 """
 
 from __future__ import annotations
@@ -39,14 +45,21 @@ class Grade:
 
 
 def after_think(response: str) -> str:
-    """The text after the first ``</think>``, or the whole response when there is none."""
+    """The text after the first ``</think>``, or the whole response when there is none (math-verify)."""
     return response.split("</think>", 1)[1] if "</think>" in response else response
 
 
+def think_segment(response: str) -> str:
+    """DeepScaleR's answer text: ``response.split("</think>")[1]``, i.e. after the first ``</think>`` and before a
+    second one; the whole response when there is none."""
+    return response.split("</think>")[1] if "</think>" in response else response
+
+
 def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (braces matched). ``\\fbox{..}``, ``\\boxed 5`` or an unclosed
-    box give None, as in DeepScaleR."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    """The content of the last ``\\boxed{...}`` (braces matched), as in DeepScaleR: ``\\boxed 5`` or an unclosed
+    box give None, and so does ``\\fbox{..}`` (DeepScaleR falls back to the last ``\\fbox`` only when there is no
+    ``\\boxed``, then cannot unwrap it), so a later ``\\fbox`` never hides a ``\\boxed``."""
+    start = text.rfind("\\boxed")
     if start < 0 or not text.startswith("\\boxed{", start):
         return None
     depth = 0
@@ -110,7 +123,7 @@ def grade_math_verify(response: str, answers: tuple[str, ...]) -> Grade:
 def _deepscaler(response: str, answers: tuple[str, ...], require_think: bool) -> Grade:
     if require_think and ("<think>" not in response or "</think>" not in response):
         return Grade(False, None)
-    pred = last_boxed(after_think(response))
+    pred = last_boxed(think_segment(response))
     if pred is None:
         return Grade(False, None)
     for answer in answers:
@@ -132,15 +145,19 @@ def grade_deepscaler_think(response: str, answers: tuple[str, ...]) -> Grade:
 
 GRADERS: dict[str, Callable[[str, tuple[str, ...]], Grade]] = {
     "math_verify@1": grade_math_verify,
-    "deepscaler@1": grade_deepscaler,
-    "deepscaler_think@1": grade_deepscaler_think,
+    "deepscaler@2": grade_deepscaler,
+    "deepscaler_think@2": grade_deepscaler_think,
 }
+RETIRED = {"deepscaler@1": "deepscaler@2", "deepscaler_think@1": "deepscaler_think@2"}  # see the module docstring
 
 
 def resolve_grader(name: str) -> str:
-    """A full key (``deepscaler@1``), or a bare name / ``math-verify`` spelling meaning its latest version."""
+    """A full key (``deepscaler@2``), or a bare name / ``math-verify`` spelling meaning its latest version."""
     if name in GRADERS:
         return name
+    if name in RETIRED:
+        raise SpecError(f"grader {name} was retired: it differed from the original grader (see the README's "
+                        f"graders section); use {RETIRED[name]}")
     bare = name.replace("-", "_")
     versions = sorted((k for k in GRADERS if k.split("@")[0] == bare), key=lambda k: int(k.split("@")[1]))
     if versions:

@@ -17,6 +17,7 @@ sympy can hang on hostile input: call these only inside the grading pool (``occc
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # ---- Hendrycks (mathd) normalisation ---------------------------------------------------------------------
 
@@ -89,11 +90,31 @@ def mathd_equal(pred: str | None, gold: str) -> bool:
 # ---- LaTeX -> plain text (what the sympy check parses) ---------------------------------------------------
 
 _SYMBOLS = {
-    "pi": "pi", "infty": "inf", "cup": "U", "cdot": "*", "times": "*", "div": "/", "le": "<=", "leq": "<=",
+    "infty": "inf", "cup": "U", "cdot": "*", "times": "*", "div": "/", "le": "<=", "leq": "<=",
     "ge": ">=", "geq": ">=", "ne": "!=", "neq": "!=", "pm": "+-", "circ": "", "degree": "", "quad": " ",
-    "qquad": " ", "cdots": "...", "ldots": "...", "dots": "...", "lfloor": "", "rfloor": "", "lceil": "",
-    "rceil": "", "left": "", "right": "", "displaystyle": "", "mid": "|", "in": " in ", "emptyset": "{}",
+    "qquad": " ", "cdots": "...", "ldots": "...", "dots": "...", "lfloor": " floor(", "rfloor": ")",
+    "lceil": " ceiling(", "rceil": ")", "left": "", "right": "", "displaystyle": "", "mid": "|", "in": " in ",
+    "emptyset": "{}",
 }
+# Greek letters become one character each, as DeepScaleR's renderer (pylatexenc) writes them, so that they count
+# as one letter in the sympy guard and parse as one symbol; π is parsed as the constant pi (DeepScaleR: a symbol)
+_GREEK = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+          "upsilon phi chi psi omega").split()
+_GREEK_VARIANTS = {"varepsilon": "\N{GREEK LUNATE EPSILON SYMBOL}", "vartheta": "\N{GREEK THETA SYMBOL}",
+                   "varphi": "\N{GREEK PHI SYMBOL}", "varrho": "\N{GREEK RHO SYMBOL}",
+                   "varsigma": "\N{GREEK SMALL LETTER FINAL SIGMA}", "varkappa": "\N{GREEK KAPPA SYMBOL}",
+                   "varpi": "\N{GREEK PI SYMBOL}"}
+_SYMPY_NAMES = ("sqrt", "frac", "floor", "ceiling", "pi")  # the guard counts none as letters (pi: as one)
+
+
+def greek_letter(name: str) -> str | None:
+    """``omega`` -> ω, ``Omega`` -> Ω, ``varphi`` -> ϕ; None for any other macro name."""
+    if name in _GREEK_VARIANTS:
+        return _GREEK_VARIANTS[name]
+    if name.lower() not in _GREEK:
+        return None
+    case = "CAPITAL" if name[0].isupper() else "SMALL"
+    return unicodedata.lookup(f"GREEK {case} LETTER {name.upper().replace('LAMBDA', 'LAMDA')}")
 _UNWRAP = {"text", "textbf", "textit", "mathrm", "mathbf", "mathit", "operatorname", "mbox", "boxed", "overline",
            "hat", "vec", "bar", "mathbb", "textrm", "rm", "bf"}
 _MAX_LATEX_DEPTH = 50
@@ -163,6 +184,8 @@ def latex_to_text(s: str, _depth: int = 0) -> str:
             out.append(latex_to_text(arg, _depth + 1))
         elif name in _SYMBOLS:
             out.append(_SYMBOLS[name])
+        elif greek_letter(name) is not None:
+            out.append(greek_letter(name))
         else:
             out.append(name)  # \alpha -> alpha, \sin -> sin
     return "".join(out)
@@ -246,7 +269,9 @@ def _split_tuple(expr: str) -> list[str]:
 
 
 def _allow_eval(expr: str) -> bool:
-    letters = {c for c in expr.replace("sqrt", "").replace("frac", "") if c.isalpha()}
+    for name in _SYMPY_NAMES:
+        expr = expr.replace(name, "π" if name == "pi" else "")
+    letters = {c for c in expr if c.isalpha()}
     if len(letters) > 2 or "^{" in expr or "^(" in expr:
         return False
     return not (re.search(r"\^[0-9]+\^", expr) or re.search(r"\^[0-9][0-9]+", expr))
@@ -261,7 +286,8 @@ def _sympy_zero_difference(gold: str, pred: str) -> bool:
 
     transformations = sympy_parser.standard_transformations + (sympy_parser.implicit_multiplication_application,)
     try:
-        diff = sympy_parser.parse_expr(expr.replace("^", "**"), transformations=transformations)
+        diff = sympy_parser.parse_expr(expr.replace("^", "**"), transformations=transformations,
+                                       local_dict={"π": sympy.pi})
         return bool(sympy.simplify(diff) == 0)
     except Exception:  # noqa: BLE001 - unparsable text is simply "not equal"
         return False

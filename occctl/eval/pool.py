@@ -36,6 +36,7 @@ class Outcome:
     pred: str | None
     status: str  # "ok", "timeout", "error: <type>", "crash"
     seconds: float
+    replaced: int = 0  # worker processes replaced while grading this answer (killed at the deadline, or dead)
 
 
 def _worker_main(conn: Connection, memory_mb: int | None) -> None:
@@ -126,11 +127,13 @@ class GradingPool:
         jobs = list(jobs)
         results: list[Outcome | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
+        replaced = [0] * len(jobs)  # workers found dead while this job was being handed over
 
-        def finish(worker: _Worker, outcome: Outcome) -> None:
+        def finish(worker: _Worker, correct: bool, pred: str | None, status: str, now: float) -> None:
             idx = worker.job
             worker.job = None
-            results[idx] = outcome
+            results[idx] = outcome = Outcome(correct, pred, status, now - worker.started,
+                                             replaced[idx] + (status in ("timeout", "crash")))
             if on_done:
                 on_done(idx, outcome)
 
@@ -143,6 +146,7 @@ class GradingPool:
                         worker.conn.send((idx, job.grader, job.response, job.answers))
                     except (OSError, ValueError):  # died while idle: replace it and retry the job
                         pending.appendleft(idx)
+                        replaced[idx] += 1
                         self._replace(worker)
                         continue
                     worker.job, worker.started = idx, time.monotonic()
@@ -158,14 +162,14 @@ class GradingPool:
                     try:
                         job_id, correct, pred, status = worker.conn.recv()
                     except (EOFError, OSError):  # the worker died (e.g. a segfault in a C extension)
-                        finish(worker, Outcome(False, None, "crash", now - worker.started))
+                        finish(worker, False, None, "crash", now)
                         self._replace(worker)
                         continue
                     if job_id != worker.job:
                         raise RuntimeError(f"grading worker answered job {job_id}, expected {worker.job}")
-                    finish(worker, Outcome(bool(correct), pred, status, now - worker.started))
+                    finish(worker, bool(correct), pred, status, now)
                 elif now >= worker.deadline:
-                    finish(worker, Outcome(False, None, "timeout", now - worker.started))
+                    finish(worker, False, None, "timeout", now)
                     self._replace(worker)
         return [r for r in results if r is not None]
 

@@ -26,7 +26,7 @@ def selfcheck(suite_name: str, graders: list[str], data_dir: str | None, from_hu
     suite = get_suite(suite_name)
     if suite.kind != "math":
         raise SpecError(f"selfcheck grades reference answers; suite {suite.name!r} has none (try --suite math6)")
-    keys = [resolve_grader(g) for g in (graders or [k for k in GRADERS if k != "deepscaler_think@1"])]
+    keys = [resolve_grader(g) for g in (graders or [k for k in GRADERS if not k.startswith("deepscaler_think@")])]
     names = list(suite.all_benchmarks)
     problems = load_benchmarks(suite, names, data_dir, None, from_hub)
     n = sum(len(v) for v in problems.values())
@@ -49,6 +49,7 @@ def selfcheck(suite_name: str, graders: list[str], data_dir: str | None, from_hu
                 agree = sum(o.correct for _, o in got)
                 per[name] = {"answers": len(got), "agree": agree, "agreement": agree / len(got),
                              "timeouts": sum(o.status == "timeout" for _, o in got),
+                             "worker_replacements": sum(o.replaced for _, o in got),
                              "disagreeing": [p.id for p, o in got if not o.correct][:20]}
             out["graders"][grader] = {"seconds": seconds, "benchmarks": per}
     out["total_s"] = time.perf_counter() - start

@@ -29,16 +29,16 @@ def _rows(r: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, b in r["benchmarks"].items():
         rows.append([name, str(b["n_problems"]), _pct(b["avg_at_k"]), _pct(b["pass_at_k"]),
-                     _pct(b.get("mtp_acceptance")), str(b.get("timeouts", 0))])
+                     _pct(b.get("mtp_acceptance")), str(b.get("timeouts", 0)), str(b.get("worker_replacements", 0))])
     if r.get("average") and len(r["benchmarks"]) > 1:
         rows.append([f"mean ({len(r['benchmarks'])} benchmarks, unweighted)", "", _pct(r["average"]["avg_at_k"]),
-                     _pct(r["average"]["pass_at_k"]), _pct(r.get("mtp_acceptance")), ""])
+                     _pct(r["average"]["pass_at_k"]), _pct(r.get("mtp_acceptance")), "", ""])
     return rows
 
 
 def _header(r: dict[str, Any]) -> list[str]:
     k = r["sampling"]["k"]
-    return ["benchmark", "problems", f"avg@{k} %", f"pass@{k} %", "MTP accept %", "timeouts"]
+    return ["benchmark", "problems", f"avg@{k} %", f"pass@{k} %", "MTP accept %", "timeouts", "workers replaced"]
 
 
 def results_table(r: dict[str, Any]) -> Table:
@@ -55,6 +55,12 @@ def results_markdown(r: dict[str, Any]) -> str:
     header = _header(r)
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(r)]
+    timeouts = sum(b.get("timeouts", 0) for b in r["benchmarks"].values())
+    replaced = sum(b.get("worker_replacements", 0) for b in r["benchmarks"].values())
+    if timeouts or replaced:
+        lines += ["", f"**Warning:** {timeouts} answers hit the {r.get('grade_timeout_s', '?')} s grading deadline "
+                      f"and count as incorrect; {replaced} grading workers were replaced. Rerun with a larger "
+                      "`--grade-timeout` to regrade them."]
     eff = r.get("effective")
     if eff and eff.get("prompts_truncated"):
         lines += ["", f"Model context {eff['context_length']} tokens: max_new_tokens {eff['max_new_tokens']}, "

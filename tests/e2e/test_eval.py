@@ -130,13 +130,13 @@ def test_an_interrupted_eval_resumes_without_regenerating(env, monkeypatch):
         raise AssertionError("an engine was built although every generation is cached")
 
     monkeypatch.setattr(HfEngine, "__init__", no_engine)
-    third = cli.invoke(app, [*args, "--grader", "deepscaler@1", "--grader", "math_verify@1"])
+    third = cli.invoke(app, [*args, "--grader", "deepscaler@2", "--grader", "math_verify@1"])
     assert third.exit_code == 0, third.output
     assert "all 12 cached" in third.output
     names = {p.name for p in cache_dir.glob("results_*.json")}
-    assert {"results_deepscaler_v1_k3_aime24+math500_limit2.json",
+    assert {"results_deepscaler_v2_k3_aime24+math500_limit2.json",
             "results_math_verify_v1_k3_aime24+math500_limit2.json"} <= names
-    graded = evcache.read_rows(evcache.grades_path(cache_dir, "deepscaler_v1", "aime24"))
+    graded = evcache.read_rows(evcache.grades_path(cache_dir, "deepscaler_v2", "aime24"))
     assert len(graded) == 6 and all(r["status"] == "ok" for r in graded.values())
 
 

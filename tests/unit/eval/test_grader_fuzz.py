@@ -67,7 +67,7 @@ def test_a_thousand_fuzzed_answers_through_both_graders():
     before = _descendants()
     pool = GradingPool(processes=2, timeout_s=TIMEOUT_S)
     try:
-        for grader in ("math_verify@1", "deepscaler@1"):
+        for grader in ("math_verify@1", "deepscaler@2"):
             jobs = [Job(grader, text, (GOLDS[i % len(GOLDS)],)) for i, text in enumerate(answers)]
             start = time.monotonic()
             outcomes = pool.grade(jobs)

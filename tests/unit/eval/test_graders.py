@@ -66,13 +66,13 @@ PAIRS = [
 
 @pytest.mark.parametrize("gold,pred,deepscaler,math_verify", PAIRS)
 def test_graders_on_answer_pairs(gold, pred, deepscaler, math_verify):
-    assert grade_answer("deepscaler@1", respond(pred), [gold]).correct is deepscaler
+    assert grade_answer("deepscaler@2", respond(pred), [gold]).correct is deepscaler
     assert grade_answer("math_verify@1", respond(pred), [gold]).correct is math_verify
 
 
 def test_any_reference_counts_and_the_main_one_is_not_special():
     answers = ("0.01", "0.02")  # a Minerva row with two accepted values
-    for grader in ("deepscaler@1", "math_verify@1"):
+    for grader in ("deepscaler@2", "math_verify@1"):
         assert grade_answer(grader, respond("0.02"), answers).correct
         assert grade_answer(grader, respond("0.01"), answers).correct
         assert not grade_answer(grader, respond("0.03"), answers).correct
@@ -86,21 +86,21 @@ def test_dollar_wrapped_gold_with_a_trailing_period_is_read_by_math_verify():
 
 
 def test_deepscaler_reads_only_the_last_box_and_needs_one():
-    assert grade_answer("deepscaler@1", "\\boxed{7} no wait \\boxed{204}", ["204"]).correct
-    assert not grade_answer("deepscaler@1", "\\boxed{204} no wait \\boxed{7}", ["204"]).correct
-    assert not grade_answer("deepscaler@1", "The final answer is 204.", ["204"]).correct
+    assert grade_answer("deepscaler@2", "\\boxed{7} no wait \\boxed{204}", ["204"]).correct
+    assert not grade_answer("deepscaler@2", "\\boxed{204} no wait \\boxed{7}", ["204"]).correct
+    assert not grade_answer("deepscaler@2", "The final answer is 204.", ["204"]).correct
     # math-verify also reads unboxed final answers (more lenient: a documented difference)
     assert grade_answer("math_verify@1", "The final answer is 204.", ["204"]).correct
 
 
 def test_think_handling():
     # default: text after the first </think> when present; a box inside the thinking does not count
-    assert not grade_answer("deepscaler@1", "<think>\\boxed{5}</think> so \\boxed{6}", ["5"]).correct
-    assert grade_answer("deepscaler@1", "no think tags \\boxed{5}", ["5"]).correct
+    assert not grade_answer("deepscaler@2", "<think>\\boxed{5}</think> so \\boxed{6}", ["5"]).correct
+    assert grade_answer("deepscaler@2", "no think tags \\boxed{5}", ["5"]).correct
     # DeepScaleR's own format rule is a separate grader
-    assert not grade_answer("deepscaler_think@1", "no think tags \\boxed{5}", ["5"]).correct
-    assert grade_answer("deepscaler_think@1", "<think>hmm</think>\\boxed{5}", ["5"]).correct
-    assert not grade_answer("deepscaler_think@1", "<think>hmm \\boxed{5}", ["5"]).correct
+    assert not grade_answer("deepscaler_think@2", "no think tags \\boxed{5}", ["5"]).correct
+    assert grade_answer("deepscaler_think@2", "<think>hmm</think>\\boxed{5}", ["5"]).correct
+    assert not grade_answer("deepscaler_think@2", "<think>hmm \\boxed{5}", ["5"]).correct
 
 
 def test_extraction_helpers():
@@ -119,9 +119,11 @@ def test_extraction_helpers():
 def test_registry_names_and_errors():
     assert resolve_grader("math_verify@1") == "math_verify@1"
     assert resolve_grader("math-verify") == "math_verify@1"
-    assert resolve_grader("deepscaler") == "deepscaler@1"
+    assert resolve_grader("deepscaler") == "deepscaler@2"
     assert grader_slug("math_verify@1") == "math_verify_v1"
-    with pytest.raises(SpecError, match="did you mean 'deepscaler@1'"):
-        resolve_grader("deepscaler@2")
+    with pytest.raises(SpecError, match="did you mean 'deepscaler@2'"):
+        resolve_grader("deepscaler@3")
+    with pytest.raises(SpecError, match="deepscaler_think@1 was retired.*use deepscaler_think@2"):
+        resolve_grader("deepscaler_think@1")
     with pytest.raises(SpecError, match="valid graders"):
         resolve_grader("llm_judge")

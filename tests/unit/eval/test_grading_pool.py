@@ -47,7 +47,7 @@ def pool():
     p.close()
 
 
-@pytest.mark.parametrize("grader", ["math_verify@1", "deepscaler@1"])
+@pytest.mark.parametrize("grader", ["math_verify@1", "deepscaler@2"])
 def test_pathological_answers_return_within_the_timeout(pool, grader):
     start = time.monotonic()
     outcomes = pool.grade([Job(grader, text, GOLD) for text in PATHOLOGICAL])
@@ -59,7 +59,8 @@ def test_pathological_answers_return_within_the_timeout(pool, grader):
         assert o.status in ("ok", "timeout") or o.status.startswith("error"), o
     timeouts = [o for o in outcomes if o.status == "timeout"]
     assert timeouts, "no answer hit the timeout: the kill path was not exercised"
-    assert pool.replaced == len(timeouts)
+    assert pool.replaced == len(timeouts) == sum(o.replaced for o in outcomes)
+    assert all(o.replaced == (o.status == "timeout") for o in outcomes)
     # two workers in parallel: never worse than every timeout in sequence
     assert wall <= len(timeouts) * (TIMEOUT_S + SLACK_S) + 5
     # back to baseline: as many live workers as configured; every replaced one is gone
@@ -85,14 +86,26 @@ def test_a_worker_that_dies_mid_answer_is_reported_and_replaced():
         outcomes = pool.grade([Job("math_verify@1", "\\boxed{9^{9^{9^{9}}}}", ("1",)),
                                Job("math_verify@1", "\\boxed{1}", ("1",))])
         assert time.monotonic() - start < 10
-        assert outcomes[0].status == "crash" and not outcomes[0].correct
-        assert outcomes[1].status == "ok" and outcomes[1].correct
+        assert outcomes[0].status == "crash" and not outcomes[0].correct and outcomes[0].replaced == 1
+        assert outcomes[1].status == "ok" and outcomes[1].correct and outcomes[1].replaced == 0
         assert victim not in pool.live_pids() and len(pool.live_pids()) == 1
 
 
 def test_results_keep_job_order_across_workers():
     with GradingPool(processes=2, timeout_s=10) as pool:
-        jobs = [Job("deepscaler@1", f"\\boxed{{{i}}}", (str(i if i % 3 else i + 1),)) for i in range(40)]
+        jobs = [Job("deepscaler@2", f"\\boxed{{{i}}}", (str(i if i % 3 else i + 1),)) for i in range(40)]
         outcomes = pool.grade(jobs)
     assert [o.correct for o in outcomes] == [bool(i % 3) for i in range(40)]
     assert [o.pred for o in outcomes] == [str(i) for i in range(40)]
+
+
+def test_a_worker_that_died_while_idle_is_replaced_and_counted_on_the_next_answer():
+    with GradingPool(processes=1, timeout_s=30) as pool:
+        victim = pool.live_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and pool.live_pids():
+            time.sleep(0.02)
+        (outcome,) = pool.grade([Job("deepscaler@2", "\\boxed{4}", ("4",))])
+        assert outcome.status == "ok" and outcome.correct
+        assert outcome.replaced == pool.replaced == 1 and victim not in pool.live_pids()

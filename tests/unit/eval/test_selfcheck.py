@@ -22,8 +22,8 @@ def _math6_or_skip():
 
 def test_gold_answers_agree_with_themselves_for_both_graders():
     _math6_or_skip()
-    result = selfcheck("math6", ["math_verify@1", "deepscaler@1"], None, False, 5.0, None, Console(quiet=True))
-    assert set(result["graders"]) == {"math_verify@1", "deepscaler@1"}
+    result = selfcheck("math6", ["math_verify@1", "deepscaler@2"], None, False, 5.0, None, Console(quiet=True))
+    assert set(result["graders"]) == {"math_verify@1", "deepscaler@2"}
     suite = get_suite("math6")
     for grader, r in result["graders"].items():
         assert set(r["benchmarks"]) == set(suite.all_benchmarks)
@@ -38,7 +38,7 @@ def test_gold_answers_agree_with_themselves_for_both_graders():
 
 def test_selfcheck_cli_prints_agreement_and_time():
     _math6_or_skip()
-    result = CliRunner().invoke(app, ["eval", "selfcheck", "--suite", "math6", "--grader", "deepscaler@1"])
+    result = CliRunner().invoke(app, ["eval", "selfcheck", "--suite", "math6", "--grader", "deepscaler@2"])
     assert result.exit_code == 0, result.output
     assert "olympiadbench" in result.output and "amc23_40" in result.output
     assert "answers graded in" in result.output and "ok" in result.output
