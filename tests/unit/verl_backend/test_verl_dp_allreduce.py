@@ -18,8 +18,7 @@ import json, sys, torch, torch.distributed as dist
 rank, init = int(sys.argv[1]), sys.argv[2]
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
 from backends.verl_backend.hooks import OccSettings, dp_all_reduce
-settings = OccSettings(regime="occ", coef=0.1, lambda_plus=1.0, eps=1e-8, estimator="ratio_of_sums",
-                       clip_negative=False, scope="step", ema=0.0)
+settings = OccSettings.from_profile(PROFILE)
 calibrator = settings.calibrator(dp_all_reduce(dist.group.WORLD))
 out = []
 for step in range(2):
@@ -34,6 +33,12 @@ import os
 os._exit(0)  # gloo's teardown at interpreter exit can abort ("terminate called without an active exception")
 """
 
+PROFILE_SOURCE = """
+PROFILE = {"occctl_regime": "occ", "occctl_coef": 0.1, "occctl_plugin_term": True, "occctl_dp_reduce": True,
+           "occctl_calibrator": {"lambda_plus": 1.0, "eps": 1e-8, "estimator": "ratio_of_sums",
+                                 "clip_negative": False, "scope": "step", "ema": 0.0}}
+"""
+
 BATCH = """
 def batch(step, micro):
     g = torch.Generator().manual_seed(1000 * step + micro)
@@ -46,7 +51,7 @@ def batch(step, micro):
 
 # Started when this module is collected, so the ranks' torch imports overlap the other tests.
 _RENDEZVOUS = tempfile.mkdtemp(prefix="occctl-gloo-")
-_RANKS = [subprocess.Popen([sys.executable, "-c", "import torch\n" + BATCH + RANK, str(rank),
+_RANKS = [subprocess.Popen([sys.executable, "-c", "import torch\n" + PROFILE_SOURCE + BATCH + RANK, str(rank),
                             f"file://{_RENDEZVOUS}/rendezvous"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, cwd=REPO, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"}) for rank in (0, 1)]
 
@@ -64,8 +69,9 @@ def test_both_ranks_form_the_single_process_lambda():
 
     namespace = {"torch": torch}
     exec(BATCH, namespace)
-    reference = OccSettings(regime="occ", coef=0.1, lambda_plus=1.0, eps=1e-8, estimator="ratio_of_sums",
-                            clip_negative=False, scope="step", ema=0.0).calibrator()
+    namespace_profile = {}
+    exec(PROFILE_SOURCE, namespace_profile)
+    reference = OccSettings.from_profile(namespace_profile["PROFILE"]).calibrator()
     expected = []
     for step in range(2):
         reference.begin_step()

@@ -109,9 +109,9 @@ def test_engine_patch_marks_training_steps_of_occctl_losses(monkeypatch):
     module = _fake_engine_module(calls)
     plugin.patch_engine_module(module)
     assert plugin._State.engine_patched
-    profile = {"occctl_regime": "occ", "occctl_coef": 0.1, "occctl_lambda_plus": 1.0, "occctl_eps": 1e-8,
-               "occctl_estimator": "ratio_of_sums", "occctl_clip_negative": False, "occctl_scope": "step",
-               "occctl_ema": 0.0}
+    profile = {"occctl_regime": "occ", "occctl_coef": 0.1, "occctl_plugin_term": True, "occctl_dp_reduce": True,
+               "occctl_calibrator": {"lambda_plus": 1.0, "eps": 1e-8, "estimator": "ratio_of_sums",
+                                     "clip_negative": False, "scope": "step", "ema": 0.0}}
     ours = partial(lambda **kw: None, config=SimpleNamespace(profile=profile))
     plain = partial(lambda **kw: None, config=SimpleNamespace(profile={}))
     engine = module.MegatronEngine()

@@ -23,15 +23,19 @@ def spec_with(*sets, name="mimo7b_dapo_occ"):
     return load_spec(REPO / "specs" / f"{name}.yaml", list(sets))
 
 
-@pytest.mark.parametrize("regime,detach,native_coef", [("detach", "true", "0.1"), ("ce", "false", "0.1"),
-                                                       ("policy", "false", "0.0"), ("occ", "false", "0.0")])
-def test_regimes_map_to_verl_mtp_keys(regime, detach, native_coef):
-    o = overrides_of(spec_with(f"mtp.regime={regime}", "mtp.coef=0.1"))
+@pytest.mark.parametrize("regime,ce_gradient,detach,native_coef,plugin", [
+    ("detach", "whole_model", "true", "0.1", "false"),
+    ("ce", "whole_model", "false", "0.0", "true"),  # the paper's CE: the plugin's, into the lm_head too
+    ("ce", "verl_native_no_lm_head", "false", "0.1", "false"),  # veRL's native CE (output layer detached)
+    ("policy", "whole_model", "false", "0.0", "true"), ("occ", "whole_model", "false", "0.0", "true")])
+def test_regimes_map_to_verl_mtp_keys(regime, ce_gradient, detach, native_coef, plugin):
+    o = overrides_of(spec_with(f"mtp.regime={regime}", "mtp.coef=0.1", f"backend_options.ce_gradient={ce_gradient}"))
     assert o["actor_rollout_ref.model.mtp.enable"] == "true" and o["actor_rollout_ref.model.mtp.enable_train"] == "true"
     assert o["actor_rollout_ref.model.mtp.detach_encoder"] == detach
     assert o["actor_rollout_ref.model.mtp.mtp_loss_scaling_factor"] == native_coef
     assert o["+actor_rollout_ref.actor.profile.occctl_regime"] == regime
     assert o["+actor_rollout_ref.actor.profile.occctl_coef"] == "0.1"
+    assert o["+actor_rollout_ref.actor.profile.occctl_plugin_term"] == plugin
     assert o["actor_rollout_ref.actor.policy_loss.loss_mode"] == "occctl_vanilla"  # fails loudly without the plugin
     assert o["+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES"] == "backends.verl_backend.plugin"
 
@@ -82,6 +86,21 @@ def test_dynamic_sampling_and_speculative_rollout_switch():
     assert o["algorithm.filter_groups.enable"] == "true" and o["algorithm.filter_groups.metric"] == "acc"
     assert o["algorithm.filter_groups.max_inflight_gen_batches"] == "2"
     assert o["actor_rollout_ref.model.mtp.enable_rollout"] == "true"
+
+
+def test_seeds_are_verls_own_unless_the_spec_sets_one(tmp_path):
+    from backends.verl_backend.translate import SEED_KEYS
+
+    o = overrides_of(spec_with())  # the shipped specs leave train.seed out, as the paper's runs used veRL's
+    assert not any(key in o for key in SEED_KEYS)
+    o = overrides_of(spec_with("train.seed=3"))
+    assert [o[key] for key in SEED_KEYS] == ["3"] * 4
+    explicit = tmp_path / "seeded.yaml"
+    explicit.write_text((REPO / "specs" / "mimo7b_dapo_occ.yaml").read_text().replace("  lr: 1.0e-6\n",
+                                                                                        "  lr: 1.0e-6\n  seed: 0\n"))
+    assert overrides_of(load_spec(explicit))["actor_rollout_ref.actor.megatron.seed"] == "0"  # 0 written is set
+    problems = VerlBackend().check(spec_with("backend_options.overrides=[data.seed=5]"))
+    assert any("data.seed is set by occctl from the spec" in line for line in problems), problems
 
 
 def test_values_keep_their_type_in_hydra_grammar():
