@@ -80,6 +80,35 @@ def test_nonexistent_verl_key_exits_2_with_verls_message(results_dir):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("spec,sets,message", [
+    ("mimo7b_dapo_occ", ["backend_options.parallel={tp: 64, pp: 1, cp: 1}"],
+     "backend_options.parallel.tp = 64 must divide the 32 attention heads of XiaomiMiMo/MiMo-7B-RL"),
+    ("glm45air_occ", ["backend_options.parallel.tp=16"],
+     "backend_options.parallel.tp = 16 must divide the 8 key-value heads"),
+    ("mimo7b_gspo_occ", ["backend_options.parallel.pp=8"],
+     "backend_options.parallel.pp = 8 must divide the 36 decoder layers"),
+    ("glm45air_occ", ["backend_options.overrides=[actor_rollout_ref.actor.clip_ratio_c=abc]"],
+     "actor_rollout_ref.actor.clip_ratio_c = 'abc': veRL takes float there (veRL's McoreActorConfig.clip_ratio_c)"),
+    ("mimo7b_dapo_occ", ["backend_options.overrides=[actor_rollout_ref.actor.optim.lr_warmup_steps=ten]"],
+     "lr_warmup_steps = 'ten': veRL takes Optional[int] there (veRL's McoreOptimizerConfig.lr_warmup_steps)"),
+    ("mimo7b_dapo_occ", ["backend_options.overrides=[trainer.val_only=1]"],
+     "trainer.val_only = 1: veRL takes bool there (default False in veRL's _generated_ppo_megatron_trainer.yaml)"),
+])
+def test_launches_that_cannot_run_exit_2_with_the_numbers(spec, sets, message, results_dir):
+    result = dry_run(spec, *sets)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert not (results_dir / "runs").exists()
+
+
+def test_well_typed_raw_overrides_pass(results_dir):
+    result = dry_run("mimo7b_dapo_occ", "backend_options.overrides=[actor_rollout_ref.actor.optim.lr_warmup_steps=10, "
+                     "actor_rollout_ref.actor.clip_ratio_c=4, trainer.val_only=false, data.image_key=2024]")
+    assert result.exit_code == 0, result.output
+    o = launch_overrides(result.stdout)
+    assert o["actor_rollout_ref.actor.clip_ratio_c"] == "4"  # an int where veRL declares a float is a float
+
+
 def test_bad_value_is_caught_by_verls_dataclasses(results_dir):
     """Hydra accepts any value; veRL's RolloutConfig refuses the removed synchronous rollout mode."""
     result = dry_run("glm45air_occ", "backend_options.overrides=[actor_rollout_ref.rollout.mode=sync]")
