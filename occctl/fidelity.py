@@ -65,7 +65,8 @@ def fidelity(history: list[dict[str, float]], steps_per_generation: int = 1, win
         ("v2_moved", "occ/v_hat2", "occ/oracle_v2", moved, None),
         ("c_trunk", "occ/c_hat", "occ/oracle_c_trunk", rows, None),
         ("v2_trunk", "occ/v_hat2", "occ/oracle_v2_trunk", rows, None),
-        ("lambda", "occ/lambda", "occ/oracle_lambda", rows, None),
+        ("lambda", "occ/proxy_lambda" if "occ/proxy_lambda" in rows[0] else "occ/lambda", "occ/oracle_lambda",
+         rows, None),
     ):
         x, y = _pair(subset, proxy, oracle)
         if transform:

@@ -20,6 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from occctl.errors import SpecError
 
+TINY_CONTEXT = 64  # max_position_embeddings of the tiny preset (occctl/models.py)
 HUB_ID = r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
@@ -112,12 +113,21 @@ def _looks_local(path: str) -> bool:
 
 
 class TaskSpec(_Strict):
-    name: Literal["arith"] = Field("arith", description="built-in synthetic verifiable task")
-    digits: int = Field(3, ge=1, le=9, description="digits per operand (a + b, zero-padded)")
-    reverse_answer: bool = Field(True, description="write the answer least-significant digit first")
+    name: Literal["arith", "chain"] = Field(
+        "arith", description="built-in synthetic verifiable task: arith (a + b, 4-token answers) or chain (a chain "
+        "of additions written out as running sums, 20-60-token answers; reward on the final sum)")
+    digits: int = Field(3, ge=1, le=9, description="digits per operand (zero-padded)")
+    operands: int = Field(2, ge=2, le=32, description="numbers added; arith takes exactly 2")
+    reverse_answer: bool = Field(True, description="write the sums least-significant digit first")
     heldout_problems: int = Field(200, ge=1)
     heldout_seed: int = 12345
     train_problems: int = Field(20000, ge=16)
+
+    @model_validator(mode="after")
+    def _arith_has_two_operands(self) -> "TaskSpec":
+        if self.name == "arith" and self.operands != 2:
+            raise ValueError(f"task.operands: arith adds exactly 2 numbers (got {self.operands}); use task.name: chain")
+        return self
 
 
 class WarmupSpec(_Strict):
@@ -162,19 +172,55 @@ class TrainSpec(_Strict):
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final one)")
 
 
+# What `mtp.occ.preset: reference` stands for: the authors' public code (MarkXCloud/RL-MTP, `loss_func` of the
+# Megatron actor) — per-token ratio mean over the whole padded micro-batch, per micro-batch and per rank, with
+# lambda_+ = mtp_loss_scaling_factor / K = 0.1, and veRL's dual clip (clip_ratio_c = 10 in their script) and +-20
+# log-ratio clamp on the MTP policy term.
+OCC_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "reference": {
+        "occ": {"estimator": "mean_of_ratios", "mask": "padded", "scope": "micro_batch", "lambda_plus": 0.1,
+                "dp_reduce": False, "ema": 0.0},
+        "policy_clip": {"dual_clip": 10.0, "log_ratio_clamp": 20.0},
+    },
+}
+
+
 class OccSpec(_Strict):
+    preset: Literal["reference"] | None = Field(
+        None, description="a named estimator configuration expanded into the explicit keys (see `--dry-run`): "
+        "`reference` = the authors' code (per-token ratio mean over the padded micro-batch, per micro-batch, "
+        "lambda_+ 0.1, no data-parallel reduction, dual clip 10 and the +-20 log-ratio clamp)")
     lambda_plus: float = Field(1.0, description="lambda_+ of Eq. 13")
     eps: float = Field(1e-8, gt=0)
-    estimator: Literal["ratio_of_sums", "mean_of_ratios"] = "ratio_of_sums"
+    estimator: Literal["ratio_of_sums", "mean_of_ratios", "oracle"] = Field(
+        "ratio_of_sums", description="ratio_of_sums (paper Eq. 13), mean_of_ratios (the authors' code), or oracle: "
+        "lambda_t = lambda_+ c / (v^2 + eps) from the exact gradients of each micro-batch (two extra backward "
+        "passes; the ceiling of what a perfect proxy could do; trl backend only)")
     clip_negative: bool = Field(False, description="OCC-Clip of Table 4: lambda_t >= 0")
     baseline: Literal["main_old", "mtp_old"] = Field(
         "main_old", description="delta_MTP = logp_mtp minus the main head's rollout log-probs (main_old, the "
         "authors' code) or the MTP head's own rollout log-probs (mtp_old)")
+    mask: Literal["response", "padded"] = Field(
+        "response", description="which slots the statistics run over: the response tokens (response), or every "
+        "slot of the padded [B, R] micro-batch, the slot after each response's end included (padded, as the "
+        "authors' code averages)")
     scope: Literal["step", "micro_batch"] = Field(
-        "step", description="accumulate c_hat, v_hat2 over the optimizer step's micro-batches, or per micro-batch")
+        "step", description="accumulate c_hat, v_hat2 over the optimizer step's micro-batches (running sums: "
+        "micro-batch k uses micro-batches 1..k), or per micro-batch")
+    dp_reduce: bool = Field(True, description="sum the statistics over data-parallel ranks before forming "
+                            "lambda_t (false: every rank its own lambda, as the authors' code)")
     ema: float = Field(0.0, ge=0.0, lt=1.0, description="smoothing of the statistics across steps (0 = none)")
     oracle_every: int = Field(0, ge=0, description="every N optimizer steps also compute the true gradient "
                               "geometry c, v^2 (extra backward passes; training unchanged); 0 = off")
+
+
+class PolicyClipSpec(_Strict):
+    """Clipping of the MTP policy term (policy, occ), as veRL's vanilla policy loss applies it to the main loss."""
+
+    dual_clip: float | None = Field(10.0, gt=1.0, description="dual-clip constant c (veRL clip_ratio_c): the "
+                                    "loss of a negative-advantage token is capped at -A c; null = off")
+    log_ratio_clamp: float | None = Field(20.0, gt=0.0, description="clamp log(q / pi_old) to +-this before "
+                                          "exponentiating; null = off")
 
 
 class MtpSpec(_Strict):
@@ -182,6 +228,39 @@ class MtpSpec(_Strict):
     regime: Literal["detach", "ce", "policy", "occ"] = "occ"
     coef: float = Field(0.1, description="fixed lambda for detach / ce / policy")
     occ: OccSpec = OccSpec()
+    policy_clip: PolicyClipSpec = PolicyClipSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """``occ.preset`` -> its explicit keys; an explicit key that disagrees with the preset is an error."""
+        if not isinstance(data, dict) or not isinstance(data.get("occ"), dict):
+            return data
+        preset = data["occ"].get("preset")
+        if not isinstance(preset, str) or preset not in OCC_PRESETS:
+            return data  # unknown names are reported by the field's own validation
+        if any(section in data and not isinstance(data[section], dict) for section in OCC_PRESETS[preset]):
+            return data  # a malformed section is reported by its own validation
+        data = dict(data)
+        for section, values in OCC_PRESETS[preset].items():
+            given = data.get(section, {})
+            for key, value in values.items():
+                if key in given and given[key] != value:
+                    raise ValueError(f"mtp.{section}.{key}={given[key]!r} conflicts with mtp.occ.preset={preset} "
+                                     f"(which sets {value!r}); drop one of them")
+            data[section] = {**given, **values}
+        return data
+
+    @model_validator(mode="after")
+    def _oracle_needs_occ(self) -> "MtpSpec":
+        if self.occ.estimator == "oracle" and self.enabled:
+            if self.regime != "occ":
+                raise ValueError(f"mtp.occ.estimator: oracle sets the coefficient of the occ regime; "
+                                 f"mtp.regime is {self.regime!r}")
+            if self.occ.ema:
+                raise ValueError("mtp.occ.estimator: oracle uses each micro-batch's exact gradients; "
+                                 "mtp.occ.ema must be 0")
+        return self
 
 
 class EvalSpec(_Strict):
@@ -233,6 +312,21 @@ class Spec(_Strict):
             raise ValueError(
                 f"the {self.completions_per_step} completions of an optimizer step must split evenly into "
                 f"train.micro_batches_per_step = {self.train.micro_batches_per_step} micro-batches")
+        return self
+
+    @model_validator(mode="after")
+    def _answers_fit(self) -> "Spec":
+        from occctl.tasks import get_task
+
+        needed = get_task(self.task).answer_length(self.task) + 1  # + EOS
+        if self.train.max_new_tokens < needed:
+            raise ValueError(f"train.max_new_tokens ({self.train.max_new_tokens}) is shorter than the task's answers "
+                             f"({needed - 1} tokens + EOS = {needed})")
+        if self.model.preset == "tiny":
+            prompt = self.task.operands * (self.task.digits + 1) + 1  # digits, '+'/'=' and <bos>
+            if prompt + self.train.max_new_tokens > TINY_CONTEXT:
+                raise ValueError(f"train.max_new_tokens ({self.train.max_new_tokens}) + the prompt ({prompt} tokens) "
+                                 f"exceed the tiny model's context of {TINY_CONTEXT} positions")
         return self
 
     @property

@@ -21,7 +21,7 @@ from occctl.models import build_tiny, save_checkpoint
 from occctl.occ.mtp_head import mtp_logits
 from occctl.rundir import cache_root, write_json_atomic
 from occctl.spec import Spec
-from occctl.tasks.arith import heldout_problems, train_problems
+from occctl.tasks import get_task
 
 WARMUP_FORMAT = 1  # bump when the warm-up procedure changes, so stale caches are not reused
 DONE = "warmup.json"
@@ -45,7 +45,8 @@ def ensure_warm_start(spec: Spec, progress=None) -> Path:
     start = time.perf_counter()
     loaded = build_tiny(spec.model.tiny, spec.warmup.seed)
     model, head, tok, w = loaded.model, loaded.mtp_head, loaded.tokenizer, spec.warmup
-    problems = train_problems(spec.task, seed=w.seed)
+    task = get_task(spec.task)
+    problems = task.train_problems(spec.task, seed=w.seed)
     ids = tok([p.prompt + p.answer for p in problems])["input_ids"]
     if len({len(x) for x in ids}) != 1:
         raise ValueError("warm-up expects equal-length sequences (zero-padded operands)")
@@ -74,8 +75,8 @@ def ensure_warm_start(spec: Spec, progress=None) -> Path:
         sched.step()
         if progress:
             progress.update(task_id, advance=1, description=f"warm-up  loss {loss.item():.3f}")
-    heldout = evaluate_heldout(loaded, heldout_problems(spec.task), spec.eval.samples_per_problem,
-                               spec.eval.temperature, spec.train.max_new_tokens, seed=0)
+    heldout = evaluate_heldout(loaded, task.heldout_problems(spec.task), spec.eval.samples_per_problem,
+                               spec.eval.temperature, spec.train.max_new_tokens, seed=0, correct=task.is_correct)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(tmp, loaded)

@@ -43,7 +43,7 @@ class TrlBackend:
     def train(self, plan: Plan, sink: MetricSink, progress: Any = None) -> TrainResult:
         from occctl.eval.heldout import evaluate_heldout
         from occctl.models import save_checkpoint
-        from occctl.tasks.arith import heldout_problems
+        from occctl.tasks import get_task
 
         import torch
 
@@ -52,9 +52,11 @@ class TrlBackend:
 
         spec = plan.spec
         loaded, warm = load_start(spec, progress)
-        heldout = heldout_problems(spec.task)
+        task = get_task(spec.task)
+        heldout = task.heldout_problems(spec.task)
         evaluate = lambda: evaluate_heldout(loaded, heldout, spec.eval.samples_per_problem,  # noqa: E731
-                                            spec.eval.temperature, spec.train.max_new_tokens, seed=spec.train.seed)
+                                            spec.eval.temperature, spec.train.max_new_tokens, seed=spec.train.seed,
+                                            correct=task.is_correct)
         before = evaluate()
         task_id = progress.add_task("RL", total=spec.train.steps) if progress else None
         state = {"reward": float("nan"), "lambda": float("nan")}
@@ -134,6 +136,7 @@ def load_start(spec: Spec, progress: Any = None):
 
 def mtp_settings(spec: Spec, oracle_every: int | None = None):
     """The trainer's MTP settings for the spec (None: plain GRPO without an MTP head)."""
+    from occctl.mtp_config import calibrator_kwargs, uses_oracle_lambda
     from occctl.occ.calibration import Calibrator
 
     from backends.trl_backend.hooks import MtpSettings
@@ -141,10 +144,10 @@ def mtp_settings(spec: Spec, oracle_every: int | None = None):
     if not spec.mtp.enabled:
         return None
     occ = spec.mtp.occ
-    calibrator = Calibrator(occ.lambda_plus, occ.eps, occ.estimator, occ.clip_negative, scope=occ.scope, ema=occ.ema)
     return MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
                        oracle_every=occ.oracle_every if oracle_every is None else oracle_every,
-                       calibrator=calibrator, baseline=occ.baseline)
+                       calibrator=Calibrator(**calibrator_kwargs(spec)), baseline=occ.baseline,
+                       oracle_lambda=uses_oracle_lambda(spec))
 
 
 def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callbacks: list[Any]):
@@ -155,17 +158,18 @@ def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callba
     from transformers import PrinterCallback
     from trl import GRPOConfig
 
-    from occctl.tasks.arith import exact_match_reward, train_problems
+    from occctl.tasks import get_task
 
     from backends.trl_backend.hooks import MtpGRPOTrainer
 
     model = loaded.model
     if loaded.mtp_head is not None and mtp is not None:
         model.mtp_head = loaded.mtp_head
-    problems = train_problems(spec.task, seed=spec.train.seed)
+    task = get_task(spec.task)
+    problems = task.train_problems(spec.task, seed=spec.train.seed)
     dataset = Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
     config = GRPOConfig(**{**native_config, "use_cpu": not torch.cuda.is_available()})
-    trainer = MtpGRPOTrainer(model=model, reward_funcs=exact_match_reward, args=config, train_dataset=dataset,
+    trainer = MtpGRPOTrainer(model=model, reward_funcs=task.reward, args=config, train_dataset=dataset,
                              processing_class=loaded.tokenizer, callbacks=callbacks, mtp=mtp)
     trainer.remove_callback(PrinterCallback)
     return trainer

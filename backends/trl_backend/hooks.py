@@ -33,6 +33,7 @@ class MtpSettings:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     oracle_every: int = 0
     baseline: str = "main_old"  # delta_MTP against the main head's ("main_old") or the MTP head's old log-probs
+    oracle_lambda: bool = False  # train occ with lambda_t from the exact gradient geometry of each micro-batch
 
 
 class MtpGRPOTrainer(GRPOTrainer):
@@ -148,9 +149,17 @@ class MtpGRPOTrainer(GRPOTrainer):
             if mode == "train":
                 normalizer = normalizer * ga / self.args.steps_per_generation
             kwargs["normalizer"], scale = normalizer, 1.0
+        oracle_every_step = mode == "train" and mtp.oracle_every and self.state.global_step % mtp.oracle_every == 0
+        lam = None
+        if mode == "train" and (mtp.oracle_lambda or oracle_every_step):
+            unit = mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=1.0, logp_old=logp_old,
+                            advantages=inputs["advantages"], **kwargs).loss * scale
+            slope = self._log_oracle(unwrapped, loss_rl, unit)
+            if mtp.oracle_lambda:
+                lam = mtp.calibrator.lambda_plus * (max(slope, 0.0) if mtp.calibrator.clip_negative else slope)
         out = mtp_objective(mtp.regime, mtp.calibrator, logp_main=logp_main, logp_mtp=logp_mtp, logp_old=logp_old,
                             mask=mask, advantages=inputs["advantages"], coef=mtp.coef, logp_mtp_old=logp_mtp_old,
-                            **kwargs)
+                            lam=lam, **kwargs)
         stats = out.stats
 
         metrics = self._metrics[mode]
@@ -158,14 +167,12 @@ class MtpGRPOTrainer(GRPOTrainer):
         metrics["mtp/coef"].append(out.coef)
         metrics["mtp/nll"].append(-masked_mean(logp_mtp.detach(), mask).item())
         metrics["mtp/acc"].append(draft_acceptance(logits.detach(), completion_ids, mask))
-        metrics["occ/lambda"].append(stats.lam)
+        metrics["occ/lambda"].append(out.coef if mtp.regime == "occ" else stats.lam)  # the lambda_t applied
+        metrics["occ/proxy_lambda"].append(stats.lam)  # what the delta proxies give (= occ/lambda unless oracle)
         metrics["occ/c_hat"].append(stats.c_hat)
         metrics["occ/v_hat2"].append(stats.v_hat2)
         metrics["occ/nonfinite"].append(float(mtp.calibrator.nonfinite_count))
-        if mode == "train" and mtp.oracle_every and self.state.global_step % mtp.oracle_every == 0:
-            self._log_oracle(unwrapped, loss_rl, mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=1.0,
-                                                          logp_old=logp_old, advantages=inputs["advantages"],
-                                                          **kwargs).loss * scale)
+        if oracle_every_step:
             self._log_probe(logp_main, logp_mtp, logp_old, inputs.get("old_mtp_logps"), mask)
         return out.loss * scale
 
@@ -185,19 +192,23 @@ class MtpGRPOTrainer(GRPOTrainer):
                     lam = lambda_from_sums(sums, 1.0, cal.eps, estimator)
                     metrics[f"occ/probe_{baseline}_lambda_{estimator}_{scope}"].append(lam)
 
-    def _log_oracle(self, unwrapped, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor) -> None:
-        """True c, v^2 over all main-model parameters and over the trunk alone (no embeddings, no lm_head)."""
+    def _log_oracle(self, unwrapped, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor) -> float:
+        """True c, v^2 over all main-model parameters and over the trunk alone (no embeddings, no lm_head);
+        returns the oracle slope c / (v^2 + eps) over all main-model parameters."""
         head_ids = {id(p) for p in unwrapped.mtp_head.parameters()}
         shared_ids = {id(unwrapped.get_input_embeddings().weight), id(unwrapped.get_output_embeddings().weight)}
         main = [p for p in unwrapped.parameters() if p.requires_grad and id(p) not in head_ids]
         c, v2 = oracle_geometry(loss_rl, loss_mtp_unit, main)
         trunk = [i for i, p in enumerate(main) if id(p) not in shared_ids]
-        metrics = self._metrics["train"]
+        metrics, eps = self._metrics["train"], self.mtp.calibrator.eps
+        slopes = {}
         for suffix, idx in (("", range(len(main))), ("_trunk", trunk)):
             c_sum, v2_sum = sum(c[i] for i in idx), sum(v2[i] for i in idx)
+            slopes[suffix] = c_sum / (v2_sum + eps)
             metrics[f"occ/oracle_c{suffix}"].append(c_sum)
             metrics[f"occ/oracle_v2{suffix}"].append(v2_sum)
-            metrics[f"occ/oracle_lambda{suffix}"].append(c_sum / v2_sum if v2_sum > 0 else 0.0)
+            metrics[f"occ/oracle_lambda{suffix}"].append(slopes[suffix])
+        return slopes[""]
 
     def _clip_grad_norm(self, model):
         """In ``detach`` the MTP head is clipped on its own, so its gradient cannot rescale the main model's."""

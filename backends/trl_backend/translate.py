@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from occctl.mtp_config import policy_clip_kwargs
 from occctl.spec import Spec
 
 # algorithm -> (TRL loss_type, importance-sampling level, aggregation of the same loss in the OCC core)
@@ -58,7 +59,8 @@ def grpo_config_kwargs(spec: Spec, output_dir: str, use_cpu: bool = True) -> dic
 
 
 def policy_loss_kwargs(spec: Spec) -> dict[str, Any]:
-    """The MTP policy loss uses the main head's clip range, ratio level and aggregation."""
+    """The MTP policy loss uses the main head's clip range, ratio level and aggregation, plus the dual clip and
+    log-ratio clamp of ``mtp.policy_clip`` (which TRL's own main loss does not have)."""
     _, level, aggregation = ALGORITHMS[spec.algorithm.name]
     return dict(clip_low=spec.algorithm.clip_low, clip_high=spec.algorithm.clip_high, level=level,
-                aggregation=aggregation)
+                aggregation=aggregation, **policy_clip_kwargs(spec))

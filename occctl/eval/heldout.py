@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from occctl.models import LoadedModel
@@ -31,7 +33,10 @@ def mtp_acceptance_on(loaded: LoadedModel, sequences: torch.Tensor, prompt_len: 
 
 @torch.no_grad()
 def evaluate_heldout(loaded: LoadedModel, problems: list[Problem], samples_per_problem: int,
-                     temperature: float, max_new_tokens: int, seed: int) -> dict[str, float]:
+                     temperature: float, max_new_tokens: int, seed: int,
+                     correct: Callable[[str, str], float] = exact_match) -> dict[str, float]:
+    """avg@k, pass@k and greedy accuracy under ``correct(completion, answer)`` (the task's check), plus the MTP
+    head's draft acceptance on the greedy outputs."""
     model, tok = loaded.model, loaded.tokenizer
     was_training = model.training
     model.eval()
@@ -45,13 +50,13 @@ def evaluate_heldout(loaded: LoadedModel, problems: list[Problem], samples_per_p
         greedy = model.generate(**enc, do_sample=False, **gen)
     texts = tok.batch_decode(sampled[:, prompt_len:], skip_special_tokens=True)
     k = samples_per_problem
-    hits = [exact_match(t, problems[i // k].answer) for i, t in enumerate(texts)]
+    hits = [correct(t, problems[i // k].answer) for i, t in enumerate(texts)]
     per_problem = [hits[i * k:(i + 1) * k] for i in range(len(problems))]
     greedy_texts = tok.batch_decode(greedy[:, prompt_len:], skip_special_tokens=True)
     result = {
         "avg_at_k": sum(hits) / len(hits),
         "pass_at_k": sum(max(h) for h in per_problem) / len(problems),
-        "greedy": sum(exact_match(t, p.answer) for t, p in zip(greedy_texts, problems)) / len(problems),
+        "greedy": sum(correct(t, p.answer) for t, p in zip(greedy_texts, problems)) / len(problems),
     }
     if loaded.mtp_head is not None:
         result["mtp_acceptance"] = mtp_acceptance_on(loaded, greedy, prompt_len)

@@ -13,11 +13,16 @@ public code (no "old MTP head" exists there); a backend may pass the MTP head's 
 
 Two estimators:
 * ``ratio_of_sums`` (paper, default): the least-squares slope  sum(dRL*dMTP) / (sum(dMTP^2) + eps).
-* ``mean_of_ratios`` (reference code): mean over tokens of dRL*dMTP / (dMTP^2 + eps). Unlike the
-  reference code we average over *masked* response tokens only (it also averaged padding).
+* ``mean_of_ratios`` (reference code): mean over tokens of dRL*dMTP / (dMTP^2 + eps).
 
-Scope: with ``scope="step"`` (default) statistics are accumulated over one optimizer step (all
-micro-batches seen so far in the step); with ``scope="micro_batch"`` each micro-batch stands alone. When a
+Mask: ``mask="response"`` (default) sums over the response tokens only. ``mask="padded"`` reproduces the
+authors' arithmetic on a padded [B, R] micro-batch: padding slots contribute zero (their log-probs are zeroed
+there) *except* the first slot after each response's end, whose log-probs are real, and every one of the B*R
+slots counts in the mean. So with ``mean_of_ratios`` lambda shrinks with the fraction of padding, as theirs does.
+
+Scope: with ``scope="step"`` (default) statistics are accumulated over one optimizer step as running sums:
+micro-batch k of a step is weighted with the statistics of micro-batches 1..k (only the last one sees the
+whole step's Eq. 13 value); with ``scope="micro_batch"`` each micro-batch stands alone. When a
 data-parallel ``all_reduce`` callable is given, they are summed over ranks before lambda is formed.
 ``ema`` > 0 smooths across steps: lambda is formed from ema * S_past + (1 - ema) * S_now, where S_past is
 an exponential moving average of the completed steps' statistics.
@@ -34,8 +39,21 @@ import torch
 
 ESTIMATORS = ("ratio_of_sums", "mean_of_ratios")
 SCOPES = ("step", "micro_batch")
+MASKS = ("response", "padded")
 
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def padded_mask(mask: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T] bool
+    """The response tokens plus the first slot after each response's end (the slot the authors' unmasked mean
+    picks up with real log-probs; every other padding slot is zero there)."""
+    m = mask.detach().to(torch.bool)
+    positions = torch.arange(1, m.size(-1) + 1, device=m.device)  # [T]
+    end = (positions * m).amax(-1)  # [B] one past each row's last response token (0: empty row)
+    leak = torch.zeros_like(m)
+    rows = torch.nonzero((end > 0) & (end < m.size(-1))).squeeze(-1)  # [b]
+    leak[rows, end[rows]] = True
+    return m | leak
 
 
 def proxy_sums(
@@ -43,20 +61,22 @@ def proxy_sums(
     delta_mtp: torch.Tensor,  # [B, T]
     mask: torch.Tensor,  # [B, T], 1 on response tokens
     eps: float = 1e-8,
+    padded: bool = False,
 ) -> torch.Tensor:  # [4] float64: sum dRL*dMTP, sum dMTP^2, sum of per-token ratios, n_tokens
-    """Masked sufficient statistics of one micro-batch, for both estimators."""
+    """Masked sufficient statistics of one micro-batch, for both estimators (``padded``: see the module doc)."""
     if delta_rl.shape != delta_mtp.shape or delta_rl.shape != mask.shape:
         raise ValueError(f"shape mismatch: delta_rl {tuple(delta_rl.shape)}, delta_mtp "
                          f"{tuple(delta_mtp.shape)}, mask {tuple(mask.shape)}")
-    m = mask.detach().to(torch.bool)
+    m = padded_mask(mask) if padded else mask.detach().to(torch.bool)
     d_rl = delta_rl.detach().double()[m]  # [N]
     d_mtp = delta_mtp.detach().double()[m]  # [N]
     product = d_rl * d_mtp
+    count = m.numel() if padded else d_rl.numel()
     return torch.stack([
         product.sum(),
         (d_mtp * d_mtp).sum(),
         (product / (d_mtp * d_mtp + eps)).sum(),
-        torch.tensor(float(d_rl.numel()), dtype=torch.float64, device=d_rl.device),
+        torch.tensor(float(count), dtype=torch.float64, device=d_rl.device),
     ])
 
 
@@ -107,11 +127,14 @@ class Calibrator:
         all_reduce: AllReduce | None = None,
         scope: str = "step",
         ema: float = 0.0,
+        mask: str = "response",
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
         if scope not in SCOPES:
             raise ValueError(f"unknown scope {scope!r}; expected one of {SCOPES}")
+        if mask not in MASKS:
+            raise ValueError(f"unknown mask {mask!r}; expected one of {MASKS}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0; got {eps}")
         if not 0.0 <= ema < 1.0:
@@ -123,6 +146,7 @@ class Calibrator:
         self.all_reduce = all_reduce
         self.scope = scope
         self.ema = ema
+        self.mask = mask
         self.nonfinite_count = 0  # how many times lambda fell back to 0
         self._sums = torch.zeros(4, dtype=torch.float64)  # this step (or micro-batch)
         self._past: torch.Tensor | None = None  # EMA over completed steps (ema > 0 only)
@@ -150,7 +174,7 @@ class Calibrator:
         delta_mtp: torch.Tensor,  # [B, T]
         mask: torch.Tensor,  # [B, T]
     ) -> CalibrationStats:
-        sums = proxy_sums(delta_rl, delta_mtp, mask, self.eps)
+        sums = proxy_sums(delta_rl, delta_mtp, mask, self.eps, padded=self.mask == "padded")
         if self.all_reduce is not None:
             sums = self.all_reduce(sums)
         if self.scope == "micro_batch":

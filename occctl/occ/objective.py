@@ -50,11 +50,16 @@ def mtp_objective(
     advantages: torch.Tensor,  # [B] or [B, T]
     coef: float,
     logp_mtp_old: torch.Tensor | None = None,  # [B, T]
+    lam: float | None = None,
     **policy_kwargs,
 ) -> MtpObjective:
-    """Observe this micro-batch's proxies, then build the regime's MTP loss with the resulting lambda_t."""
+    """Observe this micro-batch's proxies, then build the regime's MTP loss with the resulting lambda_t.
+
+    ``lam`` (occ only) replaces the proxies' lambda_t by one computed elsewhere (the oracle's, from the exact
+    gradients); the proxies are still observed, so ``stats`` holds what the proxies would have applied.
+    """
     delta_rl, delta_mtp = deltas(logp_main, logp_mtp, logp_old, logp_mtp_old)
     stats = calibrator.observe(delta_rl, delta_mtp, mask)
-    out = mtp_loss(regime, logp_mtp, mask, coef=coef, lam=stats.lam, logp_old=logp_old, advantages=advantages,
-                   **policy_kwargs)
+    out = mtp_loss(regime, logp_mtp, mask, coef=coef, lam=stats.lam if lam is None else lam, logp_old=logp_old,
+                   advantages=advantages, **policy_kwargs)
     return MtpObjective(loss=out.loss, coef=out.coef, stats=stats)

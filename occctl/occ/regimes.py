@@ -4,8 +4,10 @@
   the MTP log-probs with ``isolated=True`` (trunk hidden states, token embeddings *and* the shared lm_head
   weight detached), so no MTP gradient reaches any main-model parameter.
 * ``ce``: the same cross-entropy, not detached, x ``coef``.
-* ``policy``: the RL policy loss of the main head (same clip, same aggregation) applied to the MTP head's
-  log-probs, with the advantages scaled by the fixed ``coef``.
+* ``policy``: the RL policy loss of the main head (same clip range, ratio level and aggregation) applied to the
+  MTP head's log-probs, with the advantages scaled by the fixed ``coef``. The backends add veRL's dual clip and
+  its +-20 log-ratio clamp to this term (``mtp.policy_clip``), as the authors' code gets them from veRL's
+  vanilla policy loss; the MTP ratio q/pi_old compares two different predictors and is often far from 1.
 * ``occ``: the same policy loss with the advantages scaled by the adaptive lambda_t (``calibration.py``).
 
 Scaling the *advantage* (not the loss) is what the authors' code does; for a positive coefficient the two
@@ -54,13 +56,15 @@ def policy_loss(
     aggregation: str = "token_mean",
     normalizer: torch.Tensor | float | None = None,
     dual_clip: float | None = None,
+    log_ratio_clamp: float | None = None,
 ) -> torch.Tensor:  # scalar
     """PPO-clip surrogate, as GRPO / DAPO / GSPO compute it.
 
     ``level="sequence"`` is GSPO's length-normalised sequence importance ratio. ``aggregation``:
     ``token_mean`` = sum over tokens / ``normalizer`` (default: the number of masked tokens; DAPO passes a
     global token count), ``seq_mean_token_mean`` = mean over sequences of per-sequence token means (GRPO,
-    GSPO). ``dual_clip`` (veRL's ``clip_ratio_c``) caps the loss of negative-advantage tokens.
+    GSPO). ``dual_clip`` (veRL's ``clip_ratio_c``) caps the loss of negative-advantage tokens at -A*c;
+    ``log_ratio_clamp`` clamps the per-token log-ratio to +-that value before anything else (veRL: 20).
     """
     if level not in IS_LEVELS:
         raise ValueError(f"unknown importance-sampling level {level!r}; expected one of {IS_LEVELS}")
@@ -68,6 +72,8 @@ def policy_loss(
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # [B, 1]
     log_ratio = logp - logp_old  # [B, T]
+    if log_ratio_clamp is not None:
+        log_ratio = torch.clamp(log_ratio, -log_ratio_clamp, log_ratio_clamp)
     if level == "sequence":
         log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # [B, 1]
     ratio = torch.exp(log_ratio)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from occctl.errors import SpecError
 from occctl.spec import CLIP_DEFAULTS, flatten, load_spec, spec_schema, spec_to_dict
@@ -123,3 +124,42 @@ def test_flatten_and_schema(tmp_path):
     assert flat["mtp.occ.lambda_plus"] == 1.0 and flat["train.steps"] == 200
     schema = spec_schema()
     assert "mtp" in schema["properties"] and schema["additionalProperties"] is False
+
+
+def test_reference_preset_expands_into_explicit_keys(tmp_path):
+    spec = load_spec(_write(tmp_path, "mtp: {regime: occ, occ: {preset: reference}}\n"))
+    occ, clip = spec.mtp.occ, spec.mtp.policy_clip
+    assert (occ.estimator, occ.mask, occ.scope, occ.lambda_plus, occ.dp_reduce) == (
+        "mean_of_ratios", "padded", "micro_batch", 0.1, False)
+    assert (clip.dual_clip, clip.log_ratio_clamp) == (10.0, 20.0)
+    flat = flatten(spec_to_dict(spec))  # what --dry-run and spec.yaml show
+    assert flat["mtp.occ.preset"] == "reference" and flat["mtp.occ.mask"] == "padded"
+    again = load_spec(_write(tmp_path, yaml.safe_dump(spec_to_dict(spec)), name="again.yaml"))
+    assert again == spec  # a resolved spec (its name included) re-validates to itself
+
+
+def test_paper_defaults_stay_the_default(tmp_path):
+    occ = load_spec(_write(tmp_path, "mtp: {regime: occ}\n")).mtp.occ
+    assert (occ.preset, occ.estimator, occ.mask, occ.scope, occ.lambda_plus, occ.dp_reduce) == (
+        None, "ratio_of_sums", "response", "step", 1.0, True)
+
+
+@pytest.mark.parametrize("body, field", [
+    ("mtp: {regime: detach, occ: {estimator: oracle}}\n", "mtp.occ.estimator"),
+    ("mtp: {regime: policy, occ: {estimator: oracle}}\n", "mtp.occ.estimator"),
+    ("mtp: {occ: {estimator: oracle, ema: 0.5}}\n", "mtp.occ.ema"),
+    ("mtp: {occ: {preset: paper}}\n", "mtp.occ.preset"),
+    ("mtp: {occ: {preset: reference, estimator: ratio_of_sums}}\n", "mtp.occ.estimator"),
+    ("mtp: {occ: {preset: reference}, policy_clip: {dual_clip: 3.0}}\n", "mtp.policy_clip.dual_clip"),
+    ("mtp: {policy_clip: {dual_clip: 0.5}}\n", "mtp.policy_clip.dual_clip"),
+])
+def test_bad_estimator_settings_name_the_field(tmp_path, body, field):
+    with pytest.raises(SpecError) as e:
+        load_spec(_write(tmp_path, body))
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and field in message, message
+
+
+def test_preset_with_agreeing_explicit_keys_is_fine(tmp_path):
+    spec = load_spec(_write(tmp_path, "mtp: {occ: {preset: reference, lambda_plus: 0.1, scope: micro_batch}}\n"))
+    assert spec.mtp.occ.estimator == "mean_of_ratios"

@@ -1,0 +1,66 @@
+"""The long-response embedded task: a chain of additions written out as running sums.
+
+``"3+9+4+1+…=" -> "21=61=71=…"``: operands of ``task.digits`` digits; the answer lists the running sums
+a1+a2, a1+a2+a3, …, each zero-padded to the width of the largest possible sum and written least-significant
+digit first (as the `arith` task writes its one sum), separated by ``=``. The reward looks only at the final sum
+(the last field), so the intermediate steps are the model's own working, as in a math solution.
+With two operands the chain is exactly the `arith` task's problem.
+"""
+
+from __future__ import annotations
+
+import random
+
+from occctl.spec import TaskSpec
+from occctl.tasks.arith import Problem
+
+SEPARATOR = "="
+
+
+def sum_width(task: TaskSpec) -> int:
+    return len(str(task.operands * (10 ** task.digits - 1)))
+
+
+def answer_length(task: TaskSpec) -> int:
+    """Characters (= tokens) of every answer, without the EOS."""
+    return (task.operands - 1) * (sum_width(task) + 1) - 1
+
+
+def make_problem(operands: tuple[int, ...], task: TaskSpec) -> Problem:
+    width, total, sums = sum_width(task), operands[0], []
+    for value in operands[1:]:
+        total += value
+        text = f"{total:0{width}d}"
+        sums.append(text[::-1] if task.reverse_answer else text)
+    prompt = "+".join(f"{v:0{task.digits}d}" for v in operands) + "="
+    return Problem(prompt=prompt, answer=SEPARATOR.join(sums))
+
+
+def _draw(task: TaskSpec, count: int, seed: int, exclude: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    space = 10 ** (task.digits * task.operands)
+    if count + len(exclude) > space:
+        raise ValueError(f"task.digits={task.digits} x task.operands={task.operands} has only {space} distinct "
+                         f"problems; asked for {count} + {len(exclude)} held out")
+    rng, hi = random.Random(seed), 10 ** task.digits - 1
+    seen, out = set(exclude), []
+    while len(out) < count:
+        draw = tuple(rng.randint(0, hi) for _ in range(task.operands))
+        if draw not in seen:
+            seen.add(draw)
+            out.append(draw)
+    return out
+
+
+def heldout_problems(task: TaskSpec) -> list[Problem]:
+    return [make_problem(ops, task) for ops in _draw(task, task.heldout_problems, task.heldout_seed, set())]
+
+
+def train_problems(task: TaskSpec, seed: int, count: int | None = None) -> list[Problem]:
+    """Training problems, disjoint from the held-out split."""
+    held = set(_draw(task, task.heldout_problems, task.heldout_seed, set()))
+    return [make_problem(ops, task) for ops in _draw(task, count or task.train_problems, seed, held)]
+
+
+def final_answer_match(completion: str, answer: str) -> float:
+    """1 when the completion's last field (after the last ``=``) is the final sum, else 0."""
+    return 1.0 if completion.strip().rsplit(SEPARATOR, 1)[-1] == answer.rsplit(SEPARATOR, 1)[-1] else 0.0

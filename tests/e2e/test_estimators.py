@@ -1,0 +1,57 @@
+"""Oracle-lambda training and the authors' estimator preset, end to end on the embedded default."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from occctl.runner import run_spec
+from occctl.spec import load_spec
+from occctl.tracking import metric_history
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "specs" / "tiny_occ.yaml"
+FAST = ["eval.samples_per_problem=1", "train.prompts_per_generation=16"]
+
+pytestmark = pytest.mark.slow
+
+
+def _run(name, *overrides):
+    return run_spec(load_spec(SPEC, [f"name={name}", *FAST, *overrides]))
+
+
+def _rows(summary):
+    rows = {}
+    for row in map(json.loads, (Path(summary["checkpoint"]).parents[1] / "metrics.jsonl").open()):
+        rows.setdefault(row["step"], {}).update(row)
+    return rows
+
+
+def test_oracle_estimator_trains_with_lambda_plus_times_the_oracle_slope(results_dir):
+    summary = _run("oracle", "mtp.occ.estimator=oracle", "mtp.occ.lambda_plus=0.5", "train.steps=5",
+                   "train.micro_batches_per_step=2")
+    rows = [r for _, r in sorted(_rows(summary).items()) if "occ/oracle_lambda" in r]
+    assert len(rows) == 5
+    for r in rows:
+        assert r["occ/lambda"] == pytest.approx(0.5 * r["occ/oracle_lambda"], rel=1e-6)
+        assert r["mtp/coef"] == pytest.approx(r["occ/lambda"], rel=1e-6)
+    assert any(abs(r["occ/lambda"] - r["occ/proxy_lambda"]) > 1e-6 for r in rows)  # not the proxies' lambda
+    assert rows[0]["occ/proxy_lambda"] == 0.0 and rows[0]["occ/lambda"] != 0.0  # the oracle sees step 1
+    uri = f"sqlite:///{results_dir / 'mlflow.db'}"
+    logged = dict(metric_history(uri, summary["mlflow_run_id"], "occ/lambda"))
+    oracle = dict(metric_history(uri, summary["mlflow_run_id"], "occ/oracle_lambda"))
+    assert len(logged) == 5 and all(logged[s] == pytest.approx(0.5 * oracle[s], rel=1e-6) for s in logged)
+
+
+def test_reference_preset_trains_differently_from_the_paper_estimator(results_dir):
+    ref = _run("ref", "mtp.occ.preset=reference", "train.steps=4")
+    paper = _run("paper", "train.steps=4")
+    ref_rows, paper_rows = _rows(ref), _rows(paper)
+    # same trajectory until the MTP term first differs (step 1: lambda = 0 in both), then different lambdas
+    assert ref_rows[1]["occ/lambda"] == paper_rows[1]["occ/lambda"] == 0.0
+    assert all(ref_rows[s]["occ/lambda"] != paper_rows[s]["occ/lambda"] for s in (2, 3, 4))
+    a, b = load_file(str(Path(ref["checkpoint"]) / "mtp_head.safetensors")), \
+        load_file(str(Path(paper["checkpoint"]) / "mtp_head.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
