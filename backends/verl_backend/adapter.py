@@ -25,7 +25,7 @@ from occctl.spec import Spec
 from backends.verl_backend.options import VerlOptions, override_key, parse_options
 from backends.verl_backend.shapes import TRANSFORMER, load_shape, shape_problems
 from backends.verl_backend.translate import (
-    launch_env, managed_keys, plugin_term, verl_overrides, verl_steps)
+    ALGORITHMS, launch_env, managed_keys, plugin_term, verl_overrides, verl_steps)
 
 INSTALL_HINT = "install veRL 0.9.1 with backends/verl_backend/install_verl.sh (in its own venv); " \
                "the GPU run also needs Megatron, " \
@@ -137,6 +137,13 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
                         "are not computed in veRL's old-log-prob pass)")
     if spec.mtp.occ.oracle_every:
         problems.append("mtp.occ.oracle_every: oracle gradient geometry is TRL-only; set it to 0")
+    if spec.mtp.enabled and spec.mtp.occ.estimator == "oracle":
+        problems.append("mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only; "
+                        "use ratio_of_sums or mean_of_ratios")
+    if spec.mtp.policy_clip.dual_clip is None and ALGORITHMS[spec.algorithm.name][0] == "vanilla":
+        problems.append(f"mtp.policy_clip.dual_clip: null cannot hold on veRL: the {spec.algorithm.name} loss of the "
+                        f"main head always applies its dual clip (clip_ratio_c, which occctl sets from this key "
+                        f"so both heads share it); give a value > 1")
     if getattr(spec.eval, "every", 0):
         problems.append("eval.every: in-training held-out eval is TRL-only; use backend_options.validation (veRL's "
                         "validation set) and `occctl eval --run NAME` after training")

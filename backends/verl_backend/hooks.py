@@ -44,17 +44,20 @@ class OccSettings:
     regime: str
     coef: float
     plugin_term: bool  # the plugin adds the MTP term (ce over the whole model, policy, occ); else veRL's native
-    calibrator_kwargs: tuple[tuple[str, Any], ...]  # occctl.occ.calibration.Calibrator's, without all_reduce
+    calibrator_kwargs: tuple[tuple[str, Any], ...]  # occctl.mtp_config.calibrator_kwargs(spec)
+    policy_clip: tuple[tuple[str, Any], ...]  # occctl.mtp_config.policy_clip_kwargs(spec)
     dp_reduce: bool  # sum c_hat, v_hat2 over data-parallel ranks (one lambda_t everywhere)
+    padded_width: int  # mask "padded": the statistics run over [B, padded_width] (the authors' padded batch)
 
     @classmethod
     def from_profile(cls, profile: Mapping[str, Any] | None) -> "OccSettings | None":
         if not profile or f"{PROFILE_PREFIX}regime" not in profile:
             return None
         get = lambda name: profile[f"{PROFILE_PREFIX}{name}"]  # noqa: E731
+        items = lambda name: tuple(sorted(dict(get(name)).items()))  # noqa: E731
         return cls(regime=str(get("regime")), coef=float(get("coef")), plugin_term=bool(get("plugin_term")),
-                   calibrator_kwargs=tuple(sorted(dict(get("calibrator")).items())),
-                   dp_reduce=bool(get("dp_reduce")))
+                   calibrator_kwargs=items("calibrator"), policy_clip=items("policy_clip"),
+                   dp_reduce=bool(get("dp_reduce")), padded_width=int(get("padded_width")))
 
     def calibrator(self, all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Calibrator:
         return Calibrator(**dict(self.calibrator_kwargs), all_reduce=all_reduce if self.dp_reduce else None)
@@ -67,7 +70,8 @@ def base_loss_mode(loss_mode: str) -> str:
 
 def policy_kwargs(actor_config: Any) -> dict[str, Any]:
     """The core policy loss's arguments from veRL's actor config: the main head's clip range, ratio level
-    (GSPO: sequence) and aggregation. The MTP term has no dual clip (``clip_ratio_c``), as on TRL."""
+    (GSPO: sequence) and aggregation. The dual clip and log-ratio clamp come from ``mtp.policy_clip`` (the
+    launch derives veRL's ``clip_ratio_c`` from the same key, so both heads share it)."""
     mode = actor_config.loss_agg_mode
     if mode not in AGGREGATIONS:
         raise ValueError(f"occctl: loss_agg_mode {mode!r} is not supported for the MTP policy term; "
@@ -153,10 +157,14 @@ def mtp_term(settings: OccSettings, calibrator: Calibrator, actor_config: Any, m
     logp_mtp, reachable = response_values(model_output["mtp_log_probs"], prompt_lens, response_lens, width,
                                           lag=2)  # [B, R], with grad
     mask = (response_mask & reachable).to(logp_old.dtype)  # [B, R]
+    if calibrator.mask == "padded" and settings.padded_width > width:  # zero slots, as the authors' batch has them
+        pad = lambda t: torch.nn.functional.pad(t, (0, settings.padded_width - width))  # noqa: E731  [B, W]
+        logp_main, logp_mtp, logp_old, advantages, mask = map(pad, (logp_main, logp_mtp, logp_old, advantages, mask))
 
     dp_size = int(data["dp_size"])
     tokens_per_rank = float(data["batch_num_tokens"]) / dp_size  # the step's response tokens per DP rank
-    kwargs = policy_kwargs(actor_config) if settings.regime in POLICY_REGIMES else {}
+    kwargs = {**policy_kwargs(actor_config), **dict(settings.policy_clip)} \
+        if settings.regime in POLICY_REGIMES else {}
     if kwargs.get("aggregation") == "token_mean":
         kwargs["normalizer"] = tokens_per_rank  # veRL agg_loss: sum / N * dp_size
     out = mtp_objective(settings.regime, calibrator, logp_main=logp_main.detach(), logp_mtp=logp_mtp,
@@ -173,6 +181,7 @@ def mtp_term(settings: OccSettings, calibrator: Calibrator, actor_config: Any, m
         "mtp/coef": out.coef,
         "mtp/nll": float(-masked_mean(logp_mtp.detach(), mask)),
         "occ/lambda": stats.lam,
+        "occ/proxy_lambda": stats.lam,  # as on TRL (where an oracle lambda_t may replace the proxies')
         "occ/c_hat": stats.c_hat,
         "occ/v_hat2": stats.v_hat2,
         "occ/nonfinite": float(calibrator.nonfinite_count),

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from occctl.mtp_config import calibrator_kwargs, policy_clip_kwargs
 from occctl.spec import Spec
 
 from backends.verl_backend.options import VerlOptions, override_key
@@ -68,6 +69,7 @@ def verl_overrides(spec: Spec, options: VerlOptions, run_dir: Path, tracking_uri
         "actor_rollout_ref.actor.loss_agg_mode": agg,
         "actor_rollout_ref.actor.clip_ratio_low": a.clip_low,
         "actor_rollout_ref.actor.clip_ratio_high": a.clip_high,
+        **main_dual_clip(spec),
         "actor_rollout_ref.actor.use_kl_loss": False,
         "actor_rollout_ref.actor.entropy_coeff": 0,
         "actor_rollout_ref.actor.ppo_epochs": 1,
@@ -119,18 +121,19 @@ def verl_overrides(spec: Spec, options: VerlOptions, run_dir: Path, tracking_uri
     return [format_override(k, v) for k, v in items.items()] + list(o.overrides)
 
 
+def main_dual_clip(spec: Spec) -> dict[str, Any]:
+    """veRL's dual clip of the main loss (``clip_ratio_c``, vanilla loss only) is ``mtp.policy_clip.dual_clip``, the
+    MTP policy term's: one value for both heads. veRL cannot switch it off (null is refused by the adapter's
+    check for algorithms with veRL's vanilla loss; GSPO's loss has none, so veRL's default stays there)."""
+    dual = spec.mtp.policy_clip.dual_clip
+    return {} if dual is None else {"actor_rollout_ref.actor.clip_ratio_c": dual}
+
+
 def plugin_term(spec: Spec, options: VerlOptions) -> bool:
     """Whether the occctl plugin computes the MTP term (policy, occ, and ce over the whole model) rather than
     veRL's native MTP loss (detach, and ce with ``ce_gradient: verl_native_no_lm_head``)."""
     m = spec.mtp
     return m.enabled and (m.regime in ("policy", "occ") or (m.regime == "ce" and options.ce_gradient == "whole_model"))
-
-
-def calibrator_settings(spec: Spec) -> dict[str, Any]:
-    """The OCC calibrator's arguments (``occctl.occ.calibration.Calibrator``) as the workers receive them."""
-    occ = spec.mtp.occ
-    return {"lambda_plus": occ.lambda_plus, "eps": occ.eps, "estimator": occ.estimator,
-            "clip_negative": occ.clip_negative, "scope": occ.scope, "ema": occ.ema}
 
 
 def mtp_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
@@ -154,10 +157,13 @@ def mtp_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
         f"+{PROFILE}.occctl_regime": m.regime,
         f"+{PROFILE}.occctl_coef": m.coef,
         f"+{PROFILE}.occctl_plugin_term": ours,
-        f"+{PROFILE}.occctl_dp_reduce": True,
+        f"+{PROFILE}.occctl_dp_reduce": m.occ.dp_reduce,
+        f"+{PROFILE}.occctl_padded_width": spec.train.max_new_tokens,  # the authors' [B, R]: R = max response length
     }
-    for name, value in calibrator_settings(spec).items():
+    for name, value in calibrator_kwargs(spec).items():
         items[f"+{PROFILE}.occctl_calibrator.{name}"] = value
+    for name, value in policy_clip_kwargs(spec).items():
+        items[f"+{PROFILE}.occctl_policy_clip.{name}"] = value
     return items
 
 

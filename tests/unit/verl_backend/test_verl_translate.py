@@ -127,6 +127,28 @@ def test_check_reports_every_problem(results_dir):
     assert "ray_kwargs.ray_init.address is set by occctl" in text  # use backend_options.ray_address
 
 
+def test_what_veRL_cannot_honour_is_refused():
+    text = "\n".join(VerlBackend().check(spec_with("mtp.occ.estimator=oracle")))
+    assert "mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only" in text
+    text = "\n".join(VerlBackend().check(spec_with("mtp.policy_clip.dual_clip=null")))
+    assert "mtp.policy_clip.dual_clip: null cannot hold on veRL: the dapo loss of the main head" in text
+    assert VerlBackend().check(spec_with("mtp.policy_clip.dual_clip=null", name="mimo7b_gspo_occ")) == []
+    o = overrides_of(spec_with("mtp.policy_clip.dual_clip=4.5"))
+    assert o["actor_rollout_ref.actor.clip_ratio_c"] == "4.5"  # the main head's dual clip is the MTP term's
+    assert o["+actor_rollout_ref.actor.profile.occctl_policy_clip.dual_clip"] == "4.5"
+    problems = VerlBackend().check(spec_with("backend_options.overrides=[actor_rollout_ref.actor.clip_ratio_c=3.0]"))
+    assert any("clip_ratio_c is set by occctl from the spec" in line for line in problems), problems
+
+
+def test_reference_preset_reaches_the_workers():
+    o = overrides_of(spec_with("mtp.occ={preset: reference}"))
+    profile = "+actor_rollout_ref.actor.profile.occctl_"
+    assert o[profile + "dp_reduce"] == "false" and o[profile + "calibrator.mask"] == "padded"
+    assert o[profile + "calibrator.estimator"] == "mean_of_ratios" and o[profile + "calibrator.scope"] == "micro_batch"
+    assert o[profile + "calibrator.lambda_plus"] == "0.1" and o[profile + "padded_width"] == "8192"
+    assert overrides_of(spec_with())[profile + "dp_reduce"] == "true"
+
+
 def test_check_needs_a_model_path_and_data(monkeypatch, tmp_path):
     monkeypatch.setenv("OCCCTL_DATA_DIR", str(tmp_path))
     spec = load_spec(REPO / "specs" / "tiny_occ.yaml", ["backend=verl", "backend_options={data: {train: math6/x.jsonl, "
