@@ -147,24 +147,34 @@ def mtp_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
     key = "actor_rollout_ref.model.mtp"
     if not spec.mtp.enabled:
         return {f"{key}.enable": False}
-    m, ours = spec.mtp, plugin_term(spec, options)
     items = {
         f"{key}.enable": True,  # also keeps the MTP layer in the exported HF checkpoints
         f"{key}.enable_train": True,
         f"{key}.enable_rollout": options.rollout.speculative,
-        f"{key}.detach_encoder": m.regime == "detach",
-        f"{key}.mtp_loss_scaling_factor": 0.0 if ours else m.coef,
-        f"+{PROFILE}.occctl_regime": m.regime,
-        f"+{PROFILE}.occctl_coef": m.coef,
-        f"+{PROFILE}.occctl_plugin_term": ours,
-        f"+{PROFILE}.occctl_dp_reduce": m.occ.dp_reduce,
-        f"+{PROFILE}.occctl_padded_width": spec.train.max_new_tokens,  # the authors' [B, R]: R = max response length
+        f"{key}.detach_encoder": spec.mtp.regime == "detach",
+        f"{key}.mtp_loss_scaling_factor": 0.0 if plugin_term(spec, options) else spec.mtp.coef,
     }
-    for name, value in calibrator_kwargs(spec).items():
-        items[f"+{PROFILE}.occctl_calibrator.{name}"] = value
-    for name, value in policy_clip_kwargs(spec).items():
-        items[f"+{PROFILE}.occctl_policy_clip.{name}"] = value
+    for name, value in worker_profile(spec, options).items():
+        if isinstance(value, dict):
+            items.update({f"+{PROFILE}.{name}.{sub}": v for sub, v in value.items()})
+        else:
+            items[f"+{PROFILE}.{name}"] = value
     return items
+
+
+def worker_profile(spec: Spec, options: VerlOptions) -> dict[str, Any]:
+    """What the plugin reads in every worker (``actor.profile``, see ``hooks.OccSettings``): the regime, whether
+    the MTP term is the plugin's, and the OCC core's arguments as ``occctl.mtp_config`` gives them."""
+    m = spec.mtp
+    return {
+        "occctl_regime": m.regime,
+        "occctl_coef": m.coef,
+        "occctl_plugin_term": plugin_term(spec, options),
+        "occctl_dp_reduce": m.occ.dp_reduce,
+        "occctl_padded_width": spec.train.max_new_tokens,  # mask "padded": the authors' [B, max response length]
+        "occctl_calibrator": calibrator_kwargs(spec),
+        "occctl_policy_clip": policy_clip_kwargs(spec),
+    }
 
 
 def megatron_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:

@@ -17,14 +17,7 @@ REGIMES = ["detach", "ce", "policy", "occ"]
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def prompt_files(tmp_path, monkeypatch):
-    """The specs' prompt files under a data root of their own (CI has no ../shared/data)."""
-    root = tmp_path / "data"
-    (root / "math6" / "train").mkdir(parents=True)
-    for name in ("train/dapo_math_17k.jsonl", "aime24.jsonl"):
-        (root / "math6" / name).write_text('{"problem": "1+1?", "answer": "2"}\n')
-    monkeypatch.setenv("OCCCTL_DATA_DIR", str(root))
+pytestmark = pytest.mark.usefixtures("prompt_files")
 
 
 def dry_run(spec: str, *sets: str):

@@ -127,7 +127,7 @@ def test_logits_processor_hands_over_mtp_logprobs(tiny_gpt, monkeypatch):
     assert plugin._State.pending is None
 
 
-def test_ce_reaches_the_lm_head_only_through_the_plugin(tiny_gpt, monkeypatch):
+def test_ce_reaches_the_lm_head_only_through_the_plugin(tiny_gpt, monkeypatch, profile_of):
     """Regime ce. veRL's native MTP loss (``ce_gradient: verl_native_no_lm_head``; legacy Megatron path) trains
     trunk, embeddings and MTP block but detaches the output layer; the plugin's CE term (the default,
     ``whole_model``) is coef x the MTP head's mean NLL on the response tokens and reaches all four, as in the
@@ -161,10 +161,8 @@ def test_ce_reaches_the_lm_head_only_through_the_plugin(tiny_gpt, monkeypatch):
                       batch_size=[B])
     for name, value in (("dp_size", 1), ("batch_num_tokens", 2 * B * response), ("global_batch_size", 2 * B)):
         data[name] = NonTensorData(value)  # this micro-batch is half of the optimizer step
-    settings = hooks.OccSettings.from_profile({
-        "occctl_regime": "ce", "occctl_coef": 0.1, "occctl_plugin_term": True, "occctl_dp_reduce": True,
-        "occctl_calibrator": {"lambda_plus": 1.0, "eps": 1e-8, "estimator": "ratio_of_sums", "clip_negative": False,
-                              "scope": "step", "ema": 0.0}})
+    settings = hooks.OccSettings.from_profile(profile_of("mtp.regime=ce", "mtp.coef=0.1"))
+    assert settings.plugin_term
     term = hooks.mtp_term(settings, settings.calibrator(), None, {"log_probs": nested(main), "mtp_log_probs":
                                                                   nested(raw)}, data)
     nll = -raw[:, prompt - 2:S - 2]  # [B, R]: response token j is predicted at position P + j - 2

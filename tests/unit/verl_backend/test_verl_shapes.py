@@ -20,13 +20,7 @@ def problems(name: str, *sets: str) -> str:
     return "\n".join(VerlBackend().check(load_spec(REPO / "specs" / f"{name}.yaml", list(sets))))
 
 
-@pytest.fixture(autouse=True)
-def prompt_files(tmp_path, monkeypatch):
-    root = tmp_path / "data"
-    (root / "math6" / "train").mkdir(parents=True)
-    for name in ("train/dapo_math_17k.jsonl", "aime24.jsonl"):
-        (root / "math6" / name).write_text('{"problem": "1+1?", "answer": "2"}\n')
-    monkeypatch.setenv("OCCCTL_DATA_DIR", str(root))
+pytestmark = pytest.mark.usefixtures("prompt_files")
 
 
 @pytest.mark.parametrize("name", ["glm45air_occ", "mimo7b_dapo_occ", "mimo7b_gspo_occ"])
