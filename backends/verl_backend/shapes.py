@@ -52,8 +52,8 @@ def load_shape(spec: Spec, options: VerlOptions) -> tuple[ModelShape | None, lis
         return _shape(actual, where), problems, None
     if declared:
         return _shape(declared, "backend_options.model_shape"), problems, None
-    return None, problems, (f"no config.json for {spec.model.path} here (not a local directory, not in the Hugging "
-                            f"Face cache) and no backend_options.model_shape in the spec")
+    return None, problems, (f"no config.json for {spec.model.path} here (neither in a local model directory nor in "
+                            f"the Hugging Face cache) and no backend_options.model_shape in the spec")
 
 
 def _config_file(path: str | None) -> tuple[Path | None, str]:
@@ -108,8 +108,8 @@ def shape_problems(spec: Spec, options: VerlOptions, shape: ModelShape, plugin_r
         if m.attention_heads % size:
             problems.append(f"backend_options.{what} = {size} must divide the {m.attention_heads} attention heads {of}")
     if m.kv_heads % p.tp:
-        problems.append(f"backend_options.parallel.tp = {p.tp} must divide the {m.kv_heads} key-value heads (Megatron's "
-                        f"num_query_groups) {of}")
+        problems.append(f"backend_options.parallel.tp = {p.tp} must divide the {m.kv_heads} key-value heads "
+                        f"(Megatron's num_query_groups) {of}")
     problems += _pipeline_problems(options, m, of)
     if m.experts is None and p.ep > 1:
         problems.append(f"backend_options.parallel.ep = {p.ep} needs experts; the config {of} has none (dense model)")

@@ -68,7 +68,8 @@ def test_experts_mtp_layers_and_lengths():
            "(backend_options.model_shape) declares 2" in text
     assert problems("mimo7b_dapo_occ", "mtp.regime=detach", "backend_options.model_shape.num_nextn_predict_layers=2") \
         == ""  # veRL's native MTP loss takes any number of MTP layers
-    assert "declares no MTP layer" in problems("mimo7b_dapo_occ", "backend_options.model_shape.num_nextn_predict_layers=0")
+    assert "declares no MTP layer" in problems("mimo7b_dapo_occ",
+                                               "backend_options.model_shape.num_nextn_predict_layers=0")
     assert "2048 + 40000 = 42048 exceeds max_position_embeddings = 32768" in \
         problems("mimo7b_dapo_occ", "train.max_new_tokens=40000", "backend_options.overlong_buffer.tokens=4096")
     dynamic = "backend_options.micro_batch={dynamic: true, max_tokens_per_gpu: 4096, log_prob_max_tokens_per_gpu: 8192}"
@@ -88,8 +89,8 @@ def test_local_config_json_wins_and_must_agree(tmp_path):
     assert shape.max_positions == 65536 and shape.source == f"{model}/config.json" and skipped is None
     assert issues == ["backend_options.model_shape.max_position_embeddings = 32768 but "
                       f"{model}/config.json says 65536"]
-    spec = load_spec(REPO / "specs" / "mimo7b_dapo_occ.yaml", [f"model.path={model}", "backend_options.model_shape=null",
-                                                               "backend_options.parallel.pp=8"])
+    spec = load_spec(REPO / "specs" / "mimo7b_dapo_occ.yaml",
+                     [f"model.path={model}", "backend_options.model_shape=null", "backend_options.parallel.pp=8"])
     assert "must divide the 36 decoder layers" in "\n".join(VerlBackend().check(spec))
 
 
@@ -116,5 +117,6 @@ def test_without_a_shape_the_checks_are_skipped_and_said_so(results_dir, capsys)
                                                                "backend_options.parallel.pp=8"])
     assert "decoder layers" not in "\n".join(VerlBackend().check(spec))
     plan = VerlBackend().prepare(spec, results_dir / "runs" / "x")
-    assert plan.native_config["shape_check"].startswith("skipped: no config.json for XiaomiMiMo/MiMo-7B-RL here")
+    assert plan.native_config["shape_check"].startswith(
+        "skipped: no config.json for XiaomiMiMo/MiMo-7B-RL here (neither in a local model directory")
     assert "model shape checks skipped" in capsys.readouterr().err
