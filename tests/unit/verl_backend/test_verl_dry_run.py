@@ -76,6 +76,14 @@ def test_reference_preset_dry_run_passes(spec, results_dir):
     assert not any(key.endswith(".seed") or key.endswith("_seed") for key in o)  # veRL's own seeds
 
 
+def test_verls_native_ce_stays_available(results_dir):
+    result = dry_run("glm45air_occ", "mtp.regime=ce", "backend_options.ce_gradient=verl_native_no_lm_head")
+    assert result.exit_code == 0, result.output
+    o = launch_overrides(result.stdout)
+    assert o["actor_rollout_ref.model.mtp.mtp_loss_scaling_factor"] == "0.1"
+    assert o["+actor_rollout_ref.actor.profile.occctl_plugin_term"] == "false"
+
+
 def test_nonexistent_verl_key_exits_2_with_verls_message(results_dir):
     result = dry_run("mimo7b_dapo_occ", "backend_options.overrides=[actor_rollout_ref.actor.no_such_key=1]")
     assert result.exit_code == 2
