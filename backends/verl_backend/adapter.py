@@ -23,8 +23,9 @@ from occctl.errors import EnvError, RunError, SpecError
 from occctl.spec import Spec
 
 from backends.verl_backend.options import VerlOptions, override_key, parse_options
+from backends.verl_backend.shapes import TRANSFORMER, load_shape, shape_problems
 from backends.verl_backend.translate import (
-    launch_env, managed_keys, verl_overrides, verl_steps)
+    ALGORITHMS, launch_env, managed_keys, plugin_term, verl_overrides, verl_steps)
 
 INSTALL_HINT = "install veRL 0.9.1 with backends/verl_backend/install_verl.sh (in its own venv); " \
                "the GPU run also needs Megatron, " \
@@ -39,7 +40,8 @@ class VerlBackend:
             options = parse_options(spec.backend_options)
         except SpecError as e:
             return e.message.splitlines()
-        return spec_problems(spec, options) + override_problems(spec, options) + data_problems(options)
+        return (spec_problems(spec, options) + override_problems(spec, options) + layout_problems(spec, options)
+                + data_problems(options))
 
     def prepare(self, spec: Spec, run_dir: Path) -> Plan:
         from occctl.tracking import tracking_uri
@@ -52,16 +54,21 @@ class VerlBackend:
         env = launch_env(spec, uri)
         command = ("env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "verl.trainer.main_ppo",
                    *overrides)
-        checked = validate_overrides(overrides, spec.name)
-        if checked.skipped:
-            from occctl.console import err
+        checked = validate_overrides(overrides, spec.name, raw=options.overrides)
+        shape, _, no_shape = load_shape(spec, options)
+        from occctl.console import err
 
+        if checked.skipped:
             err.print(f"warning: veRL validation skipped: {checked.skipped}; the command below is unchecked",
+                      highlight=False, markup=False)
+        if no_shape:
+            err.print(f"warning: model shape checks skipped: {no_shape}; the parallel layout is unchecked",
                       highlight=False, markup=False)
         native = {
             "backend": "verl",
             "verl_version": checked.verl_version,
             "validation": "passed" if checked.skipped is None else f"skipped: {checked.skipped}",
+            "shape_check": f"passed against {shape.source}" if shape else f"skipped: {no_shape}",
             "verl_steps": verl_steps(spec),
             "launch": {"env": env, "overrides": overrides, "cwd": str(run_dir / "verl")},
             "data": {"train": options.data.train, "val": options.data.val, "template": options.data.prompt_template},
@@ -130,6 +137,13 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
                         "are not computed in veRL's old-log-prob pass)")
     if spec.mtp.occ.oracle_every:
         problems.append("mtp.occ.oracle_every: oracle gradient geometry is TRL-only; set it to 0")
+    if spec.mtp.enabled and spec.mtp.occ.estimator == "oracle":
+        problems.append("mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only; "
+                        "use ratio_of_sums or mean_of_ratios")
+    if spec.mtp.policy_clip.dual_clip is None and ALGORITHMS[spec.algorithm.name][0] == "vanilla":
+        problems.append(f"mtp.policy_clip.dual_clip: null cannot hold on veRL: the {spec.algorithm.name} loss of the "
+                        f"main head always applies its dual clip (clip_ratio_c, which occctl sets from this key "
+                        f"so both heads share it); give a value > 1")
     if getattr(spec.eval, "every", 0):
         problems.append("eval.every: in-training held-out eval is TRL-only; use backend_options.validation (veRL's "
                         "validation set) and `occctl eval --run NAME` after training")
@@ -155,6 +169,20 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
     if o.overlong_buffer.enabled and o.overlong_buffer.tokens >= t.max_new_tokens:
         problems.append(f"backend_options.overlong_buffer.tokens = {o.overlong_buffer.tokens} must be smaller than "
                         f"train.max_new_tokens = {t.max_new_tokens}")
+    return problems
+
+
+def layout_problems(spec: Spec, o: VerlOptions) -> list[str]:
+    """The model's shape against the parallel layout (``shapes.py``), and pipeline layouts the plugin cannot use."""
+    shape, problems, _ = load_shape(spec, o)
+    ours = plugin_term(spec, o)
+    if shape is not None:
+        problems += shape_problems(spec, o, shape, plugin_regime=ours)
+    layout = f"{TRANSFORMER}.pipeline_model_parallel_layout"
+    if ours and any(override_key(item) == layout for item in o.overrides):
+        problems.append(f"backend_options.overrides: {layout} is not supported with mtp.regime = {spec.mtp.regime}: "
+                        f"the occctl MTP term needs the MTP layer in the last pipeline stage's postprocess, where "
+                        f"parallel.pp / parallel.vpp put it")
     return problems
 
 

@@ -10,8 +10,11 @@ the core's inputs so that the MTP term and lambda_t are exactly the TRL backend'
 * ``loss_agg_mode`` token-mean -> the core's ``token_mean`` with the step's global token count per DP rank as
   normaliser (= veRL's ``agg_loss``); seq-mean-token-mean -> ``seq_mean_token_mean`` rescaled from this
   micro-batch's sequences to the step's ``global_batch_size`` (= veRL's ``agg_loss``);
-* c_hat and v_hat2 are accumulated over the optimizer step and summed over data-parallel ranks (the
-  Calibrator's ``all_reduce``), so every rank applies the same lambda_t.
+* c_hat and v_hat2 are accumulated over the optimizer step (or per micro-batch: ``mtp.occ.scope``) and summed over
+  data-parallel ranks (the Calibrator's ``all_reduce``), so every rank applies the same lambda_t; without
+  ``mtp.occ.dp_reduce`` each rank forms its own, as the authors' code does;
+* regime ce: the MTP head's cross-entropy, a token mean over the step's response tokens, with its gradient
+  into trunk, embeddings, lm_head and MTP block (veRL's native MTP loss detaches the lm_head).
 
 Imports torch and the OCC core only; veRL objects are duck-typed.
 """
@@ -31,34 +34,33 @@ from occctl.occ.regimes import masked_mean
 PROFILE_PREFIX = "occctl_"
 LOSS_PREFIX = "occctl_"
 AGGREGATIONS = {"token-mean": "token_mean", "seq-mean-token-mean": "seq_mean_token_mean"}
-POLICY_REGIMES = ("policy", "occ")  # the regimes whose MTP term the plugin computes (detach / ce are native)
+POLICY_REGIMES = ("policy", "occ")
 
 
 @dataclass(frozen=True)
 class OccSettings:
-    """The spec's MTP/OCC settings as they reach a worker (``actor.profile.occctl_*``)."""
+    """The spec's MTP/OCC settings as they reach a worker (``actor.profile.occctl_*``; hashable)."""
 
     regime: str
     coef: float
-    lambda_plus: float
-    eps: float
-    estimator: str
-    clip_negative: bool
-    scope: str
-    ema: float
+    plugin_term: bool  # the plugin adds the MTP term (ce over the whole model, policy, occ); else veRL's native
+    calibrator_kwargs: tuple[tuple[str, Any], ...]  # occctl.mtp_config.calibrator_kwargs(spec)
+    policy_clip: tuple[tuple[str, Any], ...]  # occctl.mtp_config.policy_clip_kwargs(spec)
+    dp_reduce: bool  # sum c_hat, v_hat2 over data-parallel ranks (one lambda_t everywhere)
+    padded_width: int  # mask "padded": the statistics run over [B, padded_width] (the authors' padded batch)
 
     @classmethod
     def from_profile(cls, profile: Mapping[str, Any] | None) -> "OccSettings | None":
         if not profile or f"{PROFILE_PREFIX}regime" not in profile:
             return None
         get = lambda name: profile[f"{PROFILE_PREFIX}{name}"]  # noqa: E731
-        return cls(regime=str(get("regime")), coef=float(get("coef")), lambda_plus=float(get("lambda_plus")),
-                   eps=float(get("eps")), estimator=str(get("estimator")), clip_negative=bool(get("clip_negative")),
-                   scope=str(get("scope")), ema=float(get("ema")))
+        items = lambda name: tuple(sorted(dict(get(name)).items()))  # noqa: E731
+        return cls(regime=str(get("regime")), coef=float(get("coef")), plugin_term=bool(get("plugin_term")),
+                   calibrator_kwargs=items("calibrator"), policy_clip=items("policy_clip"),
+                   dp_reduce=bool(get("dp_reduce")), padded_width=int(get("padded_width")))
 
     def calibrator(self, all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Calibrator:
-        return Calibrator(self.lambda_plus, self.eps, self.estimator, self.clip_negative, all_reduce=all_reduce,
-                          scope=self.scope, ema=self.ema)
+        return Calibrator(**dict(self.calibrator_kwargs), all_reduce=all_reduce if self.dp_reduce else None)
 
 
 def base_loss_mode(loss_mode: str) -> str:
@@ -68,7 +70,8 @@ def base_loss_mode(loss_mode: str) -> str:
 
 def policy_kwargs(actor_config: Any) -> dict[str, Any]:
     """The core policy loss's arguments from veRL's actor config: the main head's clip range, ratio level
-    (GSPO: sequence) and aggregation. The MTP term has no dual clip (``clip_ratio_c``), as on TRL."""
+    (GSPO: sequence) and aggregation. The dual clip and log-ratio clamp come from ``mtp.policy_clip`` (the
+    launch derives veRL's ``clip_ratio_c`` from the same key, so both heads share it)."""
     mode = actor_config.loss_agg_mode
     if mode not in AGGREGATIONS:
         raise ValueError(f"occctl: loss_agg_mode {mode!r} is not supported for the MTP policy term; "
@@ -128,31 +131,48 @@ class MtpTerm:
 
 def mtp_term(settings: OccSettings, calibrator: Calibrator, actor_config: Any, model_output: Mapping[str, Any],
              data: Any) -> MtpTerm:
-    """This micro-batch's MTP policy term (regimes policy / occ) in veRL's loss normalisation."""
-    if settings.regime not in POLICY_REGIMES:
+    """This micro-batch's MTP term (regimes ce / policy / occ, computed by the plugin) in veRL's normalisation.
+
+    ce: the MTP head's cross-entropy x coef, a token mean over the optimizer step's response tokens (the step's
+    global count, as veRL's token-mean), into every parameter it depends on (the paper's CE). policy / occ: the
+    main head's policy loss on the MTP log-probs, with veRL's rollout-correction weights (``rollout_is_weights``,
+    when veRL computes them) on each token's loss, as veRL's own losses and the authors' code apply them.
+    """
+    if not settings.plugin_term:
         raise ValueError(f"occctl: regime {settings.regime!r} uses veRL's native MTP loss, not this term")
     if "mtp_log_probs" not in model_output:
         raise RuntimeError("occctl: the model output has no 'mtp_log_probs': the occctl Megatron patch did not run "
                            "in this worker (is megatron importable, and was backends.verl_backend.plugin loaded via "
                            "VERL_USE_EXTERNAL_MODULES?)")
-    fields = data.select("response_mask", "old_log_probs", "advantages").to_padded_tensor()
+    names = ("response_mask", "old_log_probs", "advantages") + (
+        ("rollout_is_weights",) if "rollout_is_weights" in data.keys() else ())
+    fields = data.select(*names).to_padded_tensor()
     response_mask = fields["response_mask"].bool()  # [B, R]
     logp_old, advantages = fields["old_log_probs"], fields["advantages"]  # [B, R], [B, R]
+    if "rollout_is_weights" in fields.keys():
+        advantages = advantages * fields["rollout_is_weights"]  # [B, R]; = weighting each token's loss (w >= 0)
     prompt_lens, response_lens = sequence_lengths(data)
     width = response_mask.shape[1]
     logp_main, _ = response_values(model_output["log_probs"], prompt_lens, response_lens, width, lag=1)  # [B, R]
     logp_mtp, reachable = response_values(model_output["mtp_log_probs"], prompt_lens, response_lens, width,
                                           lag=2)  # [B, R], with grad
     mask = (response_mask & reachable).to(logp_old.dtype)  # [B, R]
+    if calibrator.mask == "padded" and settings.padded_width > width:  # zero slots, as the authors' batch has them
+        pad = lambda t: torch.nn.functional.pad(t, (0, settings.padded_width - width))  # noqa: E731  [B, W]
+        logp_main, logp_mtp, logp_old, advantages, mask = map(pad, (logp_main, logp_mtp, logp_old, advantages, mask))
 
-    kwargs = policy_kwargs(actor_config)
     dp_size = int(data["dp_size"])
-    if kwargs["aggregation"] == "token_mean":
-        kwargs["normalizer"] = float(data["batch_num_tokens"]) / dp_size  # veRL agg_loss: sum / N * dp_size
+    tokens_per_rank = float(data["batch_num_tokens"]) / dp_size  # the step's response tokens per DP rank
+    kwargs = {**policy_kwargs(actor_config), **dict(settings.policy_clip)} \
+        if settings.regime in POLICY_REGIMES else {}
+    if kwargs.get("aggregation") == "token_mean":
+        kwargs["normalizer"] = tokens_per_rank  # veRL agg_loss: sum / N * dp_size
     out = mtp_objective(settings.regime, calibrator, logp_main=logp_main.detach(), logp_mtp=logp_mtp,
                         logp_old=logp_old, mask=mask, advantages=advantages, coef=settings.coef, **kwargs)
     loss = out.loss
-    if kwargs["aggregation"] == "seq_mean_token_mean":
+    if settings.regime == "ce":  # core: this micro-batch's token mean; veRL: the step's
+        loss = loss * (mask.sum() / tokens_per_rank)
+    elif kwargs["aggregation"] == "seq_mean_token_mean":
         # core: mean over this micro-batch's B sequences; veRL: sum over them / global_batch_size * dp_size
         loss = loss * (mask.shape[0] * dp_size / float(data["global_batch_size"]))
     stats = out.stats
@@ -161,6 +181,7 @@ def mtp_term(settings: OccSettings, calibrator: Calibrator, actor_config: Any, m
         "mtp/coef": out.coef,
         "mtp/nll": float(-masked_mean(logp_mtp.detach(), mask)),
         "occ/lambda": stats.lam,
+        "occ/proxy_lambda": stats.lam,  # as on TRL (where an oracle lambda_t may replace the proxies')
         "occ/c_hat": stats.c_hat,
         "occ/v_hat2": stats.v_hat2,
         "occ/nonfinite": float(calibrator.nonfinite_count),

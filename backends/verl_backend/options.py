@@ -10,17 +10,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import yaml
+from pydantic import Field, ValidationError, model_validator
 
 from occctl.errors import SpecError
-from occctl.spec import describe_error
+from occctl.spec import _Strict, describe_error
 
 # A Hydra override as veRL's CLI takes it: [+|++|~]dotted.key=value
 OVERRIDE_PATTERN = re.compile(r"^(\+\+|\+|~)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)(=.*)?$", re.S)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ParallelOptions(_Strict):
@@ -116,6 +113,15 @@ class VerlOptions(_Strict):
     validation: ValidationOptions = ValidationOptions()
     overlong_buffer: OverlongBufferOptions = OverlongBufferOptions()
     dynamic_sampling: DynamicSamplingOptions = DynamicSamplingOptions()
+    ce_gradient: Literal["whole_model", "verl_native_no_lm_head"] = Field(
+        "whole_model", description="regime ce: whole_model = the paper's CE, computed by the occctl plugin, its "
+        "gradient into trunk, embeddings, lm_head and MTP block; verl_native_no_lm_head = veRL's native MTP loss, "
+        "whose Megatron path detaches the output layer (lm_head)")
+    model_shape: dict[str, Any] | None = Field(
+        None, description="the model's Hugging Face config.json keys the parallel layout is "
+        "checked against when the weights are not on this machine (num_attention_heads, num_key_value_heads, "
+        "num_hidden_layers, num_nextn_predict_layers, n_routed_experts, max_position_embeddings, model_type); "
+        "must agree with the real config.json where that is here")
     overrides: list[str] = Field(default_factory=list, description="raw veRL overrides (key=value) for keys occctl "
                                  "does not model; a key occctl sets is refused")
 
@@ -144,3 +150,18 @@ def override_key(item: str) -> str | None:
     if match is None or (match.group(1) != "~" and match.group(3) is None):
         return None
     return match.group(2)
+
+
+def override_items(overrides: list[str], prefix: str = "") -> dict[str, Any]:
+    """Raw overrides under ``prefix`` -> {key below prefix: value, read as YAML} (deletions ``~key`` left out)."""
+    items = {}
+    for item in overrides:
+        match = OVERRIDE_PATTERN.match(item.strip())
+        if match is None or match.group(3) is None or not match.group(2).startswith(prefix):
+            continue
+        try:
+            value = yaml.safe_load(match.group(3)[1:])
+        except yaml.YAMLError:
+            value = match.group(3)[1:]
+        items[match.group(2)[len(prefix):]] = value
+    return items

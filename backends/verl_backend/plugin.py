@@ -7,11 +7,11 @@ What it installs (veRL 0.9.1, Megatron engine):
 1. Policy-loss modes ``occctl_vanilla`` / ``occctl_gspo`` (veRL's own losses, re-registered under our names).
    The launch selects them, so a worker without the plugin fails with "Unsupported loss mode".
 2. A wrapper of the actor loss ``verl.workers.utils.losses.ppo_loss`` (installed before
-   ``verl.workers.engine_workers`` imports it): veRL's PPO loss, plus, in regimes policy / occ, the MTP policy
-   term with lambda_t from ``hooks.py`` (the OCC core), with ``occ/*`` and ``mtp/*`` metrics.
+   ``verl.workers.engine_workers`` imports it): veRL's PPO loss, plus the MTP term of ``hooks.py`` (the OCC
+   core) in regimes policy / occ and in ce over the whole model, with ``occ/*`` and ``mtp/*`` metrics.
 3. When veRL imports its Megatron modules (never in this process otherwise; no megatron import here):
-   * ``verl.models.mcore.mtp_patch``: the GPT postprocess, in a training step of regime policy / occ, runs the
-     MTP block itself, computes the main logits without veRL's native MTP cross-entropy, and leaves a closure
+   * ``verl.models.mcore.mtp_patch``: the GPT postprocess, in a training step whose MTP term is the plugin's, runs
+     the MTP block itself, computes the main logits without veRL's native MTP cross-entropy, and leaves a closure
      that turns the MTP hidden states into per-token log-probs; in regime detach the native MTP loss gets a
      detached output layer (lm_head isolation, also on Megatron versions whose ``process_mtp_loss`` lacks it);
    * ``verl.workers.engine.megatron.transformer_impl``: the LM-head logits processor calls that closure with the
@@ -40,6 +40,7 @@ class _State:
     """Per worker process (one actor per process)."""
 
     regime: str | None = None  # regime of the optimizer step being run; None outside a training step
+    exposing = False  # this training step's MTP term is the plugin's: the postprocess exposes the MTP log-probs
     step = 0  # optimizer steps started in this process
     engine_patched = False
     pending: Callable[[torch.Tensor], torch.Tensor] | None = None  # postprocess -> logits processor
@@ -88,7 +89,7 @@ def wrap_actor_loss() -> None:
     def ppo_loss(config, model_output, data, dp_group=None):
         loss, metrics = original(config, model_output, data, dp_group)
         settings = hooks.OccSettings.from_profile(getattr(config, "profile", None))
-        if settings is None or settings.regime not in hooks.POLICY_REGIMES:
+        if settings is None or not settings.plugin_term:
             return loss, metrics
         if not _State.engine_patched:
             raise RuntimeError(f"occctl: regime {settings.regime!r} needs the occctl Megatron engine patch, which is "
@@ -118,7 +119,7 @@ def patch_mtp_module(module) -> None:
     def postprocess(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
         kw = dict(bound.arguments)
-        if (_State.regime in hooks.POLICY_REGIMES and kw.get("labels") is not None and self.post_process
+        if (_State.exposing and kw.get("labels") is not None and self.post_process
                 and self.config.mtp_num_layers):
             return _postprocess_exposing_mtp(module, original, self, kw)
         return original(*bound.args, **bound.kwargs)
@@ -218,11 +219,11 @@ def patch_engine_module(module) -> None:
         if forward_only or settings is None:
             return original_step(self, data, loss_function, forward_only)
         _State.step += 1
-        _State.regime = settings.regime
+        _State.regime, _State.exposing = settings.regime, settings.plugin_term
         try:
             return original_step(self, data, loss_function, forward_only)
         finally:
-            _State.regime = None
+            _State.regime, _State.exposing = None, False
             _State.pending = None
 
     engine.forward_backward_batch = forward_backward_batch

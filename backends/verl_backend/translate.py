@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from occctl.mtp_config import calibrator_kwargs, policy_clip_kwargs
 from occctl.spec import Spec
 
 from backends.verl_backend.options import VerlOptions, override_key
@@ -51,7 +52,6 @@ def verl_overrides(spec: Spec, options: VerlOptions, run_dir: Path, tracking_uri
         "data.max_prompt_length": o.data.max_prompt_tokens,
         "data.max_response_length": t.max_new_tokens,
         "data.train_batch_size": t.prompts_per_generation,
-        "data.seed": t.seed,
         "data.trust_remote_code": spec.model.trust_remote_code,
         # model
         "actor_rollout_ref.model.path": spec.model.path,
@@ -69,13 +69,13 @@ def verl_overrides(spec: Spec, options: VerlOptions, run_dir: Path, tracking_uri
         "actor_rollout_ref.actor.loss_agg_mode": agg,
         "actor_rollout_ref.actor.clip_ratio_low": a.clip_low,
         "actor_rollout_ref.actor.clip_ratio_high": a.clip_high,
+        **main_dual_clip(spec),
         "actor_rollout_ref.actor.use_kl_loss": False,
         "actor_rollout_ref.actor.entropy_coeff": 0,
         "actor_rollout_ref.actor.ppo_epochs": 1,
         # actor: batches
         "actor_rollout_ref.actor.ppo_mini_batch_size": mini,
         "actor_rollout_ref.actor.use_dynamic_bsz": o.micro_batch.dynamic,
-        "actor_rollout_ref.actor.data_loader_seed": t.seed,
         # actor: optimizer
         "actor_rollout_ref.actor.optim.lr": t.lr,
         "actor_rollout_ref.actor.optim.weight_decay": t.weight_decay,
@@ -92,13 +92,13 @@ def verl_overrides(spec: Spec, options: VerlOptions, run_dir: Path, tracking_uri
         "actor_rollout_ref.rollout.temperature": t.temperature,
         "actor_rollout_ref.rollout.top_p": 1.0,
         "actor_rollout_ref.rollout.top_k": -1,
-        "actor_rollout_ref.rollout.seed": t.seed,
         "actor_rollout_ref.rollout.dtype": _dtype(spec),
         "actor_rollout_ref.rollout.val_kwargs.temperature": o.validation.temperature,
         "actor_rollout_ref.rollout.val_kwargs.top_p": o.validation.top_p,
         "actor_rollout_ref.rollout.val_kwargs.n": o.validation.samples_per_problem,
         "actor_rollout_ref.rollout.val_kwargs.do_sample": o.validation.temperature > 0,
         **micro_batch_items(spec, options),
+        **seed_items(spec),
         # reward
         **reward_items(spec, options),
         # trainer
@@ -121,32 +121,59 @@ def verl_overrides(spec: Spec, options: VerlOptions, run_dir: Path, tracking_uri
     return [format_override(k, v) for k, v in items.items()] + list(o.overrides)
 
 
+def main_dual_clip(spec: Spec) -> dict[str, Any]:
+    """veRL's dual clip of the main loss (``clip_ratio_c``, vanilla loss only) is ``mtp.policy_clip.dual_clip``, the
+    MTP policy term's: one value for both heads. veRL cannot switch it off (null is refused by the adapter's
+    check for algorithms with veRL's vanilla loss; GSPO's loss has none, so veRL's default stays there)."""
+    dual = spec.mtp.policy_clip.dual_clip
+    return {} if dual is None else {"actor_rollout_ref.actor.clip_ratio_c": dual}
+
+
+def plugin_term(spec: Spec, options: VerlOptions) -> bool:
+    """Whether the occctl plugin computes the MTP term (policy, occ, and ce over the whole model) rather than
+    veRL's native MTP loss (detach, and ce with ``ce_gradient: verl_native_no_lm_head``)."""
+    m = spec.mtp
+    return m.enabled and (m.regime in ("policy", "occ") or (m.regime == "ce" and options.ce_gradient == "whole_model"))
+
+
 def mtp_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
     """``actor_rollout_ref.model.mtp.*`` per regime, and the OCC settings the plugin reads in the workers.
 
     detach: veRL's isolated path (``detach_encoder``; the plugin also detaches the shared output layer);
-    ce: veRL's native MTP cross-entropy into the whole model; policy / occ: native CE off (factor 0), the plugin
-    adds the regime's policy loss on the MTP head's log-probs.
+    ce: the plugin's cross-entropy into the whole model (or veRL's native one, ``ce_gradient``); policy / occ:
+    the plugin adds the regime's policy loss on the MTP head's log-probs. Native CE off (factor 0) whenever the
+    plugin computes the term.
     """
     key = "actor_rollout_ref.model.mtp"
     if not spec.mtp.enabled:
         return {f"{key}.enable": False}
-    m, occ = spec.mtp, spec.mtp.occ
-    native_coef = m.coef if m.regime in ("detach", "ce") else 0.0
-    return {
+    items = {
         f"{key}.enable": True,  # also keeps the MTP layer in the exported HF checkpoints
         f"{key}.enable_train": True,
         f"{key}.enable_rollout": options.rollout.speculative,
-        f"{key}.detach_encoder": m.regime == "detach",
-        f"{key}.mtp_loss_scaling_factor": native_coef,
-        f"+{PROFILE}.occctl_regime": m.regime,
-        f"+{PROFILE}.occctl_coef": m.coef,
-        f"+{PROFILE}.occctl_lambda_plus": occ.lambda_plus,
-        f"+{PROFILE}.occctl_eps": occ.eps,
-        f"+{PROFILE}.occctl_estimator": occ.estimator,
-        f"+{PROFILE}.occctl_clip_negative": occ.clip_negative,
-        f"+{PROFILE}.occctl_scope": occ.scope,
-        f"+{PROFILE}.occctl_ema": occ.ema,
+        f"{key}.detach_encoder": spec.mtp.regime == "detach",
+        f"{key}.mtp_loss_scaling_factor": 0.0 if plugin_term(spec, options) else spec.mtp.coef,
+    }
+    for name, value in worker_profile(spec, options).items():
+        if isinstance(value, dict):
+            items.update({f"+{PROFILE}.{name}.{sub}": v for sub, v in value.items()})
+        else:
+            items[f"+{PROFILE}.{name}"] = value
+    return items
+
+
+def worker_profile(spec: Spec, options: VerlOptions) -> dict[str, Any]:
+    """What the plugin reads in every worker (``actor.profile``, see ``hooks.OccSettings``): the regime, whether
+    the MTP term is the plugin's, and the OCC core's arguments as ``occctl.mtp_config`` gives them."""
+    m = spec.mtp
+    return {
+        "occctl_regime": m.regime,
+        "occctl_coef": m.coef,
+        "occctl_plugin_term": plugin_term(spec, options),
+        "occctl_dp_reduce": m.occ.dp_reduce,
+        "occctl_padded_width": spec.train.max_new_tokens,  # mask "padded": the authors' [B, max response length]
+        "occctl_calibrator": calibrator_kwargs(spec),
+        "occctl_policy_clip": policy_clip_kwargs(spec),
     }
 
 
@@ -161,7 +188,6 @@ def megatron_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
         f"{key}.param_offload": options.offload.param,
         f"{key}.optimizer_offload": options.offload.optimizer,
         f"{key}.dtype": _dtype(spec),
-        f"{key}.seed": spec.train.seed,
         f"{key}.use_mbridge": True,  # HF checkpoints are written directly (global_step_N/actor/model/huggingface)
     }
     if p.vpp is not None:
@@ -169,6 +195,18 @@ def megatron_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
     if p.etp is not None:
         items[f"{key}.expert_tensor_parallel_size"] = p.etp
     return items
+
+
+SEED_KEYS = ("data.seed", "actor_rollout_ref.actor.megatron.seed", "actor_rollout_ref.rollout.seed",
+             "actor_rollout_ref.actor.data_loader_seed")
+
+
+def seed_items(spec: Spec) -> dict[str, Any]:
+    """veRL's own seeds (data.seed null: torch's default generator; megatron, rollout and data loader 42), as the
+    paper's runs had them, unless the spec sets ``train.seed``: then it seeds all four."""
+    if "seed" not in spec.train.model_fields_set:
+        return {}
+    return dict.fromkeys(SEED_KEYS, spec.train.seed)
 
 
 def micro_batch_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
@@ -237,7 +275,8 @@ def managed_keys(spec: Spec, options: VerlOptions) -> set[str]:
     })
     keys = set()
     for opts in (options.model_copy(update={"overrides": []}), full):
-        for variant in (spec, spec.model_copy(update={"mtp": spec.mtp.model_copy(update={"enabled": True})})):
+        seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": spec.train.seed})})
+        for variant in (seeded, seeded.model_copy(update={"mtp": spec.mtp.model_copy(update={"enabled": True})})):
             items = verl_overrides(variant, opts, Path("/run"), "sqlite:///x")
             keys |= {key for key in map(override_key, items) if key}
     return keys

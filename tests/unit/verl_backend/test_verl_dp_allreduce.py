@@ -15,11 +15,10 @@ REPO = Path(__file__).resolve().parents[3]
 
 RANK = """
 import json, sys, torch, torch.distributed as dist
-rank, init = int(sys.argv[1]), sys.argv[2]
+rank, init, profile = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
 from backends.verl_backend.hooks import OccSettings, dp_all_reduce
-settings = OccSettings(regime="occ", coef=0.1, lambda_plus=1.0, eps=1e-8, estimator="ratio_of_sums",
-                       clip_negative=False, scope="step", ema=0.0)
+settings = OccSettings.from_profile(profile)
 calibrator = settings.calibrator(dp_all_reduce(dist.group.WORLD))
 out = []
 for step in range(2):
@@ -44,11 +43,27 @@ def batch(step, micro):
 """
 
 
+def _profile() -> dict:
+    """The mimo7b_dapo_occ spec's worker profile (regime occ, the default estimator, summed over ranks)."""
+    from occctl.spec import load_spec
+
+    from backends.verl_backend.options import parse_options
+    from backends.verl_backend.translate import worker_profile
+
+    spec = load_spec(REPO / "specs" / "mimo7b_dapo_occ.yaml", ["mtp.regime=occ"])
+    profile = worker_profile(spec, parse_options(spec.backend_options))
+    assert profile["occctl_dp_reduce"] and profile["occctl_calibrator"]["scope"] == "step"
+    return profile
+
+
+PROFILE = _profile()
+
 # Started when this module is collected, so the ranks' torch imports overlap the other tests.
 _RENDEZVOUS = tempfile.mkdtemp(prefix="occctl-gloo-")
 _RANKS = [subprocess.Popen([sys.executable, "-c", "import torch\n" + BATCH + RANK, str(rank),
-                            f"file://{_RENDEZVOUS}/rendezvous"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, cwd=REPO, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"}) for rank in (0, 1)]
+                            f"file://{_RENDEZVOUS}/rendezvous", json.dumps(PROFILE)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"}) for rank in (0, 1)]
 
 
 def test_both_ranks_form_the_single_process_lambda():
@@ -64,8 +79,7 @@ def test_both_ranks_form_the_single_process_lambda():
 
     namespace = {"torch": torch}
     exec(BATCH, namespace)
-    reference = OccSettings(regime="occ", coef=0.1, lambda_plus=1.0, eps=1e-8, estimator="ratio_of_sums",
-                            clip_negative=False, scope="step", ema=0.0).calibrator()
+    reference = OccSettings.from_profile(PROFILE).calibrator()
     expected = []
     for step in range(2):
         reference.begin_step()

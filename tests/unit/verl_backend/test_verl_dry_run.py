@@ -17,14 +17,7 @@ REGIMES = ["detach", "ce", "policy", "occ"]
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def prompt_files(tmp_path, monkeypatch):
-    """The specs' prompt files under a data root of their own (CI has no ../shared/data)."""
-    root = tmp_path / "data"
-    (root / "math6" / "train").mkdir(parents=True)
-    for name in ("train/dapo_math_17k.jsonl", "aime24.jsonl"):
-        (root / "math6" / name).write_text('{"problem": "1+1?", "answer": "2"}\n')
-    monkeypatch.setenv("OCCCTL_DATA_DIR", str(root))
+pytestmark = pytest.mark.usefixtures("prompt_files")
 
 
 def dry_run(spec: str, *sets: str):
@@ -48,14 +41,14 @@ def launch_overrides(stdout: str) -> dict[str, str]:
 def test_dry_run_composes_and_validates(spec, regime, results_dir):
     result = dry_run(spec, f"mtp.regime={regime}")
     assert result.exit_code == 0, result.output
-    assert '"validation": "passed"' in result.stdout
+    assert '"validation": "passed"' in result.stdout and '"shape_check": "passed' in result.stdout
     assert '"verl_version": "0.9.1"' in result.stdout
     o = launch_overrides(result.stdout)
     assert o["model_engine"] == "megatron" and o["actor_rollout_ref.rollout.name"] == "sglang"
     assert o["actor_rollout_ref.model.mtp.enable"] == "true" and o["actor_rollout_ref.model.mtp.enable_train"] == "true"
     assert o["actor_rollout_ref.model.mtp.enable_rollout"] == "false"  # speculative decoding off by default
     assert o["actor_rollout_ref.model.mtp.detach_encoder"] == ("true" if regime == "detach" else "false")
-    native = {"detach": "0.1", "ce": "0.1", "policy": "0.0", "occ": "0.0"}[regime]
+    native = {"detach": "0.1", "ce": "0.0", "policy": "0.0", "occ": "0.0"}[regime]  # ce: the plugin's
     assert o["actor_rollout_ref.model.mtp.mtp_loss_scaling_factor"] == native
     assert o["+actor_rollout_ref.actor.profile.occctl_regime"] == regime
     gspo = spec == "mimo7b_gspo_occ"
@@ -72,12 +65,64 @@ def test_dry_run_composes_and_validates(spec, regime, results_dir):
     assert not (results_dir / "runs").exists(), "a dry run writes no run directory"
 
 
+@pytest.mark.parametrize("spec", SPECS)
+def test_reference_preset_dry_run_passes(spec, results_dir):
+    result = dry_run(spec, "mtp.occ={preset: reference}")
+    assert result.exit_code == 0, result.output
+    assert '"validation": "passed"' in result.stdout and '"shape_check": "passed' in result.stdout
+    o = launch_overrides(result.stdout)
+    assert o["+actor_rollout_ref.actor.profile.occctl_dp_reduce"] == "false"
+    assert o["actor_rollout_ref.actor.clip_ratio_c"] == "10.0"
+    assert not any(key.endswith(".seed") or key.endswith("_seed") for key in o)  # veRL's own seeds
+
+
+def test_verls_native_ce_stays_available(results_dir):
+    result = dry_run("glm45air_occ", "mtp.regime=ce", "backend_options.ce_gradient=verl_native_no_lm_head")
+    assert result.exit_code == 0, result.output
+    o = launch_overrides(result.stdout)
+    assert o["actor_rollout_ref.model.mtp.mtp_loss_scaling_factor"] == "0.1"
+    assert o["+actor_rollout_ref.actor.profile.occctl_plugin_term"] == "false"
+
+
 def test_nonexistent_verl_key_exits_2_with_verls_message(results_dir):
     result = dry_run("mimo7b_dapo_occ", "backend_options.overrides=[actor_rollout_ref.actor.no_such_key=1]")
     assert result.exit_code == 2
     assert "rejected the config" in result.stderr and "Could not override 'actor_rollout_ref.actor.no_such_key'" \
         in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("spec,sets,message", [
+    ("mimo7b_dapo_occ", ["backend_options.parallel={tp: 64, pp: 1, cp: 1}"],
+     "backend_options.parallel.tp = 64 must divide the 32 attention heads of XiaomiMiMo/MiMo-7B-RL"),
+    ("glm45air_occ", ["backend_options.parallel.tp=16"],
+     "backend_options.parallel.tp = 16 must divide the 8 key-value heads"),
+    ("mimo7b_gspo_occ", ["backend_options.parallel.pp=8"],
+     "backend_options.parallel.pp = 8 must divide the 36 decoder layers"),
+    ("glm45air_occ", ["backend_options.overrides=[actor_rollout_ref.actor.clip_ratio_c=abc]"],
+     "actor_rollout_ref.actor.clip_ratio_c is set by occctl from the spec"),  # mtp.policy_clip.dual_clip
+    ("glm45air_occ", ["backend_options.overrides=[actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=abc]"],
+     "lr_warmup_steps_ratio = 'abc': veRL takes float there (veRL's McoreOptimizerConfig.lr_warmup_steps_ratio)"),
+    ("mimo7b_dapo_occ", ["backend_options.overrides=[actor_rollout_ref.actor.optim.lr_warmup_steps=ten]"],
+     "lr_warmup_steps = 'ten': veRL takes Optional[int] there (veRL's McoreOptimizerConfig.lr_warmup_steps)"),
+    ("mimo7b_gspo_occ", ["mtp.occ.estimator=oracle"],
+     "mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only"),
+    ("mimo7b_dapo_occ", ["backend_options.overrides=[trainer.val_only=1]"],
+     "trainer.val_only = 1: veRL takes bool there (default False in veRL's _generated_ppo_megatron_trainer.yaml)"),
+])
+def test_launches_that_cannot_run_exit_2_with_the_numbers(spec, sets, message, results_dir):
+    result = dry_run(spec, *sets)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert not (results_dir / "runs").exists()
+
+
+def test_well_typed_raw_overrides_pass(results_dir):
+    result = dry_run("mimo7b_dapo_occ", "backend_options.overrides=[actor_rollout_ref.actor.optim.lr_warmup_steps=10, "
+                     "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0, trainer.val_only=false, "
+                     "data.image_key=2024]")
+    assert result.exit_code == 0, result.output  # an int where veRL declares a float, a number for a string
+    assert launch_overrides(result.stdout)["actor_rollout_ref.actor.optim.lr_warmup_steps_ratio"] == "0"
 
 
 def test_bad_value_is_caught_by_verls_dataclasses(results_dir):

@@ -96,8 +96,9 @@ def trl_losses(spec, micro, temperature):
 # --- veRL: the plugin's term on veRL's layout ---------------------------------------------------------------
 
 
-def verl_batch(m, temperature, dp_size, batch_num_tokens, global_batch_size, junk_seed=0):
-    """(model_output, data) as veRL's ppo_loss receives them for micro-batch ``m``."""
+def verl_batch(m, temperature, dp_size, batch_num_tokens, global_batch_size, junk_seed=0, is_weights=None):
+    """(model_output, data) as veRL's ppo_loss receives them for micro-batch ``m`` (``is_weights`` [B, R]: veRL's
+    rollout-correction weights, when its rollout correction is on)."""
     from tensordict import NonTensorData, TensorDict
 
     g = torch.Generator().manual_seed(junk_seed)
@@ -118,6 +119,8 @@ def verl_batch(m, temperature, dp_size, batch_num_tokens, global_batch_size, jun
     data = TensorDict({"prompts": ids(m["p"]), "responses": ids(m["r"]), "response_mask": m["mask"].bool(),
                        "old_log_probs": m["logp_old"], "advantages": m["adv"][:, None].expand_as(m["mask"]).clone()},
                       batch_size=[b])
+    if is_weights is not None:
+        data["rollout_is_weights"] = is_weights
     data["dp_size"] = NonTensorData(dp_size)
     data["batch_num_tokens"] = NonTensorData(batch_num_tokens)
     data["global_batch_size"] = NonTensorData(global_batch_size)
@@ -171,32 +174,110 @@ def test_verl_mtp_term_and_lambda_equal_trl(spec_name, regime, tmp_path, results
 
 @pytest.mark.parametrize("spec_name", ["mimo7b_dapo_occ", "mimo7b_gspo_occ"])
 @pytest.mark.parametrize("dp_size", [1, 2])
-def test_verl_term_normalisation_matches_verl_policy_loss(spec_name, dp_size, tmp_path, results_dir):
-    """Regime policy with coef 1 is veRL's own main-head loss on the MTP log-probs (dual clip off): same value for
-    token-mean (DAPO) and seq-mean-token-mean (GSPO) under veRL's global normalisers, also with dp_size 2."""
+@pytest.mark.parametrize("weighted", [False, True])
+def test_verl_term_normalisation_matches_verl_policy_loss(spec_name, dp_size, weighted, tmp_path, results_dir):
+    """Regime policy with coef 1 is veRL's own main-head loss on the MTP log-probs: same value for token-mean
+    (DAPO, with the dual clip veRL's clip_ratio_c and the MTP term share) and seq-mean-token-mean (GSPO, whose veRL
+    loss has no dual clip) under veRL's global normalisers, also with dp_size 2, and with veRL's
+    rollout-correction weights applied per token as veRL applies them to the main loss."""
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
     from backends.verl_backend.hooks import OccSettings, base_loss_mode, mtp_term
 
-    spec = load_spec(REPO / "specs" / f"{spec_name}.yaml", ["mtp.regime=policy", "mtp.coef=1.0"])
+    gspo = spec_name == "mimo7b_gspo_occ"
+    spec = load_spec(REPO / "specs" / f"{spec_name}.yaml",
+                     ["mtp.regime=policy", "mtp.coef=1.0"] + (["mtp.policy_clip.dual_clip=null"] if gspo else []))
     config = actor_config(spec, tmp_path)
+    assert gspo or config.clip_ratio_c == spec.mtp.policy_clip.dual_clip == 10.0  # one dual clip for both heads
     settings = OccSettings.from_profile(config.profile)
     m = make_step(seed=7, n_micro=1)[0]
+    m["logp_old"] = m["logp_old"] - 5.0 * m["mask"] * (torch.arange(m["mask"].shape[1]) % 3 == 0)  # [B, R]: some
+    # tokens the MTP head finds far likelier than the rollout policy did (ratio > 10): the dual clip binds
     tokens, sequences = 3 * int(m["mask"].sum()), 3 * m["mask"].shape[0]  # this micro-batch is one of several
-    model_output, data, logp_mtp = verl_batch(m, 1.0, dp_size, tokens, sequences)
+    weights = torch.rand(m["mask"].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2 \
+        if weighted else None  # [B, R], truncated-IS-like values in [0, 2)
+    model_output, data, logp_mtp = verl_batch(m, 1.0, dp_size, tokens, sequences, is_weights=weights)
     ours = mtp_term(settings, settings.calibrator(), config, model_output, data).loss
+    unweighted = mtp_term(settings, settings.calibrator(), config, *verl_batch(m, 1.0, dp_size, tokens, sequences)[:2])
+    assert (abs(ours.item() - unweighted.loss.item()) > 1e-4) == weighted, "the weights must change the term"
 
-    reference_config = actor_config(spec, tmp_path, clip_ratio_c=1e9)  # veRL's dual clip off, as in our MTP term
+    reference_config = actor_config(spec, tmp_path)
     reference_config.global_batch_info.update(dp_size=dp_size, batch_num_tokens=tokens, global_batch_size=sequences,
                                               loss_scale_factor=None)
     loss_fn = get_policy_loss_fn(base_loss_mode(config.policy_loss.loss_mode))
     theirs, _ = loss_fn(old_log_prob=m["logp_old"], log_prob=logp_mtp, advantages=data["advantages"],
                         response_mask=m["mask"].bool(), loss_agg_mode=config.loss_agg_mode, config=reference_config,
-                        rollout_is_weights=None)
+                        rollout_is_weights=weights)
+    assert abs(ours.item() - theirs.item()) <= TOL, (ours.item(), theirs.item())
+    if not gspo:
+        no_dual_clip = actor_config(spec, tmp_path, clip_ratio_c=1e9)
+        no_dual_clip.global_batch_info.update(reference_config.global_batch_info)
+        unclipped, _ = loss_fn(old_log_prob=m["logp_old"], log_prob=logp_mtp, advantages=data["advantages"],
+                               response_mask=m["mask"].bool(), loss_agg_mode=config.loss_agg_mode,
+                               config=no_dual_clip, rollout_is_weights=weights)
+        assert abs(unclipped.item() - theirs.item()) > 1e-3, "the dual clip must bind in this test"
+    g_ours, = torch.autograd.grad(ours, m["logits"], retain_graph=True)
+    g_theirs, = torch.autograd.grad(theirs, m["logits"])
+    # GSPO with per-token weights: veRL differentiates GSPO-token (each token's loss through its own log-prob, the
+    # sequence ratio held fixed); the core's sequence ratio spreads each token's weight over the whole sequence.
+    # Equal gradients without weights (or with one weight per sequence); with token weights only the value matches.
+    gspo_token_weights = weighted and config.policy_loss.loss_mode == "occctl_gspo"
+    assert torch.allclose(g_ours, g_theirs, atol=TOL, rtol=0) != gspo_token_weights
+
+
+@pytest.mark.parametrize("dp_size", [1, 2])
+def test_verl_ce_term_is_verls_token_mean_of_the_mtp_nll(dp_size, tmp_path, results_dir):
+    """Regime ce (the plugin's): coef x veRL's token-mean ``agg_loss`` of the MTP head's NLL under the step's
+    global token count, for any algorithm (GSPO's seq-mean-token-mean included); no importance weights."""
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    from backends.verl_backend.hooks import OccSettings, mtp_term
+
+    spec = load_spec(REPO / "specs" / "mimo7b_gspo_occ.yaml", ["mtp.regime=ce", "mtp.coef=0.3"])
+    config = actor_config(spec, tmp_path)
+    settings = OccSettings.from_profile(config.profile)
+    assert settings.plugin_term
+    m = make_step(seed=11, n_micro=1)[0]
+    tokens, sequences = 3 * int(m["mask"].sum()), 3 * m["mask"].shape[0]
+    weights = torch.full(m["mask"].shape, 0.5, dtype=torch.float64)
+    model_output, data, logp_mtp = verl_batch(m, 1.0, dp_size, tokens, sequences, is_weights=weights)
+    ours = mtp_term(settings, settings.calibrator(), config, model_output, data).loss
+    theirs = 0.3 * agg_loss(loss_mat=-logp_mtp, loss_mask=m["mask"].bool(), loss_agg_mode="token-mean",
+                            dp_size=dp_size, batch_num_tokens=tokens, global_batch_size=sequences)
     assert abs(ours.item() - theirs.item()) <= TOL, (ours.item(), theirs.item())
     g_ours, = torch.autograd.grad(ours, m["logits"], retain_graph=True)
     g_theirs, = torch.autograd.grad(theirs, m["logits"])
     assert torch.allclose(g_ours, g_theirs, atol=TOL, rtol=0)
+
+
+def test_reference_preset_is_the_authors_lambda_per_rank_and_micro_batch(tmp_path, results_dir):
+    """``mtp.occ.preset: reference`` on veRL: no all-reduce over data-parallel ranks, each micro-batch alone, and
+    lambda = 0.1 x the mean over the padded [B, max_response_length] batch of dRL dMTP / (dMTP^2 + eps), as the
+    authors' legacy actor pads it (the slot after each response's end is zero here: veRL computes no old
+    log-prob there)."""
+    from backends.verl_backend.hooks import OccSettings, mtp_term
+
+    spec = load_spec(REPO / "specs" / "mimo7b_dapo_occ.yaml", ["mtp.occ={preset: reference}"])
+    config = actor_config(spec, tmp_path)
+    settings = OccSettings.from_profile(config.profile)
+
+    def no_all_reduce(t):
+        raise AssertionError("the reference preset must not all-reduce over data-parallel ranks")
+
+    calibrator = settings.calibrator(no_all_reduce)
+    micro = make_step(seed=5, n_micro=3)
+    tokens, sequences = int(sum(float(m["mask"].sum()) for m in micro)), sum(m["mask"].shape[0] for m in micro)
+    calibrator.begin_step()
+    lambdas = []
+    for n, m in enumerate(micro):
+        model_output, data, logp_mtp = verl_batch(m, 1.0, 2, tokens, sequences, junk_seed=n)
+        lam = mtp_term(settings, calibrator, config, model_output, data).metrics["occ/lambda"]
+        d_rl = (m["logp_main"] - m["logp_old"]) * m["mask"]  # [B, R]
+        d_mtp = (logp_mtp.detach() - m["logp_old"]) * m["mask"]
+        theirs = 0.1 * float((d_rl * d_mtp / (d_mtp ** 2 + 1e-8)).sum()) / (m["mask"].shape[0] * 8192)
+        assert lam == pytest.approx(theirs, rel=1e-9, abs=1e-15)
+        lambdas.append(lam)
+    assert len(set(lambdas)) == len(micro) and all(lam != 0 for lam in lambdas)
 
 
 def test_response_slices_match_verl_no_padding_2_padding():

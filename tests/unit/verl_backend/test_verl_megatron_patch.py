@@ -1,7 +1,7 @@
 """The plugin's Megatron patch on a real (tiny, CPU) Megatron-core GPTModel with one MTP layer.
 
-Skipped unless ``megatron.core`` is importable (it is not part of the ``verl`` extra; locally:
-``pip install --no-deps --target DIR megatron-core==0.16.1`` and ``PYTHONPATH=DIR``). Three CUDA-only helpers of
+Skipped unless ``megatron.core`` is importable: ``install_verl.sh`` installs megatron-core 0.16.1 (CPU, no
+Transformer Engine), as CI's veRL venv has it. Three CUDA-only helpers of
 Megatron (RNG tracker fork, global memory buffer, MTP loss tracker) are replaced by CPU stand-ins for the test.
 """
 
@@ -55,6 +55,22 @@ def tiny_gpt(monkeypatch):
         dist.destroy_process_group()
 
 
+def forward_args() -> dict:
+    ids = torch.randint(0, V, (B, S))
+    return dict(input_ids=ids, position_ids=torch.arange(S)[None].expand(B, S),
+                attention_mask=torch.ones(S, S, dtype=torch.bool).tril()[None, None].logical_not(),
+                labels=torch.roll(ids, -1, dims=1), loss_mask=torch.ones(B, S))
+
+
+PARTS = {"trunk": "decoder.layers.0.mlp.linear_fc1.weight", "embeddings": "embedding.word_embeddings.weight",
+         "lm_head": "output_layer.weight", "mtp_block": "mtp.layers.0.eh_proj.weight"}
+
+
+def reached(model) -> dict[str, bool]:
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    return {part: grads[name] is not None and bool(grads[name].abs().sum() > 0) for part, name in PARTS.items()}
+
+
 def test_exposed_mtp_logprobs_are_the_native_mtp_cross_entropy(tiny_gpt, monkeypatch):
     from backends.verl_backend import plugin
 
@@ -69,16 +85,14 @@ def test_exposed_mtp_logprobs_are_the_native_mtp_cross_entropy(tiny_gpt, monkeyp
 
     monkeypatch.setattr(mtp_patch.MTPLossAutoScaler, "apply", capture)
     mtp_patch.patch_postprocess(model)  # what veRL's MegatronEngine.initialize does with mtp.enable
-    ids = torch.randint(0, V, (B, S))
-    args = dict(input_ids=ids, position_ids=torch.arange(S)[None].expand(B, S),
-                attention_mask=torch.ones(S, S, dtype=torch.bool).tril()[None, None].logical_not(),
-                labels=torch.roll(ids, -1, dims=1), loss_mask=torch.ones(B, S))
+    args = forward_args()
 
     native = model(**args)  # outside a training step of regime policy/occ: veRL's own postprocess
     assert plugin._State.pending is None
     native_ce = captured.pop("loss") / 0.1 * (B * (S - 1))  # undo scale / n_tokens (mask rolled once)
 
     monkeypatch.setattr(plugin._State, "regime", "occ")
+    monkeypatch.setattr(plugin._State, "exposing", True)
     exposed = model(**args)
     assert "loss" not in captured, "the native MTP cross-entropy must be off in regime occ"
     assert torch.allclose(native, exposed), "the main head's logits are unchanged"
@@ -87,10 +101,7 @@ def test_exposed_mtp_logprobs_are_the_native_mtp_cross_entropy(tiny_gpt, monkeyp
     assert torch.allclose(raw[:, :S - 2], -native_ce[:, :S - 2], atol=1e-5), (raw + native_ce).abs().max()
 
     raw[:, :S - 2].sum().backward()  # the MTP policy term reaches trunk, embeddings and lm_head (not detached)
-    grads = {name: p.grad for name, p in model.named_parameters()}
-    for name in ("decoder.layers.0.mlp.linear_fc1.weight", "embedding.word_embeddings.weight", "output_layer.weight",
-                 "mtp.layers.0.eh_proj.weight"):
-        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    assert all(reached(model).values()), reached(model)
 
 
 def test_logits_processor_hands_over_mtp_logprobs(tiny_gpt, monkeypatch):
@@ -114,3 +125,47 @@ def test_logits_processor_hands_over_mtp_logprobs(tiny_gpt, monkeypatch):
                                         logits_processor_func=None, batch=None, data_format="thd")
     assert torch.equal(out["mtp_log_probs"], handed * 2.0) and out["log_probs"].shape == (1, 7)
     assert plugin._State.pending is None
+
+
+def test_ce_reaches_the_lm_head_only_through_the_plugin(tiny_gpt, monkeypatch, profile_of):
+    """Regime ce. veRL's native MTP loss (``ce_gradient: verl_native_no_lm_head``; legacy Megatron path) trains
+    trunk, embeddings and MTP block but detaches the output layer; the plugin's CE term (the default,
+    ``whole_model``) is coef x the MTP head's mean NLL on the response tokens and reaches all four, as in the
+    paper."""
+    from tensordict import NonTensorData, TensorDict
+
+    from backends.verl_backend import hooks, plugin
+
+    model, mtp_patch = tiny_gpt
+    plugin.patch_mtp_module(mtp_patch)
+    mtp_patch.patch_postprocess(model)
+    args = forward_args()
+
+    logits = model(**args)  # native: the MTP loss rides on the main output's backward (MTPLossAutoScaler)
+    (logits * 0).sum().backward()
+    assert reached(model) == {"trunk": True, "embeddings": True, "lm_head": False, "mtp_block": True}
+    model.zero_grad(set_to_none=True)
+
+    monkeypatch.setattr(plugin._State, "regime", "ce")
+    monkeypatch.setattr(plugin._State, "exposing", True)
+    logits = model(**args)  # [B, S, V]
+    pending, plugin._State.pending = plugin._State.pending, None
+    raw = pending(torch.ones(B, S))  # [B, S]: log q(x_{i+2}) at position i
+    main = torch.log_softmax(logits.detach(), -1).gather(-1, args["labels"][..., None]).squeeze(-1)  # [B, S]
+    prompt, response = 4, S - 4
+    nested = lambda rows: torch.nested.as_nested_tensor(list(rows), layout=torch.jagged)  # noqa: E731
+    ids = lambda n: nested([torch.zeros(n, dtype=torch.long)] * B)  # noqa: E731
+    data = TensorDict({"prompts": ids(prompt), "responses": ids(response),
+                       "response_mask": torch.ones(B, response, dtype=torch.bool),
+                       "old_log_probs": main[:, prompt - 1:S - 1].clone(), "advantages": torch.zeros(B, response)},
+                      batch_size=[B])
+    for name, value in (("dp_size", 1), ("batch_num_tokens", 2 * B * response), ("global_batch_size", 2 * B)):
+        data[name] = NonTensorData(value)  # this micro-batch is half of the optimizer step
+    settings = hooks.OccSettings.from_profile(profile_of("mtp.regime=ce", "mtp.coef=0.1"))
+    assert settings.plugin_term
+    term = hooks.mtp_term(settings, settings.calibrator(), None, {"log_probs": nested(main), "mtp_log_probs":
+                                                                  nested(raw)}, data)
+    nll = -raw[:, prompt - 2:S - 2]  # [B, R]: response token j is predicted at position P + j - 2
+    assert torch.allclose(term.loss, 0.1 * nll.sum() / (2 * B * response)), "coef x the step's token mean"
+    term.loss.backward()
+    assert reached(model) == {"trunk": True, "embeddings": True, "lm_head": True, "mtp_block": True}

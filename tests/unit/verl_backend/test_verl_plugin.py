@@ -98,7 +98,7 @@ def _fake_engine_module(calls):
     return SimpleNamespace(MegatronEngineWithLMHead=MegatronEngineWithLMHead, MegatronEngine=MegatronEngine)
 
 
-def test_engine_patch_marks_training_steps_of_occctl_losses(monkeypatch):
+def test_engine_patch_marks_training_steps_of_occctl_losses(monkeypatch, profile_of):
     from functools import partial
 
     from backends.verl_backend import plugin
@@ -109,9 +109,7 @@ def test_engine_patch_marks_training_steps_of_occctl_losses(monkeypatch):
     module = _fake_engine_module(calls)
     plugin.patch_engine_module(module)
     assert plugin._State.engine_patched
-    profile = {"occctl_regime": "occ", "occctl_coef": 0.1, "occctl_lambda_plus": 1.0, "occctl_eps": 1e-8,
-               "occctl_estimator": "ratio_of_sums", "occctl_clip_negative": False, "occctl_scope": "step",
-               "occctl_ema": 0.0}
+    profile = profile_of("mtp.regime=occ")
     ours = partial(lambda **kw: None, config=SimpleNamespace(profile=profile))
     plain = partial(lambda **kw: None, config=SimpleNamespace(profile={}))
     engine = module.MegatronEngine()

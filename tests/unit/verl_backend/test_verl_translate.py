@@ -23,15 +23,19 @@ def spec_with(*sets, name="mimo7b_dapo_occ"):
     return load_spec(REPO / "specs" / f"{name}.yaml", list(sets))
 
 
-@pytest.mark.parametrize("regime,detach,native_coef", [("detach", "true", "0.1"), ("ce", "false", "0.1"),
-                                                       ("policy", "false", "0.0"), ("occ", "false", "0.0")])
-def test_regimes_map_to_verl_mtp_keys(regime, detach, native_coef):
-    o = overrides_of(spec_with(f"mtp.regime={regime}", "mtp.coef=0.1"))
+@pytest.mark.parametrize("regime,ce_gradient,detach,native_coef,plugin", [
+    ("detach", "whole_model", "true", "0.1", "false"),
+    ("ce", "whole_model", "false", "0.0", "true"),  # the paper's CE: the plugin's, into the lm_head too
+    ("ce", "verl_native_no_lm_head", "false", "0.1", "false"),  # veRL's native CE (output layer detached)
+    ("policy", "whole_model", "false", "0.0", "true"), ("occ", "whole_model", "false", "0.0", "true")])
+def test_regimes_map_to_verl_mtp_keys(regime, ce_gradient, detach, native_coef, plugin):
+    o = overrides_of(spec_with(f"mtp.regime={regime}", "mtp.coef=0.1", f"backend_options.ce_gradient={ce_gradient}"))
     assert o["actor_rollout_ref.model.mtp.enable"] == "true" and o["actor_rollout_ref.model.mtp.enable_train"] == "true"
     assert o["actor_rollout_ref.model.mtp.detach_encoder"] == detach
     assert o["actor_rollout_ref.model.mtp.mtp_loss_scaling_factor"] == native_coef
     assert o["+actor_rollout_ref.actor.profile.occctl_regime"] == regime
     assert o["+actor_rollout_ref.actor.profile.occctl_coef"] == "0.1"
+    assert o["+actor_rollout_ref.actor.profile.occctl_plugin_term"] == plugin
     assert o["actor_rollout_ref.actor.policy_loss.loss_mode"] == "occctl_vanilla"  # fails loudly without the plugin
     assert o["+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES"] == "backends.verl_backend.plugin"
 
@@ -84,6 +88,21 @@ def test_dynamic_sampling_and_speculative_rollout_switch():
     assert o["actor_rollout_ref.model.mtp.enable_rollout"] == "true"
 
 
+def test_seeds_are_verls_own_unless_the_spec_sets_one(tmp_path):
+    from backends.verl_backend.translate import SEED_KEYS
+
+    o = overrides_of(spec_with())  # the shipped specs leave train.seed out, as the paper's runs used veRL's
+    assert not any(key in o for key in SEED_KEYS)
+    o = overrides_of(spec_with("train.seed=3"))
+    assert [o[key] for key in SEED_KEYS] == ["3"] * 4
+    explicit = tmp_path / "seeded.yaml"
+    explicit.write_text((REPO / "specs" / "mimo7b_dapo_occ.yaml").read_text().replace("  lr: 1.0e-6\n",
+                                                                                        "  lr: 1.0e-6\n  seed: 0\n"))
+    assert overrides_of(load_spec(explicit))["actor_rollout_ref.actor.megatron.seed"] == "0"  # 0 written is set
+    problems = VerlBackend().check(spec_with("backend_options.overrides=[data.seed=5]"))
+    assert any("data.seed is set by occctl from the spec" in line for line in problems), problems
+
+
 def test_values_keep_their_type_in_hydra_grammar():
     assert format_value(True) == "true" and format_value(None) == "null" and format_value(1e-6) == "1e-06"
     assert format_value("1") == "'1'" and format_value("true") == "'true'"  # strings stay strings (Ray env vars)
@@ -106,6 +125,28 @@ def test_check_reports_every_problem(results_dir):
     assert "'not an override' is not a veRL override" in text
     assert "algorithm.filter_groups.enable is set by occctl" in text  # use backend_options.dynamic_sampling
     assert "ray_kwargs.ray_init.address is set by occctl" in text  # use backend_options.ray_address
+
+
+def test_what_veRL_cannot_honour_is_refused():
+    text = "\n".join(VerlBackend().check(spec_with("mtp.occ.estimator=oracle")))
+    assert "mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only" in text
+    text = "\n".join(VerlBackend().check(spec_with("mtp.policy_clip.dual_clip=null")))
+    assert "mtp.policy_clip.dual_clip: null cannot hold on veRL: the dapo loss of the main head" in text
+    assert VerlBackend().check(spec_with("mtp.policy_clip.dual_clip=null", name="mimo7b_gspo_occ")) == []
+    o = overrides_of(spec_with("mtp.policy_clip.dual_clip=4.5"))
+    assert o["actor_rollout_ref.actor.clip_ratio_c"] == "4.5"  # the main head's dual clip is the MTP term's
+    assert o["+actor_rollout_ref.actor.profile.occctl_policy_clip.dual_clip"] == "4.5"
+    problems = VerlBackend().check(spec_with("backend_options.overrides=[actor_rollout_ref.actor.clip_ratio_c=3.0]"))
+    assert any("clip_ratio_c is set by occctl from the spec" in line for line in problems), problems
+
+
+def test_reference_preset_reaches_the_workers():
+    o = overrides_of(spec_with("mtp.occ={preset: reference}"))
+    profile = "+actor_rollout_ref.actor.profile.occctl_"
+    assert o[profile + "dp_reduce"] == "false" and o[profile + "calibrator.mask"] == "padded"
+    assert o[profile + "calibrator.estimator"] == "mean_of_ratios" and o[profile + "calibrator.scope"] == "micro_batch"
+    assert o[profile + "calibrator.lambda_plus"] == "0.1" and o[profile + "padded_width"] == "8192"
+    assert overrides_of(spec_with())[profile + "dp_reduce"] == "true"
 
 
 def test_check_needs_a_model_path_and_data(monkeypatch, tmp_path):
