@@ -32,7 +32,7 @@ from occctl.eval.suites import INSTRUCTION, Problem, Sampling, Suite, get_suite,
 from occctl.eval.tables import progress_bar as _progress
 from occctl.eval.targets import Target
 
-TASK_GRADER = "exact_match@1"  # the embedded task's reward (occctl.tasks.arith.exact_match)
+TASK_GRADER = "exact_match@1"  # the embedded task's own check (arith: the whole answer, chain: the final sum)
 __all__ = ["EvalJob", "EvalOptions", "evaluate", "plan_job", "plan_lengths", "score", "suite_label", "suite_mean"]
 
 
@@ -438,16 +438,19 @@ def score_task(job: EvalJob, console: Console) -> Scores:
     from occctl.eval.heldout import evaluate_heldout
     from occctl.models import load_checkpoint
     from occctl.spec import TaskSpec
-    from occctl.tasks.arith import heldout_problems
+    from occctl.tasks import get_task
 
     target, sampling, limit = job.target, job.sampling, job.options.limit
-    problems = heldout_problems(target.spec.task if target.spec else TaskSpec())
+    task_spec = target.spec.task if target.spec else TaskSpec()
+    task = get_task(task_spec)
+    problems = task.heldout_problems(task_spec)
     problems = problems[:limit] if limit else problems
     quiet_transformers()
     loaded = load_checkpoint(target.model, new_head_if_missing=False)
     console.print(f"tiny: {len(problems)} held-out problems x {sampling.k} samples (T={sampling.temperature}, seed "
                   f"{sampling.seed})", highlight=False)
-    res = evaluate_heldout(loaded, problems, sampling.k, sampling.temperature, sampling.max_new_tokens, sampling.seed)
+    res = evaluate_heldout(loaded, problems, sampling.k, sampling.temperature, sampling.max_new_tokens, sampling.seed,
+                           correct=task.is_correct)
     mtp = MtpAcceptance(res["mtp_acceptance"]) if "mtp_acceptance" in res else None
     (name,) = job.benchmarks
     heldout = BenchmarkResult(n_problems=len(problems), k=sampling.k, avg_at_k=res["avg_at_k"],
