@@ -31,24 +31,16 @@ def _results_stem(result: dict[str, Any], suite: Suite) -> str:
 
 def grader_versions() -> dict[str, str | None]:
     """The libraries a grader's verdicts depend on (a grader key is only stable with them)."""
-    from importlib import metadata
+    from occctl.environment import package_versions
 
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {p: version(p) for p in ("math-verify", "latex2sympy2_extended", "sympy", "transformers", "torch")}
+    return package_versions(("math-verify", "latex2sympy2_extended", "sympy", "transformers", "torch"))
 
 
 def publish(results: list[dict[str, Any]], target: Target, suite: Suite, mlflow: bool, directory: Path,
             console: Console) -> list[dict[str, Any]]:
     """Write results JSON + markdown beside the cache and mirror metrics + files to MLflow."""
-    from occctl.tracking import log_artifacts_under, set_tags, tracker_active
-
     tracker, owned = _open_tracker(target, mlflow)
-    active = tracker is not None and tracker_active(tracker)
+    active = tracker is not None and tracker.active
     files: list[Path] = []
     for result in results:
         stem = directory / _results_stem(result, suite)
@@ -67,12 +59,12 @@ def publish(results: list[dict[str, Any]], target: Target, suite: Suite, mlflow:
         metrics.update({k: v for k, v in result["metrics"].items() if v is not None})
     tracker.log_metrics(target.step, metrics)
     r = results[0]
-    set_tags(tracker, {f"occctl.eval.{r['suite_label']}": json.dumps(
+    tracker.set_tags({f"occctl.eval.{r['suite_label']}": json.dumps(
         {"graders": [x["grader"] for x in results], "sampling": r["sampling"], "cache": r.get("cache")})})
-    log_artifacts_under(tracker, files, directory.relative_to(target.base_dir).as_posix())
+    tracker.log_artifacts(files, under=directory.relative_to(target.base_dir).as_posix())
     if owned:
         tracker.finish("FINISHED")
-    logged = tracker_active(tracker)
+    logged = tracker.active
     console.print(f"MLflow: {'logged to run ' + str(tracker.run_id) if logged else 'not logged'} ({tracker.uri})",
                   highlight=False, markup=False)
     return results
@@ -80,19 +72,20 @@ def publish(results: list[dict[str, Any]], target: Target, suite: Suite, mlflow:
 
 def _open_tracker(target: Target, mlflow: bool):
     """(tracker, owned): the run's own MLflow run, else this target's eval run (created once, then reused)."""
-    from occctl.tracking import Tracker, attach_tracker, tracking_uri
+    from occctl.tracking import Tracker, resolve_store
 
     if not mlflow or (target.spec is not None and not target.spec.tracking.mlflow):
         return None, False
     if target.mlflow_run_id:
-        return attach_tracker(target.mlflow_run_id, target.tracking_uri), False
+        return Tracker.attach(resolve_store(target.tracking_uri), target.mlflow_run_id), False
     record = target.base_dir / "mlflow_eval_run.json"
-    uri = tracking_uri(None)
+    store = resolve_store()
+    uri = store.uri
     saved = json.loads(record.read_text()) if record.is_file() else {}
     if saved.get("uri") == uri and saved.get("run_id"):
-        return attach_tracker(saved["run_id"], uri), True
-    tracker = Tracker(True, EVAL_EXPERIMENT, None, f"eval-{target.label}", {"model": target.model},
-                      {"occctl.kind": "eval", "occctl.model": target.model})
+        return Tracker.attach(store, saved["run_id"]), True
+    tracker = Tracker.start(store, EVAL_EXPERIMENT, f"eval-{target.label}", {"model": target.model},
+                            {"occctl.kind": "eval", "occctl.model": target.model})
     if tracker.run_id:
         write_json_atomic(record, {"uri": uri, "run_id": tracker.run_id})
     return tracker, True

@@ -55,9 +55,9 @@ def test_study_resumes_and_report_compares(results_dir, tmp_path):
     csv_rows = (out / "table.csv").read_text().splitlines()
     assert csv_rows[0].startswith("row,column,n,mean") and len(csv_rows) == 1 + 2 * 4
 
-    from occctl.tracking import _client, tracking_uri
+    from occctl.tracking import resolve_store
 
-    client = _client(tracking_uri())
+    client = resolve_store().client()
     report_runs = client.search_runs([client.get_experiment_by_name("occctl-reports").experiment_id])
     artifacts = {a.path for a in client.list_artifacts(report_runs[0].info.run_id, "report")}
     assert {"report/table.md", "report/table.csv", "report/table.json"} <= artifacts

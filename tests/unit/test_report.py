@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from occctl.report import build_comparison, estimate, ranks_by_column, to_markdown, to_rows
+from occctl.report.comparison import build_comparison, estimate, ranks_by_column, to_markdown, to_rows
 
 
 def _run(regime, seed, acc, accept, variant=None):
