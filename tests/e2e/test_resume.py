@@ -72,6 +72,14 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(results_dir):
     steps = [s for s, _ in resolve_store().metric_history(summary["mlflow_run_id"], "occ/lambda")]
     assert steps == list(range(1, 13)), "MLflow: every step exactly once, in the same run"
 
+    # the last TRL checkpoint, exported as `occctl eval --checkpoint` does, is the final checkpoint
+    from backends.trl_backend.adapter import TrlBackend
+
+    exported = TrlBackend().export(results_dir / "runs" / "straight" / "trl" / "checkpoint-12", results_dir / "x12")
+    for file in ("model.safetensors", "mtp_head.safetensors"):
+        a, b = final("straight", file), load_file(str(exported / file))
+        assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), file
+
 
 def test_a_nan_loss_stops_the_run_and_the_rerun_resumes(results_dir, monkeypatch):
     import backends.trl_backend.hooks as hooks
