@@ -109,7 +109,8 @@ def _figures(comp: Comparison, directory: Path, store: Store, smooth: int) -> li
         pairs: dict[str, list[tuple[float, float]]] = {"c": [], "v²": []}
         for run in oracle_runs:
             for name, proxy, oracle in (("c", "occ/c_hat", "occ/oracle_c"), ("v²", "occ/v_hat2", "occ/oracle_v2")):
-                p, o = dict(store.metric_history(run["run_id"], proxy)), dict(store.metric_history(run["run_id"], oracle))
+                p = dict(store.metric_history(run["run_id"], proxy))
+                o = dict(store.metric_history(run["run_id"], oracle))
                 pairs[name] += [(p[s], o[s]) for s in sorted(set(p) & set(o))]
         path = plot_fidelity(pairs, directory / "fig8_fidelity.png")
         if path:
