@@ -1,47 +1,96 @@
-"""The Backend protocol and a lazy registry (name -> "module:Class", imported on first use)."""
+"""The Backend protocol and a lazy registry (name -> "module:Class", imported on first use).
+
+Adding a backend
+----------------
+1. Write a class with the methods of ``Backend`` below (no base class; share code by calling ``occctl``
+   functions). Put it in ``backends/<name>_backend/adapter.py``, its spec -> native config translation in
+   ``translate.py`` and every call into ``occctl.occ`` in ``hooks.py``.
+2. Register it: ``BACKENDS["<name>"] = "backends.<name>_backend.adapter:<Class>"``. ``spec.backend`` accepts
+   the registry's names; the module is imported only when a spec names it, so its heavy dependencies stay
+   optional (an ImportError becomes an EnvError with an install hint, exit code 3).
+3. What the runner relies on:
+   - ``check`` is cheap (no GPU, no download) and returns every problem at once; backend-neutral rules belong in
+     ``occctl.spec`` validation, not here.
+   - ``prepare`` has no side effects: ``occctl run --dry-run`` prints its ``native_config`` and ``command``.
+   - ``train`` calls ``sink(step, metrics)`` once per optimizer step with ``area/name`` keys (``reward``,
+     ``occ/lambda``, ``mtp/loss``, ...) and ``sink.commit(step)`` after every checkpoint it writes, so MLflow
+     gets each step exactly once across a resume. It returns the exported final checkpoint (HF weights plus
+     ``mtp_head.safetensors``, as ``export`` writes them) and its own summary entries.
+   - ``resume_step`` says where a rerun of an unfinished run continues (0: from the start, in place).
+   - ``export`` turns one of the backend's native checkpoints into what ``occctl eval`` reads.
+   - ``bench_overhead`` times the MTP regimes in one process (``occctl bench overhead``); a backend that cannot
+     raises EnvError.
+   A test that registers a fake backend and drives it through ``occctl run``, a resume and ``occctl ls`` is in
+   ``tests/unit/test_backend_contract.py``: copy it for a new backend.
+"""
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from occctl.errors import EnvError
+from occctl.rundir import RunDir
 from occctl.spec import Spec
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 BACKENDS = {
     "trl": "backends.trl_backend.adapter:TrlBackend",
     "verl": "backends.verl_backend.adapter:VerlBackend",
 }
 
-MetricSink = Callable[[int, dict[str, float]], None]
+
+class MetricSink(Protocol):
+    """Where a backend sends per-step metrics (``occctl.runner.MetricLog``)."""
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        """Record one optimizer step's metrics (written to metrics.jsonl at once)."""
+
+    def commit(self, step: int | None = None) -> None:
+        """A checkpoint including ``step`` is on disk: publish the steps up to it (None: all) to MLflow."""
 
 
 @dataclass(frozen=True)
 class Plan:
     spec: Spec
-    run_dir: Path
+    run_dir: RunDir
     native_config: dict[str, Any]
     command: tuple[str, ...] = ()  # the launch command, for backends that start a process (verl)
+    mlflow_run_id: str | None = None  # set by the runner before ``train``: the run's MLflow run, for backends
+    #                                   whose own processes log to it
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    checkpoint: Path
-    heldout_before: dict[str, float] = field(default_factory=dict)
-    heldout_after: dict[str, float] = field(default_factory=dict)
-    warm_start: Path | None = None
+    checkpoint: Path  # the exported final checkpoint (HF weights + the MTP head beside them)
+    summary: dict[str, Any] = field(default_factory=dict)  # the backend's own summary.json entries
+    warm_start: Path | None = None  # the checkpoint training started from, when it was not the spec's model
 
 
 class Backend(Protocol):
     name: ClassVar[str]
 
-    def check(self, spec: Spec) -> list[str]: ...
+    def check(self, spec: Spec) -> list[str]:
+        """Problems of this spec for this backend, one line each; [] when it can run. Cheap: no GPU."""
 
-    def prepare(self, spec: Spec, run_dir: Path) -> Plan: ...
+    def prepare(self, spec: Spec, run_dir: RunDir) -> Plan:
+        """The native config (and launch command); writes nothing."""
 
-    def train(self, plan: Plan, sink: MetricSink, progress: Any = None) -> TrainResult: ...
+    def resume_step(self, plan: Plan) -> int:
+        """The optimizer step a rerun of this unfinished run continues from (its last checkpoint); 0 = start."""
+
+    def train(self, plan: Plan, sink: MetricSink, progress: "Progress | None" = None) -> TrainResult:
+        """Train from ``resume_step(plan)``; checkpoints under the run folder, metrics to ``sink``."""
+
+    def export(self, checkpoint: Path, out_dir: Path) -> Path:
+        """One of this backend's native checkpoints -> HF weights + the MTP head in ``out_dir``. -> out_dir"""
+
+    def bench_overhead(self, plan: Plan, steps: int, progress: "Progress | None" = None) -> dict[str, Any]:
+        """Median step time per MTP variant, interleaved in one process, and their ratios (``x_over_y``)."""
 
 
 def get_backend(name: str) -> Backend:
@@ -51,7 +100,7 @@ def get_backend(name: str) -> Backend:
                        hint=f"available backends: {', '.join(BACKENDS)}")
     module, cls = target.split(":")
     try:
-        return getattr(importlib.import_module(module), cls)()
+        return vars(importlib.import_module(module))[cls]()
     except ImportError as e:
         raise EnvError(f"backend {name!r} cannot be imported: {e}",
                        hint="install what it needs (verl: backends/verl_backend/install_verl.sh)") from None

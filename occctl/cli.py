@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from occctl.console import err, fail, fail_all, out, set_debug
+from occctl.console import err, exits_on_error, fail_all, out, set_debug
 from occctl.errors import OccError
 
 app = typer.Typer(
@@ -21,7 +21,6 @@ app = typer.Typer(
 
 SPEC_ARG = typer.Argument(..., help="path to a YAML spec, e.g. specs/tiny_occ.yaml")
 SET_OPT = typer.Option(None, "--set", help="override a spec key, e.g. --set train.steps=5 (repeatable; YAML-typed)")
-
 
 
 @app.callback()
@@ -43,7 +42,7 @@ def run(
     from occctl.runner import plan_run, run_spec, run_study
     from occctl.spec import dump_spec, load_specs
 
-    try:
+    with exits_on_error():
         resolved = load_specs(spec, overrides or [])
         if dry_run:
             for cell in resolved:
@@ -58,11 +57,6 @@ def run(
             summary = {"cells": [s["name"] for s in run_study(resolved, fresh=fresh, console=err)]}
         else:
             summary = run_spec(resolved[0], fresh=fresh, console=err)
-    except OccError as e:
-        fail(e)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130)
     out.print_json(json.dumps(summary))
 
 
@@ -109,17 +103,17 @@ bench_app = typer.Typer(help="Benchmarks (ratios measured in one process, never 
 def bench_overhead(
     spec: Path = SPEC_ARG,
     steps: int = typer.Option(20, "--steps", min=2, help="optimizer steps timed per variant (plus one untimed)"),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the result as JSON to this path"),
+    output: Optional[Path] = typer.Option(None, "--out", "--json", help="also write the result as JSON to this "
+                                          "file (anywhere; an existing file needs --force)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
     overrides: Optional[list[str]] = SET_OPT,
 ) -> None:
-    """Median step time of vanilla TRL GRPO, detach, occ and oracle mode, interleaved in one process (Fig. 5)."""
+    """Median step time of each MTP variant (vanilla GRPO, detach, occ, ...), interleaved in one process (Fig. 5)."""
     from occctl.bench import overhead_table, run_overhead_bench
     from occctl.spec import load_spec
 
-    try:
-        result = run_overhead_bench(load_spec(spec, overrides or []), steps, json_path, console=err)
-    except OccError as e:
-        fail(e)
+    with exits_on_error():
+        result = run_overhead_bench(load_spec(spec, overrides or []), steps, output, force, console=err)
     out.print(overhead_table(result))
 
 
@@ -132,8 +126,9 @@ def report(
     rows: str = typer.Option("regime", "--rows", help="what a row is: regime, or a matrix key (variant, mtp.coef)"),
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="metric key as a column (repeatable); "
                                                "default: math6 benchmarks when evaluated, else the tiny set"),
-    output: Optional[str] = typer.Option(None, "--out", help="output directory inside results/ "
-                                         "(default results/reports/<name>)"),
+    output: Optional[str] = typer.Option(None, "--out", help="output directory, anywhere (default "
+                                         "results/reports/<name>); one that holds files needs --force"),
+    force: bool = typer.Option(False, "--force", help="write into a non-empty --out directory"),
     name: Optional[str] = typer.Option(None, "--name", help="report name"),
     smooth: int = typer.Option(10, "--smooth", min=1, help="moving-mean window of the training curves"),
     regime: Optional[str] = typer.Option(None, "--regime", help="only runs of this regime (for sweeps with --rows)"),
@@ -141,13 +136,11 @@ def report(
     """Compare regimes: Table-1 layout (mean ± 95% CI over seeds, paired differences), curves, MLflow."""
     from rich.markdown import Markdown
 
-    from occctl.report_writer import write_report
+    from occctl.report.writer import write_report
 
-    try:
+    with exits_on_error():
         result = write_report([c for c in compare.split(",") if c], group.split(",") if group else None,
-                              experiment, rows, metric, output, name, smooth=smooth, regime=regime)
-    except OccError as e:
-        fail(e)
+                              experiment, rows, metric, output, name, smooth=smooth, regime=regime, force=force)
     out.print(Markdown(result["markdown"]))
     err.print(f"wrote {len(result['files'])} files to {result['directory']}"
               + (f"; MLflow report run {result['mlflow_run_id']}" if result["mlflow_run_id"] else ""))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
@@ -35,3 +37,16 @@ def fail_all(errors: list[OccError]) -> NoReturn:
     for e in errors:
         err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(max(e.exit_code for e in errors))
+
+
+@contextmanager
+def exits_on_error(interrupted: str = "interrupted") -> Iterator[None]:
+    """The body of a command: an OccError becomes its message and exit code, Ctrl-C exit code 130 (after
+    printing ``interrupted``); anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except OccError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        err.print(interrupted, highlight=False, markup=False)
+        raise typer.Exit(130) from None

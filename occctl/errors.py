@@ -28,3 +28,11 @@ class EnvError(OccError):
     """The environment lacks something: a backend, hardware, data."""
 
     exit_code = 3
+
+
+def did_you_mean(name: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -12,157 +12,144 @@ Status, from the files first (results/ is the truth), MLflow only to tell a cras
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import io
 import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from occctl.console import err, fail, out
-from occctl.errors import SpecError
-from occctl.rundir import results_root
+from occctl.console import err, exits_on_error, out
+from occctl.errors import SpecError, did_you_mean
+from occctl.report.progress import format_duration
+from occctl.rundir import RunDir, RunFileError, results_root
 
 STATUSES = ("finished", "running", "unfinished", "failed", "broken")
 RUNNING_WINDOW_S = 300.0
 ARCHIVED = re.compile(r".+\.old-\d{8}-\d{6}(-\d+)?$")  # rundir.move_aside's names
-METRICS_TAIL_BYTES = 1 << 16
-METRICS_MAX_BYTES = 1 << 25
-COLUMNS = ("name", "group", "status", "regime", "algorithm", "seed", "steps_done", "steps_planned",
-           "heldout_acc_after", "mtp_acceptance_after", "lambda_mean", "wall_s", "mlflow_status", "problem", "path")
 STATUS_STYLES = {"finished": "green", "running": "cyan", "unfinished": "yellow", "failed": "red",
                  "broken": "bold red"}
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """Where `occctl run` mirrored a run to MLflow: store URI (None: the default store) and experiment."""
+
+    uri: str | None
+    experiment: str
+
+
+@dataclass
+class RunRow:
+    """One line of `occctl ls` (``--json`` prints these fields; numbers are finite or None)."""
+
+    name: str
+    path: str
+    group: str | None = None
+    status: str | None = None
+    regime: str | None = None
+    algorithm: str | None = None
+    seed: int | None = None
+    steps_done: int = 0
+    steps_planned: int | None = None
+    heldout_acc_after: float | None = None
+    mtp_acceptance_after: float | None = None
+    lambda_mean: float | None = None
+    wall_s: float | None = None
+    mlflow_status: str | None = None
+    problem: str | None = None
+    mirror: Mirror | None = dataclasses.field(default=None, repr=False)  # None: not mirrored to MLflow
+
+    def public(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in COLUMNS}
+
+
+COLUMNS = ("name", "group", "status", "regime", "algorithm", "seed", "steps_done", "steps_planned",
+           "heldout_acc_after", "mtp_acceptance_after", "lambda_mean", "wall_s", "mlflow_status", "problem", "path")
 
 
 # ---- reading one run --------------------------------------------------------------------------------------
 
 
 def list_runs(root: Path | None = None, include_archived: bool = False, mlflow: bool = True,
-              now: float | None = None) -> list[dict[str, Any]]:
-    """Rows (dicts with the keys of ``COLUMNS``) for every run directory under ``<root>/runs``, sorted by group
-    and name; ``[]`` when there is none. ``mlflow``: ask a local MLflow store about runs without a summary."""
+              now: float | None = None) -> list[RunRow]:
+    """A row for every run folder under ``<root>/runs``, sorted by group and name; ``[]`` when there is none.
+    ``mlflow``: ask a local MLflow store about runs without a summary."""
     runs = (root or results_root()) / "runs"
     if not runs.is_dir():
         return []
     now = time.time() if now is None else now
-    rows = []
-    for directory in sorted(runs.iterdir()):
-        if directory.name.startswith(".") or not directory.is_dir():
-            continue
-        if ARCHIVED.fullmatch(directory.name) and not include_archived:
-            continue
-        rows.append(_read_run(directory, now))
-    tracking = {row["name"]: row.pop("_tracking") for row in rows}
+    rows = [read_run(directory, now) for directory in sorted(runs.iterdir())
+            if not directory.name.startswith(".") and directory.is_dir()
+            and (include_archived or not ARCHIVED.fullmatch(directory.name))]
     if mlflow:
-        apply_mlflow_statuses(rows, tracking)
-    return sorted(rows, key=lambda r: (r["group"] or "", r["name"]))
+        apply_mlflow_statuses(rows)
+    return sorted(rows, key=lambda r: (r.group or "", r.name))
 
 
-def read_run(directory: Path, now: float | None = None) -> dict[str, Any]:
-    """One row from a run directory's files; never raises for a damaged run (status ``broken``)."""
-    row = _read_run(directory, time.time() if now is None else now)
-    del row["_tracking"]
-    return row
-
-
-def _read_run(directory: Path, now: float) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row.update(name=directory.name, path=str(directory), steps_done=0)
-    spec, spec_problem = _read_document(directory / "spec.yaml", yaml.safe_load)
-    summary, summary_problem = _read_document(directory / "summary.json", json.loads)
-    spec = spec if isinstance(spec, dict) else None
-    if summary_problem is None and not isinstance(summary, dict):
-        summary, summary_problem = None, "summary.json: not a JSON object"
-    has_summary = (directory / "summary.json").exists()
-
-    mtp = _get(spec, "mtp")
-    regime = ("none" if mtp.get("enabled") is False else mtp.get("regime")) if isinstance(mtp, dict) else None
-    row.update(group=_text(_get(spec, "group")), regime=_text(regime),
-               algorithm=_text(_get(spec, "algorithm", "name")), seed=_count(_get(spec, "train", "seed")),
-               steps_planned=_count(_get(spec, "train", "steps")))
-    # (MLflow on?, store URI or None for the default, experiment): where `occctl run` mirrored this run
-    row["_tracking"] = (spec is not None and _get(spec, "tracking", "mlflow") is not False,
-                        _text(_get(spec, "tracking", "uri")), _text(_get(spec, "tracking", "experiment")) or "occctl")
-    activity = _last_activity(directory)
-    started = _mtime(directory / "spec.yaml") or _mtime(directory)
+def read_run(directory: Path, now: float | None = None) -> RunRow:
+    """One row from a run folder's files; never raises for a damaged run (status ``broken``)."""
+    now = time.time() if now is None else now
+    run = RunDir(directory)
+    row = RunRow(name=run.name, path=str(directory))
+    try:
+        spec = run.read_spec()
+        spec_problem = None
+    except RunFileError as e:
+        spec, spec_problem = None, e.message
+    if spec is not None:
+        row.group, row.algorithm, row.seed = spec.group, spec.algorithm.name, spec.train.seed
+        row.regime = spec.mtp.regime if spec.mtp.enabled else "none"
+        row.steps_planned = spec.train.steps
+        row.mirror = Mirror(spec.tracking.uri, spec.tracking.experiment) if spec.tracking.mlflow else None
+    try:
+        summary, summary_problem = run.read_summary(), None
+    except RunFileError as e:
+        summary, summary_problem = None, e.message
 
     if summary is not None:
-        row.update(status="finished", steps_done=_count(summary.get("steps")) or 0,
-                   wall_s=_number(summary.get("wall_s")),
-                   heldout_acc_after=_number(summary.get("heldout_acc_after")),
-                   mtp_acceptance_after=_number(summary.get("mtp_acceptance_after")),
-                   lambda_mean=_number(summary.get("lambda_mean")))
-        for key in ("regime", "algorithm", "group"):
-            row[key] = row[key] or _text(summary.get(key))
-        row["seed"] = row["seed"] if row["seed"] is not None else _count(summary.get("seed"))
+        row.status, row.steps_done = "finished", _count(summary.get("steps")) or 0
+        row.wall_s, row.lambda_mean = _number(summary.get("wall_s")), _number(summary.get("lambda_mean"))
+        row.heldout_acc_after = _number(summary.get("heldout_acc_after"))
+        row.mtp_acceptance_after = _number(summary.get("mtp_acceptance_after"))
+        row.regime = row.regime or _text(summary.get("regime"))
+        row.algorithm = row.algorithm or _text(summary.get("algorithm"))
+        row.group = row.group or _text(summary.get("group"))
+        row.seed = row.seed if row.seed is not None else _count(summary.get("seed"))
         return row
-    row["steps_done"] = last_step(directory / "metrics.jsonl") or 0
-    row["wall_s"] = round(activity - started, 2) if activity and started and activity >= started else None
-    if has_summary:
-        row.update(status="broken", problem=summary_problem)
+    activity = _last_activity(run)
+    started = _mtime(run.spec_file) or _mtime(directory)
+    row.steps_done = run.last_step() or 0
+    row.wall_s = round(activity - started, 2) if activity and started and activity >= started else None
+    if run.summary_file.exists():
+        row.status, row.problem = "broken", summary_problem
     elif spec is None:
-        row.update(status="broken", problem=spec_problem or "spec.yaml: not a YAML mapping")
+        row.status, row.problem = "broken", spec_problem
     elif activity is not None and now - activity < RUNNING_WINDOW_S:
-        row["status"] = "running"
+        row.status = "running"
     else:
-        row["status"] = "unfinished"
+        row.status = "unfinished"
     return row
 
 
-def _read_document(path: Path, parse) -> tuple[Any, str | None]:
-    """(parsed content or None, problem or None); a missing file is a problem too."""
+def _last_activity(run: RunDir) -> float | None:
+    """The newest mtime among the run folder, its files and its checkpoints."""
+    times = [_mtime(run.path)]
     try:
-        return parse(path.read_bytes().decode("utf-8")), None
-    except FileNotFoundError:
-        return None, f"{path.name}: missing"
-    except (OSError, ValueError, yaml.YAMLError, RecursionError) as e:
-        return None, f"{path.name}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-
-
-def last_step(metrics: Path) -> int | None:
-    """The largest ``step`` in the last lines of metrics.jsonl (a torn last line is skipped)."""
-    try:
-        size = metrics.stat().st_size
-        with metrics.open("rb") as f:
-            for chunk in (METRICS_TAIL_BYTES, METRICS_MAX_BYTES):
-                f.seek(max(0, size - chunk))
-                lines = f.read(chunk).splitlines()
-                if size > chunk:
-                    lines = lines[1:]  # the first line of a tail is cut
-                steps = [s for s in map(_step_of, lines) if s is not None]
-                if steps or size <= chunk:
-                    return max(steps, default=None)
-    except OSError:
-        return None
-    return None
-
-
-def _step_of(line: bytes) -> int | None:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return _count(row.get("step")) if isinstance(row, dict) else None
-
-
-def _last_activity(directory: Path) -> float | None:
-    """The newest mtime among the run directory, its files and its checkpoints."""
-    times = [_mtime(directory)]
-    try:
-        for child in directory.iterdir():
+        for child in run.path.iterdir():
             times.append(_mtime(child))
-        if (directory / "checkpoints").is_dir():
-            times.extend(_mtime(c) for c in (directory / "checkpoints").iterdir())
+        if run.checkpoints.is_dir():
+            times.extend(_mtime(c) for c in run.checkpoints.iterdir())
     except OSError:
         pass
     return max((t for t in times if t is not None), default=None)
@@ -173,14 +160,6 @@ def _mtime(path: Path) -> float | None:
         return path.stat().st_mtime
     except OSError:
         return None
-
-
-def _get(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
 
 
 def _text(value: Any) -> str | None:
@@ -204,70 +183,66 @@ def _number(value: Any) -> float | None:
 # ---- MLflow: only to tell a crashed run from a live one -------------------------------------------------------
 
 
-def apply_mlflow_statuses(rows: list[dict[str, Any]], tracking: dict[str, tuple[bool, str | None, str]]) -> None:
+def apply_mlflow_statuses(rows: list[RunRow]) -> None:
     """For rows without a summary (running / unfinished), record the newest MLflow run's status and let it
-    decide: FAILED -> failed; KILLED -> unfinished; RUNNING keeps the file-based guess (a SIGKILL leaves it).
-    ``tracking``: run name -> (MLflow on?, store URI or None for the default, experiment)."""
-    from occctl.tracking import default_store, latest_statuses
+    decide: FAILED -> failed; KILLED -> unfinished; RUNNING keeps the file-based guess (a SIGKILL leaves it)."""
+    from occctl.tracking import resolve_store
 
-    default_uri, _ = default_store()
-    wanted: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    wanted: dict[tuple[Any, str], list[RunRow]] = {}
     for row in rows:
-        enabled, uri, experiment = tracking.get(row["name"], (False, None, "occctl"))
-        if enabled and row["status"] in ("running", "unfinished"):
-            wanted.setdefault((uri or default_uri, experiment), []).append(row)
-    for (uri, experiment), group in wanted.items():
-        statuses = latest_statuses(uri, experiment, [r["name"] for r in group])
+        if row.mirror is not None and row.status in ("running", "unfinished"):
+            wanted.setdefault((resolve_store(row.mirror.uri), row.mirror.experiment), []).append(row)
+    for (store, experiment), group in wanted.items():
+        statuses = store.latest_statuses(experiment, [r.name for r in group])
         for row in group:
-            status = statuses.get(row["name"])
-            row["mlflow_status"] = status
+            status = statuses.get(row.name)
+            row.mlflow_status = status
             if status == "FAILED":
-                row["status"] = "failed"
+                row.status = "failed"
             elif status == "KILLED":
-                row["status"] = "unfinished"
+                row.status = "unfinished"
 
 
 # ---- filtering and showing --------------------------------------------------------------------------------------
 
 
-def filter_rows(rows: list[dict[str, Any]], groups: list[str] | None = None,
-                statuses: list[str] | None = None) -> list[dict[str, Any]]:
+def filter_rows(rows: list[RunRow], groups: list[str] | None = None,
+                statuses: list[str] | None = None) -> list[RunRow]:
     """Rows in any of ``groups`` (a run without a group matches none) and with any of ``statuses``."""
     for status in statuses or []:
         if status not in STATUSES:
-            close = difflib.get_close_matches(status, STATUSES, n=1)
-            raise SpecError(f"--status {status}: unknown status" + (f" (did you mean {close[0]!r}?)" if close else ""),
+            raise SpecError(f"--status {status}: unknown status{did_you_mean(status, STATUSES)}",
                             hint=f"one of: {', '.join(STATUSES)}")
-    return [r for r in rows if (not groups or r["group"] in groups) and (not statuses or r["status"] in statuses)]
+    return [r for r in rows if (not groups or r.group in groups) and (not statuses or r.status in statuses)]
 
 
-def public_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows restricted to ``COLUMNS`` (JSON-safe: numbers are finite or None)."""
-    return [{key: row.get(key) for key in COLUMNS} for row in rows]
+def public_rows(rows: list[RunRow]) -> list[dict[str, Any]]:
+    """Rows as JSON-safe dicts with the keys of ``COLUMNS`` (numbers are finite or None)."""
+    return [row.public() for row in rows]
 
 
 # (title, cell text, right-aligned?); columns a narrow terminal drops first come last in DROP_ORDER
 LS_COLUMNS = (
-    ("name", lambda r: r["name"], False),
-    ("group", lambda r: r.get("group") or "", False),
-    ("status", lambda r: r.get("status") or "?", False),
-    ("regime", lambda r: r.get("regime") or "–", False),
-    ("algo", lambda r: r.get("algorithm") or "–", False),
-    ("seed", lambda r: _fmt_int(r.get("seed")), True),
-    ("steps", lambda r: f"{r.get('steps_done') or 0}/{_fmt_int(r.get('steps_planned'))}", True),
-    ("acc", lambda r: _fmt_float(r.get("heldout_acc_after"), 3), True),
-    ("MTP acc", lambda r: _fmt_float(r.get("mtp_acceptance_after"), 3), True),
-    ("mean λ", lambda r: _fmt_float(r.get("lambda_mean"), 4), True),
-    ("wall", lambda r: format_duration(r.get("wall_s")), True),
+    ("name", lambda r: r.name, False),
+    ("group", lambda r: r.group or "", False),
+    ("status", lambda r: r.status or "?", False),
+    ("regime", lambda r: r.regime or "–", False),
+    ("algo", lambda r: r.algorithm or "–", False),
+    ("seed", lambda r: _fmt_int(r.seed), True),
+    ("steps", lambda r: f"{r.steps_done or 0}/{_fmt_int(r.steps_planned)}", True),
+    ("acc", lambda r: _fmt_float(r.heldout_acc_after, 3), True),
+    ("MTP acc", lambda r: _fmt_float(r.mtp_acceptance_after, 3), True),
+    ("mean λ", lambda r: _fmt_float(r.lambda_mean, 4), True),
+    ("wall", lambda r: format_duration(r.wall_s), True),
 )
 DROP_ORDER = ("algo", "group", "wall", "mean λ", "MTP acc")
 
 
-def build_ls_table(rows: list[dict[str, Any]], max_width: int | None = None) -> Table:
+def build_ls_table(rows: list[RunRow], max_width: int | None = None) -> Table:
     """A rich table of runs: name, group (when any run has one), status, regime, algorithm, seed, steps done /
     planned, held-out accuracy after RL ("acc"), MTP acceptance after RL, mean λ, wall time ("–": not known).
     ``max_width``: drop the least useful columns (``DROP_ORDER``) until the table fits."""
-    titles = [c[0] for c in LS_COLUMNS if c[0] != "group" or any(r.get("group") for r in rows)]
+    titles = [c[0] for c in LS_COLUMNS if c[0] != "group" or any(r.group for r in rows)]
     table = _table(rows, titles)
     for title in DROP_ORDER if max_width is not None else ():
         if _natural_width(table) <= max_width:
@@ -278,7 +253,7 @@ def build_ls_table(rows: list[dict[str, Any]], max_width: int | None = None) -> 
     return table
 
 
-def _table(rows: list[dict[str, Any]], titles: list[str]) -> Table:
+def _table(rows: list[RunRow], titles: list[str]) -> Table:
     table = Table(title=f"{len(rows)} run{'s' * (len(rows) != 1)}", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False)
     for title, _, right in LS_COLUMNS:
@@ -287,7 +262,7 @@ def _table(rows: list[dict[str, Any]], titles: list[str]) -> Table:
                              overflow="fold" if title == "name" else "ellipsis")
     getters = {title: get for title, get, _ in LS_COLUMNS}
     for row in rows:
-        status = row.get("status") or "?"
+        status = row.status or "?"
         table.add_row(*(Text(getters[t](row), style=STATUS_STYLES.get(status, "") if t == "status" else "")
                         for t in titles))
     return table
@@ -306,17 +281,6 @@ def _fmt_float(value: Any, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 # ---- the command --------------------------------------------------------------------------------------------
 
 
@@ -331,10 +295,8 @@ def show_runs(
 ) -> None:
     """List the runs under results/runs: status, regime, seed, steps, held-out accuracy, MTP acceptance, mean λ."""
     root = results_root()
-    try:
+    with exits_on_error():
         rows = filter_rows(list_runs(root, include_archived=include_archived, mlflow=mlflow), group, status)
-    except SpecError as e:
-        fail(e)
     if as_json:
         out.print(json.dumps(public_rows(rows), indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
         return

@@ -1,4 +1,18 @@
-"""The results tree: results/runs/<name>/ per run, a shared cache, atomic writes, no path escapes."""
+"""The results tree: results/runs/<name>/ per run (``RunDir`` owns its files), a shared cache, atomic writes,
+no path escapes for names that come from specs.
+
+A run folder::
+
+    results/runs/<name>/
+      spec.yaml            the resolved spec (written first: a folder without it is not a run)
+      native_config.json   what the backend was given (a TRL config, veRL overrides)
+      env.json             git SHA, Python, package versions
+      tracking.json        the MLflow run id and the last step published to MLflow
+      metrics.jsonl        one JSON object per optimizer step: {"step": n, "area/name": value, ...}
+      checkpoints/final/   HF weights + mtp_head.safetensors (what `occctl eval` reads)
+      eval/<suite>/        cached generations and scores of `occctl eval`
+      summary.json         written last: the run is finished
+"""
 
 from __future__ import annotations
 
@@ -7,11 +21,15 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from occctl.errors import SpecError
-from occctl.spec import NAME_PATTERN
+from occctl.errors import OccError, SpecError
+from occctl.spec import NAME_PATTERN, Spec, dump_spec, read_spec_file, validate_spec
+
+METRICS_TAIL_BYTES = 1 << 16
+METRICS_MAX_BYTES = 1 << 25
 
 
 def results_root() -> Path:
@@ -62,3 +80,144 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class RunFileError(OccError):
+    """A file of a run folder is missing or unreadable; the message starts with the file's name."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class TrackingState:
+    """``tracking.json``: the run's MLflow run and the last step whose metrics were published to it."""
+
+    mlflow_run_id: str | None = None
+    published_step: int = 0
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run folder: its paths and typed readers. The only code that spells the folder's file names."""
+
+    path: Path
+
+    @classmethod
+    def named(cls, name: str) -> "RunDir":
+        """``results/runs/<name>`` (a name that could leave ``results/runs`` is refused)."""
+        return cls(run_dir(name))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __truediv__(self, part: str) -> Path:
+        """A path inside the folder (``run_dir / "trl"``): backends keep their native files here."""
+        return self.path / part
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    spec_file = property(lambda self: self.path / "spec.yaml")
+    summary_file = property(lambda self: self.path / "summary.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    tracking_file = property(lambda self: self.path / "tracking.json")
+    native_config_file = property(lambda self: self.path / "native_config.json")
+    env_file = property(lambda self: self.path / "env.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    final_checkpoint = property(lambda self: self.path / "checkpoints" / "final")
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def is_finished(self) -> bool:
+        return self.summary_file.is_file()
+
+    # ---- reading ----
+
+    def read_spec(self) -> Spec:
+        """The resolved spec; RunFileError ``spec.yaml: missing`` / ``spec.yaml: invalid (...)``."""
+        if not self.spec_file.is_file():
+            raise RunFileError("spec.yaml: missing")
+        try:
+            return validate_spec(read_spec_file(self.spec_file), "spec.yaml")
+        except SpecError as e:
+            raise RunFileError(f"spec.yaml: invalid ({e.message.splitlines()[0]})") from None
+        except (OSError, RecursionError) as e:
+            raise RunFileError(f"spec.yaml: unreadable ({_first_line(e)})") from None
+
+    def spec_text(self) -> str | None:
+        """The saved spec's text (None before the first start), to compare with ``dump_spec`` of a rerun."""
+        return self.spec_file.read_text(encoding="utf-8") if self.spec_file.is_file() else None
+
+    def read_summary(self) -> dict[str, Any]:
+        """``summary.json``; RunFileError ``summary.json: missing`` / ``unreadable (...)`` / ``not a JSON object``."""
+        try:
+            data = json.loads(self.summary_file.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise RunFileError("summary.json: missing") from None
+        except (OSError, ValueError, RecursionError) as e:
+            raise RunFileError(f"summary.json: unreadable ({_first_line(e)})") from None
+        if not isinstance(data, dict):
+            raise RunFileError("summary.json: not a JSON object")
+        return data
+
+    def read_metrics(self, until: int | None = None) -> list[dict[str, float]]:
+        """The rows of metrics.jsonl (those with ``step <= until`` when given); [] when there is none."""
+        if not self.metrics_file.is_file():
+            return []
+        rows = [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [r for r in rows if until is None or r["step"] <= until]
+
+    def last_step(self) -> int | None:
+        """The largest ``step`` in the last lines of metrics.jsonl (a torn last line is skipped)."""
+        try:
+            size = self.metrics_file.stat().st_size
+            with self.metrics_file.open("rb") as f:
+                for chunk in (METRICS_TAIL_BYTES, METRICS_MAX_BYTES):
+                    f.seek(max(0, size - chunk))
+                    lines = f.read(chunk).splitlines()
+                    if size > chunk:
+                        lines = lines[1:]  # the first line of a tail is cut
+                    steps = [s for s in map(_step_of, lines) if s is not None]
+                    if steps or size <= chunk:
+                        return max(steps, default=None)
+        except OSError:
+            return None
+        return None
+
+    def tracking_state(self) -> TrackingState:
+        if not self.tracking_file.is_file():
+            return TrackingState()
+        data = json.loads(self.tracking_file.read_text(encoding="utf-8"))
+        return TrackingState(data.get("mlflow_run_id"), int(data.get("published_step", 0)))
+
+    # ---- writing ----
+
+    def write_spec(self, spec: Spec) -> None:
+        write_text_atomic(self.spec_file, dump_spec(spec))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.summary_file, summary)
+
+    def write_tracking_state(self, state: TrackingState) -> None:
+        write_json_atomic(self.tracking_file, {"mlflow_run_id": state.mlflow_run_id,
+                                               "published_step": state.published_step})
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _step_of(line: bytes) -> int | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    if isinstance(step, float) and step.is_integer():
+        return int(step)
+    return step if isinstance(step, int) and not isinstance(step, bool) else None

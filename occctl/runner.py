@@ -1,28 +1,22 @@
-"""`occctl run`: spec -> run directory -> backend -> summary.json (+ the MLflow mirror)."""
+"""`occctl run`: spec -> run folder -> backend -> summary.json (+ the MLflow mirror)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import platform
-import subprocess
 import time
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from occctl.backend import Plan, get_backend
+from occctl.backend import Plan, TrainResult, get_backend
+from occctl.environment import environment
 from occctl.errors import RunError, SpecError
-from occctl.rundir import move_aside, run_dir, write_json_atomic, write_text_atomic
+from occctl.report.progress import progress_bar
+from occctl.rundir import RunDir, TrackingState, move_aside, write_json_atomic, write_text_atomic
 from occctl.spec import Spec, dump_spec, flatten, spec_to_dict
-from occctl.tracking import Tracker, attach_tracker, reopen
-
-SUMMARY = "summary.json"
-TRACKING = "tracking.json"
-METRICS = "metrics.jsonl"
+from occctl.tracking import Tracker, resolve_store
 
 
 def plan_run(spec: Spec) -> Plan:
@@ -30,32 +24,29 @@ def plan_run(spec: Spec) -> Plan:
     problems = backend.check(spec)
     if problems:
         raise SpecError("\n".join(f"{spec.name}: {p}" for p in problems))
-    return backend.prepare(spec, run_dir(spec.name))
+    return backend.prepare(spec, RunDir.named(spec.name))
 
 
 class MetricLog:
-    """Per-step metrics: ``metrics.jsonl`` at once, MLflow when the backend commits a checkpoint (and at the end).
+    """The runner's MetricSink: ``metrics.jsonl`` at once, MLflow when the backend commits a checkpoint (and at
+    the end).
 
     So a run killed between checkpoints and resumed from the last one logs every step to MLflow exactly once,
     and ``metrics.jsonl`` is cut back to the checkpoint before the resumed steps are appended. The last step
-    published is recorded in ``record`` (tracking.json): a process killed after a checkpoint was written but
+    published is recorded in the run's tracking state: a process killed after a checkpoint was written but
     before its steps were published publishes them on resume.
     """
 
-    def __init__(self, path: Path, tracker: Tracker, keep_until: int | None, record: Path) -> None:
-        self.path, self.tracker, self.record = path, tracker, record
+    def __init__(self, run: RunDir, tracker: Tracker, keep_until: int | None) -> None:
+        self.run, self.tracker = run, tracker
         self.history: list[dict[str, float]] = []
         self._pending: list[dict[str, float]] = []
-        if keep_until is not None and path.is_file():  # resuming: keep the steps the checkpoint includes
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            self.history = [r for r in rows if r["step"] <= keep_until]
-            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
-            published = self._record().get("published_step", 0)
+        if keep_until is not None and run.metrics_file.is_file():  # resuming: keep the steps the checkpoint has
+            self.history = run.read_metrics(until=keep_until)
+            write_text_atomic(run.metrics_file, "".join(json.dumps(r) + "\n" for r in self.history))
+            published = run.tracking_state().published_step
             self._pending = [r for r in self.history if r["step"] > published]
-        self._file = path.open("a", encoding="utf-8")
-
-    def _record(self) -> dict[str, Any]:
-        return json.loads(self.record.read_text()) if self.record.is_file() else {}
+        self._file = run.metrics_file.open("a", encoding="utf-8")
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
@@ -71,47 +62,49 @@ class MetricLog:
         for row in ready:
             self.tracker.log_metrics(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
         if ready:
-            write_json_atomic(self.record, {**self._record(), "published_step": max(r["step"] for r in ready)})
+            state = self.run.tracking_state()
+            self.run.write_tracking_state(dataclasses.replace(state, published_step=max(r["step"] for r in ready)))
 
     def close(self) -> None:
         self._file.close()
 
 
 def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run one spec. An existing run directory is resumed from its last checkpoint (same MLflow run); a
-    finished run is not rerun; ``fresh`` moves the old directory aside and starts over."""
+    """Run one spec. An existing run folder is resumed from its last checkpoint (same MLflow run); a finished
+    run is not rerun; ``fresh`` moves the old folder aside and starts over."""
     console = console or Console(stderr=True)
+    backend = get_backend(spec.backend)
     plan = plan_run(spec)
-    directory = plan.run_dir
+    run = plan.run_dir
     resume_from: int | None = None
-    if directory.exists() and fresh:
-        console.print(f"moved the old run aside: {move_aside(directory)}")
-    elif directory.exists():
-        saved = (directory / "spec.yaml").read_text() if (directory / "spec.yaml").is_file() else None
+    if run.exists() and fresh:
+        console.print(f"moved the old run aside: {move_aside(run.path)}")
+    elif run.exists():
+        saved = run.spec_text()
         if saved is not None and saved != dump_spec(spec):
-            raise SpecError(f"run {spec.name!r} exists at {directory} with a different spec",
+            raise SpecError(f"run {spec.name!r} exists at {run} with a different spec",
                             hint="pass --fresh to move it aside and start over, or --set name=<new name>")
-        if (directory / SUMMARY).is_file():
-            console.print(f"run {spec.name!r} is finished ({directory / SUMMARY}); nothing to do "
+        if run.is_finished():
+            console.print(f"run {spec.name!r} is finished ({run.summary_file}); nothing to do "
                           "(--fresh starts it over)")
-            return json.loads((directory / SUMMARY).read_text())
-        resume_from = getattr(get_backend(spec.backend), "resume_step", lambda plan: 0)(plan)
+            return run.read_summary()
+        resume_from = backend.resume_step(plan)
         console.print(f"resuming run {spec.name!r} from step {resume_from}" if resume_from
                       else f"run {spec.name!r} has no checkpoint yet: starting it again in place")
-    directory.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(directory / "spec.yaml", dump_spec(spec))
-    write_json_atomic(directory / "native_config.json", plan.native_config)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_spec(spec)
+    write_json_atomic(run.native_config_file, plan.native_config)
     env = environment()
-    write_json_atomic(directory / "env.json", env)
-    tracker = _tracker(spec, env, directory / TRACKING)
-    log = MetricLog(directory / METRICS, tracker, resume_from, directory / TRACKING)
+    write_json_atomic(run.env_file, env)
+    tracker = _tracker(spec, env, run)
+    plan = dataclasses.replace(plan, mlflow_run_id=tracker.run_id)
+    log = MetricLog(run, tracker, resume_from)
 
     start = time.perf_counter()
     status = "FAILED"
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=console, transient=False) as progress:
-            result = get_backend(spec.backend).train(plan, log, progress)
+        with progress_bar(console) as progress:
+            result = backend.train(plan, log, progress)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -122,34 +115,34 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
             tracker.finish(status)
     log.commit()
     summary = build_summary(spec, log.history, result, time.perf_counter() - start, tracker.run_id)
-    write_json_atomic(directory / SUMMARY, summary)
+    run.write_summary(summary)
     tracker.log_metrics(spec.train.steps, {f"summary/{k}": v for k, v in summary.items()
                                            if isinstance(v, (int, float)) and not isinstance(v, bool)
                                            and math.isfinite(v)})
-    tracker.log_artifact(directory / SUMMARY)
-    tracker.log_artifact(directory / "spec.yaml")
+    tracker.log_artifacts([run.summary_file, run.spec_file])
     tracker.finish("FINISHED")
     return summary
 
 
-def _tracker(spec: Spec, env: dict[str, Any], record: Path) -> Tracker:
-    """The run's MLflow run: the one recorded in the run directory when resuming, else a new one."""
-    if record.is_file():
-        run_id = json.loads(record.read_text()).get("mlflow_run_id")
-        if run_id:
-            tracker = attach_tracker(run_id, spec.tracking.uri)
-            if tracker._client is not None:
-                reopen(tracker)
-                return tracker
+def _tracker(spec: Spec, env: dict[str, Any], run: RunDir) -> Tracker:
+    """The run's MLflow run: the one recorded in the run folder when resuming, else a new one."""
+    store = resolve_store(spec.tracking.uri)
+    if not spec.tracking.mlflow:
+        return Tracker.disabled(store)
+    state = run.tracking_state()
+    if state.mlflow_run_id:
+        tracker = Tracker.attach(store, state.mlflow_run_id)
+        if tracker.active:
+            tracker.reopen()
+            return tracker
     tags = {"occctl.regime": spec.mtp.regime if spec.mtp.enabled else "none", "occctl.seed": str(spec.train.seed),
             "occctl.backend": spec.backend, "occctl.algorithm": spec.algorithm.name,
             "occctl.git_sha": env["git_sha"] or "unknown"}
     if spec.group:
         tags["occctl.group"] = spec.group
         tags.update({f"occctl.cell.{key}": str(value) for key, value in spec.cell.items()})
-    tracker = Tracker(spec.tracking.mlflow, spec.tracking.experiment, spec.tracking.uri, spec.name,
-                      flatten(spec_to_dict(spec)), tags)
-    write_json_atomic(record, {"mlflow_run_id": tracker.run_id})
+    tracker = Tracker.start(store, spec.tracking.experiment, spec.name, flatten(spec_to_dict(spec)), tags)
+    run.write_tracking_state(TrackingState(mlflow_run_id=tracker.run_id))
     return tracker
 
 
@@ -162,10 +155,10 @@ def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = 
     summaries: list[dict[str, Any]] = []
     total = len(specs)
     for i, spec in enumerate(specs, 1):
-        directory = run_dir(spec.name)
-        done = sum(1 for s in specs if (run_dir(s.name) / SUMMARY).is_file())
-        if (directory / SUMMARY).is_file() and not fresh:
-            summaries.append(json.loads((directory / SUMMARY).read_text()))
+        run = RunDir.named(spec.name)
+        done = sum(1 for s in specs if RunDir.named(s.name).is_finished())
+        if run.is_finished() and not fresh:
+            summaries.append(run.read_summary())
             continue
         console.rule(f"cell {i}/{total}: {spec.name}  ({done} done, {total - done} left)")
         summaries.append(run_spec(spec, fresh=fresh, console=console))
@@ -181,12 +174,11 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def build_summary(spec: Spec, history: list[dict[str, float]], result, wall_s: float,
+def build_summary(spec: Spec, history: list[dict[str, float]], result: TrainResult, wall_s: float,
                   mlflow_run_id: str | None) -> dict[str, Any]:
     from occctl.fidelity import fidelity  # scipy: only when a summary is built, not for validate / --dry-run
 
     rewards, lambdas = _series(history, "reward"), _series(history, "occ/lambda")
-    before, after = result.heldout_before, result.heldout_after
     steps = max((int(r["step"]) for r in history), default=0)
     if steps < spec.train.steps:
         raise RunError(f"run {spec.name!r} stopped after {steps} of {spec.train.steps} steps")
@@ -200,13 +192,7 @@ def build_summary(spec: Spec, history: list[dict[str, float]], result, wall_s: f
         "reward_first": rewards[0] if rewards else float("nan"),
         "reward_last": rewards[-1] if rewards else float("nan"),
         "reward_mean": _mean(rewards),
-        "heldout_acc_before": before.get("avg_at_k", float("nan")),
-        "heldout_acc_after": after.get("avg_at_k", float("nan")),
-        "heldout_greedy_before": before.get("greedy", float("nan")),
-        "heldout_greedy_after": after.get("greedy", float("nan")),
-        "mtp_acceptance_before": before.get("mtp_acceptance", float("nan")),
-        "mtp_acceptance_after": after.get("mtp_acceptance", float("nan")),
-        "heldout_k": spec.eval.samples_per_problem,
+        **result.summary,
         "lambda_mean": _mean(lambdas),
         "mtp_acc_last": (_series(history, "mtp/acc") or [float("nan")])[-1],
         "checkpoint": str(result.checkpoint),
@@ -214,19 +200,3 @@ def build_summary(spec: Spec, history: list[dict[str, float]], result, wall_s: f
         "mlflow_run_id": mlflow_run_id,
         **fidelity(history, spec.train.optimizer_steps_per_generation),
     }
-
-
-def environment() -> dict[str, Any]:
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {"git_sha": sha, "python": platform.python_version(), "platform": platform.platform(),
-            "packages": {p: version(p) for p in ("occctl", "torch", "transformers", "trl", "mlflow", "verl")}}

@@ -6,7 +6,6 @@ This is the only place where defaults that change results are written.
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import math
 import reprlib
@@ -18,7 +17,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from occctl.errors import SpecError
+from occctl.errors import SpecError, did_you_mean
 
 TINY_CONTEXT = 64  # max_position_embeddings of the tiny preset (occctl/models.py)
 HUB_ID = r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?"
@@ -281,7 +280,7 @@ class TrackingSpec(_Strict):
 
 class Spec(_Strict):
     name: str = Field(..., pattern=NAME_PATTERN, description="run name; defaults to the spec file's stem")
-    backend: Literal["trl", "verl"] = "trl"
+    backend: str = Field("trl", description="a registered backend: trl, verl (occctl.backend.BACKENDS)")
     model: ModelSpec = ModelSpec()
     task: TaskSpec = TaskSpec()
     warmup: WarmupSpec = WarmupSpec()
@@ -301,6 +300,24 @@ class Spec(_Strict):
         if set(v) <= {"."}:
             raise ValueError("a run name cannot be only dots")
         return v
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, v: str) -> str:
+        from occctl.backend import BACKENDS  # the registry imports this module
+
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r}{did_you_mean(v, BACKENDS)}; available: {', '.join(BACKENDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _occ_needs_a_moving_policy(self) -> "Spec":
+        """Backend-neutral: OCC calibrates against the policy's movement within one generation."""
+        if self.mtp.enabled and self.mtp.regime == "occ" and self.train.optimizer_steps_per_generation < 2:
+            raise ValueError("train.optimizer_steps_per_generation must be >= 2 for mtp.regime=occ: with one "
+                             "optimizer step per generation the policy never moves before its loss is taken, so "
+                             "delta_RL and lambda_t are identically 0")
+        return self
 
     @model_validator(mode="after")
     def _batches_divide(self) -> "Spec":
@@ -485,8 +502,7 @@ def describe_error(err: dict[str, Any], root: type[BaseModel] | None = None) -> 
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1], root or Spec)
         valid = sorted(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(loc[-1], valid)
         return f"{field}: unknown key{hint}; valid keys: {', '.join(valid)}"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")

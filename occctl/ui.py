@@ -12,16 +12,15 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import typer
 from rich.markup import escape
 
-from occctl.console import err, fail, out
+from occctl.console import err, exits_on_error, out
 from occctl.errors import EnvError
+from occctl.processes import stop_group
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
-REMOTE_SCHEMES = ("http://", "https://", "databricks", "uc:")
 # No job runner (mlflow 3 starts ~8 huey worker processes for GenAI jobs): browsing runs needs none of them.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
@@ -38,16 +37,16 @@ def is_loopback(host: str) -> bool:
 
 def build_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """The ``mlflow server`` command line for the project's store (nothing is created or started)."""
-    from occctl.tracking import default_store
+    from occctl.tracking import resolve_store
 
-    uri, artifacts = default_store()
-    if uri.startswith(REMOTE_SCHEMES):
-        raise EnvError(f"the tracking store is already a server ({uri}, from MLFLOW_TRACKING_URI): "
+    store = resolve_store()
+    if store.is_remote:
+        raise EnvError(f"the tracking store is already a server ({store.uri}, from MLFLOW_TRACKING_URI): "
                        "open it in a browser instead",
                        hint="unset MLFLOW_TRACKING_URI to browse the store under results/")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    if artifacts:
-        command += ["--default-artifact-root", artifacts]
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri]
+    if store.artifacts:
+        command += ["--default-artifact-root", store.artifacts]
     return command + ["--host", host, "--port", str(port), "--workers", "1"]
 
 
@@ -60,10 +59,8 @@ def start_ui(
 ) -> None:
     """Start the MLflow UI on the project's store (results/mlflow.db unless MLFLOW_TRACKING_URI is set), on
     127.0.0.1 by default; Ctrl-C stops it."""
-    try:
+    with exits_on_error():
         command = build_command(host, port)
-    except EnvError as e:
-        fail(e)
     if not is_loopback(host):
         err.print(f"[bold yellow]warning:[/] binding the MLflow UI to {escape(repr(host))}, not 127.0.0.1: anyone "
                   f"who can reach this machine on port {port} can read and change every run (MLflow has no login). "
@@ -106,29 +103,6 @@ def serve(command: list[str], env: dict[str, str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGINT to the server's whole process group, then SIGTERM, then SIGKILL, until no member is left."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        if _group_gone(proc, grace_s):
-            return
-
-
-def _group_gone(proc: subprocess.Popen, wait_s: float) -> bool:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def register(app: typer.Typer) -> None:

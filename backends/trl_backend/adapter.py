@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from occctl.backend import MetricSink, Plan, TrainResult
+from occctl.rundir import RunDir
 from occctl.spec import Spec
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
 from backends.trl_backend.translate import grpo_config_kwargs, policy_loss_kwargs
+
+
+TINY_THREADS = 1  # torch threads for the tiny preset when OMP_NUM_THREADS is not set (see default_threads)
 
 
 class TrlBackend:
     name: ClassVar[str] = "trl"
 
-    def resume_step(self, plan: Plan) -> int:
-        """The optimizer step a rerun of this (unfinished) run continues from; 0 = from the start."""
-        checkpoint = last_checkpoint(plan.run_dir)
-        return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-
     def check(self, spec: Spec) -> list[str]:
         problems = []
         if spec.backend_options:
             problems.append(f"backend_options: the trl backend takes none; got {sorted(spec.backend_options)}")
-        if spec.mtp.enabled and spec.mtp.regime == "occ" and spec.train.optimizer_steps_per_generation < 2:
-            problems.append("train.optimizer_steps_per_generation must be >= 2 for mtp.regime=occ: with one "
-                            "optimizer step per generation the policy never moves before its loss is taken, "
-                            "so delta_RL and lambda_t are identically 0")
         if spec.train.save_every % spec.train.optimizer_steps_per_generation:
             problems.append(f"train.save_every ({spec.train.save_every}) must be a multiple of "
                             f"train.optimizer_steps_per_generation ({spec.train.optimizer_steps_per_generation}): "
@@ -37,10 +35,15 @@ class TrlBackend:
                             "ce, policy or occ")
         return problems
 
-    def prepare(self, spec: Spec, run_dir: Path) -> Plan:
+    def prepare(self, spec: Spec, run_dir: RunDir) -> Plan:
         return Plan(spec=spec, run_dir=run_dir, native_config=grpo_config_kwargs(spec, str(run_dir / "trl")))
 
-    def train(self, plan: Plan, sink: MetricSink, progress: Any = None) -> TrainResult:
+    def resume_step(self, plan: Plan) -> int:
+        """The optimizer step of the newest complete TRL checkpoint; 0 = from the start."""
+        checkpoint = last_checkpoint(plan.run_dir)
+        return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+
+    def train(self, plan: Plan, sink: MetricSink, progress: Progress | None = None) -> TrainResult:
         from occctl.eval.heldout import evaluate_heldout
         from occctl.models import save_checkpoint
         from occctl.tasks import get_task
@@ -51,6 +54,7 @@ class TrlBackend:
                                                 PeriodicEval)
 
         spec = plan.spec
+        default_threads(spec)
         loaded, warm = load_start(spec, progress)
         task = get_task(spec.task)
         heldout = task.heldout_problems(spec.task)
@@ -58,7 +62,7 @@ class TrlBackend:
                                             spec.eval.temperature, spec.train.max_new_tokens, seed=spec.train.seed,
                                             correct=task.is_correct)
         before = evaluate()
-        task_id = progress.add_task("RL", total=spec.train.steps) if progress else None
+        task_id = progress.add_task("RL", total=spec.train.steps, unit="step") if progress else None
         state = {"reward": float("nan"), "lambda": float("nan")}
         label = spec.mtp.regime if spec.mtp.enabled else "no-mtp"
 
@@ -70,37 +74,82 @@ class TrlBackend:
                 progress.update(task_id, completed=step,
                                 description=f"RL {label}  reward {state['reward']:.3f}  λ {state['lambda']:+.4f}")
 
-        callbacks = [MetricsCallback(on_metrics)]
+        callbacks = [MetricsCallback(on_metrics), OnSave(sink.commit)]
         if spec.eval.every:
             callbacks.append(PeriodicEval(spec.eval.every, spec.train.steps,
-                                          lambda step: sink(step, _eval_metrics(evaluate()))))
+                                          lambda step: sink(step, _eval_metrics(spec, evaluate()))))
         settings = mtp_settings(spec)
         resume = last_checkpoint(plan.run_dir)
         if settings is not None:
             callbacks.append(CalibratorCheckpoint(settings.calibrator))
             if resume is not None and (resume / CALIBRATOR_STATE).is_file():
                 settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
-        commit = getattr(sink, "commit", None)
-        if commit is not None:
-            callbacks.append(OnSave(commit))
         trainer = build_trainer(spec, plan.native_config, loaded, settings, callbacks)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         detach_head(loaded)
         after = evaluate()
-        sink(spec.train.steps, _eval_metrics(after))
-        checkpoint = save_checkpoint(plan.run_dir / "checkpoints" / "final", loaded)
-        return TrainResult(checkpoint=checkpoint, heldout_before=before, heldout_after=after, warm_start=warm)
+        sink(spec.train.steps, _eval_metrics(spec, after))
+        checkpoint = save_checkpoint(plan.run_dir.final_checkpoint, loaded)
+        return TrainResult(checkpoint=checkpoint, summary=heldout_summary(spec, before, after), warm_start=warm)
+
+    def export(self, checkpoint: Path, out_dir: Path) -> Path:
+        """A TRL checkpoint (``trl/checkpoint-N``: the model with the MTP head as its ``mtp_head`` submodule) ->
+        HF weights + ``mtp_head.safetensors`` in ``out_dir``."""
+        from safetensors.torch import load_file
+
+        from occctl.models import load_checkpoint, save_checkpoint
+        from occctl.occ.mtp_head import MtpHead
+
+        quiet_libraries()
+        loaded = load_checkpoint(checkpoint, new_head_if_missing=False)
+        head_state = {key.removeprefix("mtp_head."): value for file in sorted(checkpoint.glob("*.safetensors"))
+                      for key, value in load_file(str(file)).items() if key.startswith("mtp_head.")}
+        if head_state and loaded.mtp_head is None:
+            loaded.mtp_head = MtpHead.for_model(loaded.model)
+            loaded.mtp_head.load_state_dict(head_state)
+        return save_checkpoint(out_dir, loaded)
+
+    def bench_overhead(self, plan: Plan, steps: int, progress: Progress | None = None) -> dict[str, Any]:
+        from backends.trl_backend.bench import measure_overhead
+
+        default_threads(plan.spec)
+        return measure_overhead(plan.spec, plan.native_config, steps, progress)
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
+def default_threads(spec: Spec) -> None:
+    """The tiny preset's matrices are too small to gain from many threads, and torch's default (one per core)
+    oversubscribes the machine beside other jobs (a tiny run was 4-5x slower): use ``TINY_THREADS`` unless
+    OMP_NUM_THREADS says otherwise. Larger models keep torch's default."""
+    import torch
+
+    if spec.model.preset == "tiny" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, min(TINY_THREADS, os.cpu_count() or 1)))
+
+
+def heldout_summary(spec: Spec, before: dict[str, float], after: dict[str, float]) -> dict[str, float | int]:
+    """The summary entries of the held-out eval before and after RL (``summary.json``)."""
+    return {
+        "heldout_acc_before": before.get("avg_at_k", float("nan")),
+        "heldout_acc_after": after.get("avg_at_k", float("nan")),
+        "heldout_greedy_before": before.get("greedy", float("nan")),
+        "heldout_greedy_after": after.get("greedy", float("nan")),
+        "mtp_acceptance_before": before.get("mtp_acceptance", float("nan")),
+        "mtp_acceptance_after": after.get("mtp_acceptance", float("nan")),
+        "heldout_k": spec.eval.samples_per_problem,
+    }
+
+
+def last_checkpoint(run_dir: RunDir | Path) -> Path | None:
     """The newest complete TRL checkpoint of a run (``trl/checkpoint-N`` with its trainer state), if any."""
     found = [p for p in (run_dir / "trl").glob("checkpoint-*")
              if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def _eval_metrics(result: dict[str, float]) -> dict[str, float]:
-    return {f"eval/tiny/{key}": value for key, value in result.items()}
+def _eval_metrics(spec: Spec, result: dict[str, float]) -> dict[str, float]:
+    from occctl.eval.suites import training_eval_key
+
+    return {training_eval_key(spec.eval.suite, key): value for key, value in result.items()}
 
 
 def quiet_libraries() -> None:
@@ -177,5 +226,5 @@ def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callba
 
 def detach_head(loaded) -> None:
     """The MTP head is saved beside the HF weights, not inside them."""
-    if hasattr(loaded.model, "mtp_head"):
+    if "mtp_head" in dict(loaded.model.named_children()):
         del loaded.model.mtp_head

@@ -10,8 +10,6 @@ collects the final HF checkpoint into ``checkpoints/final``. See backends/verl_b
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections import deque
@@ -20,6 +18,8 @@ from typing import Any, ClassVar
 
 from occctl.backend import MetricSink, Plan, TrainResult
 from occctl.errors import EnvError, RunError, SpecError
+from occctl.processes import stop_group
+from occctl.rundir import RunDir
 from occctl.spec import Spec
 
 from backends.verl_backend.options import VerlOptions, override_key, parse_options
@@ -43,7 +43,7 @@ class VerlBackend:
         return (spec_problems(spec, options) + override_problems(spec, options) + layout_problems(spec, options)
                 + data_problems(options))
 
-    def prepare(self, spec: Spec, run_dir: Path) -> Plan:
+    def prepare(self, spec: Spec, run_dir: RunDir) -> Plan:
         from occctl.tracking import tracking_uri
 
         from backends.verl_backend.validation import validate_overrides
@@ -76,20 +76,20 @@ class VerlBackend:
         }
         return Plan(spec=spec, run_dir=run_dir, native_config=native, command=command)
 
-    def train(self, plan: Plan, sink: MetricSink, progress: Any = None,
-              mlflow_run_id: str | None = None) -> TrainResult:
-        from backends.verl_backend.checkpoints import collect
+    def resume_step(self, plan: Plan) -> int:
+        """veRL runs are not resumed (``trainer.resume_mode=disable``): a rerun starts over in place."""
+        return 0
+
+    def train(self, plan: Plan, sink: MetricSink, progress: Any = None) -> TrainResult:
         from backends.verl_backend.logs import StepFollower
 
         spec, run_dir = plan.spec, plan.run_dir
-        if mlflow_run_id is None and (run_dir / "tracking.json").is_file():  # the runner's record of its MLflow run
-            mlflow_run_id = json.loads((run_dir / "tracking.json").read_text()).get("mlflow_run_id")
         if not plan.native_config.get("verl_version"):
             raise EnvError("the verl backend cannot train: veRL is not installed in this environment",
                            hint=INSTALL_HINT)
         options = parse_options(spec.backend_options)
         write_prompts(options, run_dir)
-        command = launch_command(plan, mlflow_run_id)
+        command = launch_command(plan)
         (run_dir / "verl").mkdir(parents=True, exist_ok=True)
         (run_dir / "verl_command.json").write_text(json.dumps(command, indent=1) + "\n")
         records = (run_dir / "verl_metrics.jsonl").open("a", encoding="utf-8")
@@ -108,10 +108,21 @@ class VerlBackend:
         if follower.last_step < verl_steps(spec):
             raise RunError(f"veRL exited normally after step {follower.last_step} of {verl_steps(spec)}",
                            hint=f"see {run_dir / 'verl.log'}")
-        step, final, note = collect(run_dir / "verl" / "checkpoints", run_dir / "checkpoints" / "final")
+        return TrainResult(checkpoint=self.export(run_dir / "verl" / "checkpoints", run_dir.final_checkpoint))
+
+    def export(self, checkpoint: Path, out_dir: Path) -> Path:
+        """veRL's checkpoint folder (``default_local_dir``) -> its newest checkpoint as HF weights + the MTP head
+        (hard links where possible); a note says why the head could not be extracted."""
+        from backends.verl_backend.checkpoints import collect
+
+        _, final, note = collect(checkpoint, out_dir)
         if note:
             (final / "MTP_HEAD_NOT_EXTRACTED.txt").write_text(note + "\n")
-        return TrainResult(checkpoint=final)
+        return final
+
+    def bench_overhead(self, plan: Plan, steps: int, progress: Any = None) -> dict[str, Any]:
+        raise EnvError("occctl bench overhead runs on the trl backend only; the veRL backend has no "
+                       "in-process timing of its MTP regimes", hint="use a copy of the spec with backend: trl")
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -128,10 +139,6 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
         if value % k:
             problems.append(f"{name} = {value} must be a multiple of train.optimizer_steps_per_generation = {k} "
                             f"(a veRL step is one generation round of {k} optimizer steps)")
-    if spec.mtp.enabled and spec.mtp.regime == "occ" and k < 2:
-        problems.append("train.optimizer_steps_per_generation must be >= 2 for mtp.regime=occ: with one optimizer "
-                        "step per generation the policy never moves before its loss is taken, so delta_RL and "
-                        "lambda_t are 0 up to numerical noise")
     if spec.mtp.occ.baseline != "main_old":
         problems.append("mtp.occ.baseline: the verl backend supports main_old only (the MTP head's old log-probs "
                         "are not computed in veRL's old-log-prob pass)")
@@ -144,7 +151,7 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
         problems.append(f"mtp.policy_clip.dual_clip: null cannot hold on veRL: the {spec.algorithm.name} loss of the "
                         f"main head always applies its dual clip (clip_ratio_c, which occctl sets from this key "
                         f"so both heads share it); give a value > 1")
-    if getattr(spec.eval, "every", 0):
+    if spec.eval.every:
         problems.append("eval.every: in-training held-out eval is TRL-only; use backend_options.validation (veRL's "
                         "validation set) and `occctl eval --run NAME` after training")
     if o.rollout.speculative and not spec.mtp.enabled:
@@ -239,9 +246,9 @@ def write_prompts(options: VerlOptions, run_dir: Path) -> None:
             write_parquet(data_file(ref), run_dir / "data" / f"{split}.parquet", options.data.prompt_template, split)
 
 
-def launch_command(plan: Plan, mlflow_run_id: str | None) -> list[str]:
+def launch_command(plan: Plan) -> list[str]:
     """The plan's command; with a known MLflow run, veRL's logger attaches to it (driver env and Ray workers)."""
-    command = list(plan.command)
+    command, mlflow_run_id = list(plan.command), plan.mlflow_run_id
     if mlflow_run_id and plan.spec.tracking.mlflow:
         command.insert(1, f"MLFLOW_RUN_ID={mlflow_run_id}")
         command.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.MLFLOW_RUN_ID={mlflow_run_id}")
@@ -267,22 +274,8 @@ def run_logged(command: list[str], cwd: Path, log_path: Path, on_line, tail: int
                 on_line(line)
             rc = proc.wait()
         except BaseException:
-            stop(proc)
+            stop_group(proc, grace_s=30.0)
             raise
     if rc != 0:
         lines = "\n".join(last)
         raise RunError(f"veRL exited with code {rc}; log: {log_path}; last {len(last)} lines:\n{lines}")
-
-
-def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            continue

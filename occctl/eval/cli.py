@@ -66,7 +66,7 @@ def evaluate(
     if ctx.invoked_subcommand is not None:
         return
     from occctl.eval.runner import EvalOptions, evaluate as run_eval
-    from occctl.eval.tables import results_table
+    from occctl.report.eval_tables import results_table
     from occctl.eval.targets import resolve_target
 
     opts = EvalOptions(suite=suite, k=k, limit=limit, graders=tuple(grader or ()),
@@ -104,7 +104,7 @@ def selfcheck(
 ) -> None:
     """Grade every gold answer (as a boxed response) against itself; agreement per benchmark, and the time."""
     from occctl.eval.selfcheck import SELFCHECK_MIN_AGREEMENT, require_selfcheck_ok, selfcheck as run_selfcheck
-    from occctl.eval.tables import selfcheck_table
+    from occctl.report.eval_tables import selfcheck_table
 
     try:
         result = run_selfcheck(suite, list(grader or []), data_dir, from_hub, timeout, workers, err)

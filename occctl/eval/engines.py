@@ -4,14 +4,13 @@ so prompts, truncation and caching are identical whichever engine ran. sglang is
 
 from __future__ import annotations
 
-import difflib
 import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from occctl.errors import EnvError, RunError, SpecError
+from occctl.errors import EnvError, RunError, SpecError, did_you_mean
 from occctl.eval.suites import Sampling
 
 ENGINES = ("hf", "sglang")
@@ -168,8 +167,7 @@ class SglangEngine:
 
 def check_engine(name: str) -> str:
     if name not in ENGINES:
-        close = difflib.get_close_matches(name, ENGINES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, ENGINES)
         raise SpecError(f"unknown engine {name!r}{hint}; valid engines: {', '.join(ENGINES)}")
     return name
 

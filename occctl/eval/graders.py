@@ -22,14 +22,13 @@ let a later ``\\fbox`` hide a ``\\boxed``.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import re
 from dataclasses import dataclass
 from typing import Callable
 
-from occctl.errors import SpecError
+from occctl.errors import SpecError, did_you_mean
 from occctl.eval.normalization import mathd_equal, sympy_equal
 
 DEFAULT_GRADER = "math_verify@1"
@@ -162,8 +161,7 @@ def resolve_grader(name: str) -> str:
     versions = sorted((k for k in GRADERS if k.split("@")[0] == bare), key=lambda k: int(k.split("@")[1]))
     if versions:
         return versions[-1]
-    close = difflib.get_close_matches(name, list(GRADERS), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name, GRADERS)
     raise SpecError(f"unknown grader {name!r}{hint}; valid graders: {', '.join(GRADERS)}")
 
 

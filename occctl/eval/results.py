@@ -18,7 +18,7 @@ from rich.console import Console
 
 from occctl.eval.graders import grader_slug
 from occctl.eval.suites import Sampling, Suite
-from occctl.eval.tables import results_markdown
+from occctl.report.eval_tables import results_markdown
 from occctl.eval.targets import EVAL_EXPERIMENT, Target
 from occctl.rundir import write_json_atomic, write_text_atomic
 
@@ -180,26 +180,18 @@ def results_stem(grader: str, k: int, benchmarks: list[str], suite: Suite, limit
 
 def grader_versions() -> dict[str, str | None]:
     """The libraries a grader's verdicts depend on (a grader key is only stable with them)."""
-    from importlib import metadata
+    from occctl.environment import package_versions
 
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {p: version(p) for p in ("math-verify", "latex2sympy2_extended", "sympy", "transformers", "torch")}
+    return package_versions(("math-verify", "latex2sympy2_extended", "sympy", "transformers", "torch"))
 
 
 def publish(results: list[EvalResult], out_dir: Path, artifact_dir: str, mlflow: bool,
             console: Console) -> list[EvalResult]:
     """Write each result as JSON + markdown into ``out_dir``; mirror metrics + files to MLflow (artifacts under
     ``artifact_dir``)."""
-    from occctl.tracking import log_artifacts_under, set_tags, tracker_active
-
     first = results[0]
     tracker, owned = _open_tracker(first.target, mlflow)
-    active = tracker is not None and tracker_active(tracker)
+    active = tracker is not None and tracker.active
     files: list[Path] = []
     for result in results:
         stem = out_dir / results_stem(result.grader, result.sampling.k, list(result.benchmarks), result.suite,
@@ -219,13 +211,13 @@ def publish(results: list[EvalResult], out_dir: Path, artifact_dir: str, mlflow:
         metrics.update({k: v for k, v in result.metrics.items() if v is not None})
     tracker.log_metrics(first.target.step, metrics)
     cache = str(first.generation.cache) if first.generation is not None else None
-    set_tags(tracker, {f"occctl.eval.{first.label}": json.dumps(
+    tracker.set_tags({f"occctl.eval.{first.label}": json.dumps(
         {"graders": [x.grader for x in results], "sampling": {"k": first.sampling.k, **first.sampling.key_fields()},
          "cache": cache})})
-    log_artifacts_under(tracker, files, artifact_dir)
+    tracker.log_artifacts(files, under=artifact_dir)
     if owned:
         tracker.finish("FINISHED")
-    logged = tracker_active(tracker)
+    logged = tracker.active
     console.print(f"MLflow: {'logged to run ' + str(tracker.run_id) if logged else 'not logged'} ({tracker.uri})",
                   highlight=False, markup=False)
     return results
@@ -233,19 +225,20 @@ def publish(results: list[EvalResult], out_dir: Path, artifact_dir: str, mlflow:
 
 def _open_tracker(target: Target, mlflow: bool):
     """(tracker, owned): the run's own MLflow run, else this target's eval run (created once, then reused)."""
-    from occctl.tracking import Tracker, attach_tracker, tracking_uri
+    from occctl.tracking import Tracker, resolve_store
 
     if not mlflow or (target.spec is not None and not target.spec.tracking.mlflow):
         return None, False
     if target.mlflow_run_id:
-        return attach_tracker(target.mlflow_run_id, target.tracking_uri), False
+        return Tracker.attach(resolve_store(target.tracking_uri), target.mlflow_run_id), False
     record = target.base_dir / "mlflow_eval_run.json"
-    uri = tracking_uri(None)
+    store = resolve_store()
+    uri = store.uri
     saved = json.loads(record.read_text()) if record.is_file() else {}
     if saved.get("uri") == uri and saved.get("run_id"):
-        return attach_tracker(saved["run_id"], uri), True
-    tracker = Tracker(True, EVAL_EXPERIMENT, None, f"eval-{target.label}", {"model": target.model},
-                      {"occctl.kind": "eval", "occctl.model": target.model})
+        return Tracker.attach(store, saved["run_id"]), True
+    tracker = Tracker.start(store, EVAL_EXPERIMENT, f"eval-{target.label}", {"model": target.model},
+                            {"occctl.kind": "eval", "occctl.model": target.model})
     if tracker.run_id:
         write_json_atomic(record, {"uri": uri, "run_id": tracker.run_id})
     return tracker, True

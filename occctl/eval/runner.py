@@ -29,7 +29,7 @@ from occctl.eval.prompts import encode_prompt, fit_prompt, render_prompt, resolv
 from occctl.eval.results import (BenchmarkResult, EvalResult, Generation, GradingCounts, MtpAcceptance, publish,
                                  results_stem, suite_mean)
 from occctl.eval.suites import INSTRUCTION, Problem, Sampling, Suite, get_suite, load_benchmarks, select_benchmarks
-from occctl.eval.tables import progress_bar as _progress
+from occctl.report.progress import progress_bar as _progress
 from occctl.eval.targets import Target
 
 TASK_GRADER = "exact_match@1"  # the embedded task's own check (arith: the whole answer, chain: the final sum)

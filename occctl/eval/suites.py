@@ -6,13 +6,12 @@ split of the embedded arithmetic task, evaluated exactly as a run's own held-out
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from occctl.data import HubSource, dataset_dir, load_hub_rows, read_jsonl
-from occctl.errors import SpecError
+from occctl.errors import SpecError, did_you_mean
 
 # DeepScaleR's prompt: the problem, a space, then this instruction (one user message; chat template if any).
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
@@ -78,10 +77,14 @@ SUITES: dict[str, Suite] = {
 }
 
 
+def training_eval_key(suite: str, metric: str) -> str:
+    """The metric key of a held-out eval during training, e.g. ``eval/tiny/avg_at_k`` (plotted by reports)."""
+    return f"eval/{suite}/{metric}"
+
+
 def get_suite(name: str) -> Suite:
     if name not in SUITES:
-        close = difflib.get_close_matches(name, list(SUITES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, SUITES)
         raise SpecError(f"unknown suite {name!r}{hint}; valid suites: {', '.join(SUITES)}")
     return SUITES[name]
 
@@ -93,8 +96,7 @@ def select_benchmarks(suite: Suite, names: list[str] | None) -> list[str]:
     chosen = []
     for name in names:
         if name not in suite.all_benchmarks:
-            close = difflib.get_close_matches(name, list(suite.all_benchmarks), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(name, suite.all_benchmarks)
             raise SpecError(f"suite {suite.name} has no benchmark {name!r}{hint}; valid: "
                             f"{', '.join(suite.all_benchmarks)}")
         if name not in chosen:

@@ -7,14 +7,13 @@ the run's MLflow run. Anything else gets ``results/evals/<slug>/`` and an MLflow
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from occctl.errors import SpecError
-from occctl.rundir import results_root, run_dir
-from occctl.spec import Spec, read_spec_file, validate_spec
+from occctl.rundir import RunDir, results_root
+from occctl.spec import Spec
 
 EVAL_EXPERIMENT = "occctl-eval"
 
@@ -60,38 +59,50 @@ def resolve_target(run: str | None, checkpoint: str | None, model: str | None) -
 
 
 def _run_target(name: str, checkpoint: Path | None = None) -> Target:
-    directory = run_dir(name)
-    if not directory.is_dir():
-        runs = sorted(p.name for p in (results_root() / "runs").glob("*") if (p / "summary.json").is_file())
-        raise SpecError(f"no run named {name!r} in {directory.parent}"
+    run = RunDir.named(name)
+    if not run.exists():
+        runs = sorted(p.name for p in run.path.parent.glob("*") if RunDir(p).is_finished())
+        raise SpecError(f"no run named {name!r} in {run.path.parent}"
                         + (f"; finished runs: {', '.join(runs[:20])}" if runs else ""))
-    summary_file = directory / "summary.json"
-    if not summary_file.is_file():
-        raise SpecError(f"run {name!r} has no summary.json (unfinished?): {directory}",
+    if not run.is_finished():
+        raise SpecError(f"run {name!r} has no summary.json (unfinished?): {run}",
                         hint="finish it with `occctl run`, or pass --checkpoint <dir> explicitly")
-    summary = json.loads(summary_file.read_text())
+    summary = run.read_summary()
     path = checkpoint or Path(summary["checkpoint"])
     if not path.is_absolute():
-        path = directory / path
-    if checkpoint is None and not path.exists() and (directory / "checkpoints" / path.name).exists():
-        path = directory / "checkpoints" / path.name  # the run directory was moved or copied
-    if not (path / "config.json").is_file():
-        raise SpecError(f"run {name!r}: checkpoint {path} is missing")
-    spec = validate_spec(read_spec_file(directory / "spec.yaml"), str(directory / "spec.yaml"))
+        path = run / str(path)
+    if checkpoint is None and not path.exists() and (run.checkpoints / path.name).exists():
+        path = run.checkpoints / path.name  # the run folder was moved or copied
+    spec = run.read_spec()
     step = int(summary.get("steps") or 0)
-    if checkpoint is not None and checkpoint.resolve() != (directory / "checkpoints" / "final").resolve():
+    if checkpoint is not None and checkpoint.resolve() != run.final_checkpoint.resolve():
         m = re.search(r"(\d+)$", checkpoint.name)  # an intermediate checkpoint: log at its own step
         step = int(m.group(1)) if m else step
-    return Target(model=str(path), label=name, base_dir=directory, run_name=name,
+        if run.checkpoints.resolve() not in checkpoint.resolve().parents:  # the backend's own format
+            path = _exported(run, spec, checkpoint, step)
+    if not (path / "config.json").is_file():
+        raise SpecError(f"run {name!r}: checkpoint {path} is missing")
+    return Target(model=str(path), label=name, base_dir=run.path, run_name=name,
                   mlflow_run_id=summary.get("mlflow_run_id"), tracking_uri=spec.tracking.uri,
                   experiment=spec.tracking.experiment, spec=spec, summary=summary, step=step)
+
+
+def _exported(run: RunDir, spec: Spec, checkpoint: Path, step: int) -> Path:
+    """A native checkpoint of the run's backend (e.g. ``trl/checkpoint-20``) as HF weights + MTP head, exported
+    once into ``checkpoints/step-<N>``."""
+    from occctl.backend import get_backend
+
+    out_dir = run.checkpoints / f"step-{step}"
+    if not (out_dir / "config.json").is_file():
+        get_backend(spec.backend).export(checkpoint, out_dir)
+    return out_dir
 
 
 def _path_target(path: Path) -> Target:
     runs = (results_root() / "runs").resolve()
     if runs in path.parents:
         name = path.relative_to(runs).parts[0]
-        if (runs / name / "summary.json").is_file():
+        if RunDir(runs / name).is_finished():
             return _run_target(name, checkpoint=path)
     slug = _slug(f"{path.parent.name}_{path.name}", str(path))
     return Target(model=str(path), label=slug, base_dir=results_root() / "evals" / slug)

@@ -13,7 +13,7 @@ from occctl.eval import cache as evcache
 from occctl.eval.engines import HfEngine
 from occctl.runner import run_spec
 from occctl.spec import load_spec
-from occctl.tracking import run_info
+from occctl.tracking import Store
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "specs" / "tiny_occ.yaml"
@@ -92,7 +92,7 @@ def test_math6_on_a_tiny_run_completes_and_logs_to_the_training_run(env):
     assert len(gens) == 6 and all(len(g["token_ids"]) <= 32 and g["prompt_tokens"] <= 32 for g in gens.values())
     assert files[0].with_suffix(".md").read_text().count("| aime24 |") == 1
     # MLflow: metrics on the training run, named eval/<suite>/<benchmark>/<metric>/<grader>
-    info = run_info(_uri(root), summary["mlflow_run_id"])
+    info = Store(_uri(root)).run_info(summary["mlflow_run_id"])
     assert info["status"] == "FINISHED"  # attached, not re-terminated or re-opened
     for name in ("aime24", "olympiadbench"):
         assert info["metrics"][f"eval/math6_limit3/{name}/avg_at_2/math_verify_v1"] == res["benchmarks"][name][
@@ -152,7 +152,7 @@ def test_tiny_suite_reproduces_the_run_summary(env):
     assert heldout["avg_at_k"] == summary["heldout_acc_after"]
     assert heldout["greedy"] == summary["heldout_greedy_after"]
     assert res["run_summary"]["matches"] is True and "matches" in result.output
-    info = run_info(_uri(root), summary["mlflow_run_id"])
+    info = Store(_uri(root)).run_info(summary["mlflow_run_id"])
     assert info["metrics"]["eval/tiny/heldout/avg_at_2/exact_match_v1"] == summary["heldout_acc_after"]
 
 
@@ -166,7 +166,7 @@ def test_a_checkpoint_outside_any_run_gets_its_own_eval_run(env, tmp_path):
     (res_file,) = (root / "evals").glob("*/eval/tiny/results_exact_match_v1_k2_limit20.json")
     res = json.loads(res_file.read_text())
     assert res["run"] is None and res["mlflow_run_id"] not in (None, summary["mlflow_run_id"])
-    info = run_info(_uri(root), res["mlflow_run_id"])
+    info = Store(_uri(root)).run_info(res["mlflow_run_id"])
     assert info["tags"]["occctl.kind"] == "eval" and "eval/tiny_limit20/heldout/avg_at_2/exact_match_v1" in \
         info["metrics"]
     second = cli.invoke(app, args)  # the same target reuses its eval run

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from occctl.tracking import metric_history, tracking_uri
+from occctl.tracking import resolve_store
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "specs" / "tiny_occ.yaml"
@@ -69,8 +69,16 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(results_dir):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
     summary = json.loads((run / "summary.json").read_text())
-    steps = [s for s, _ in metric_history(tracking_uri(), summary["mlflow_run_id"], "occ/lambda")]
+    steps = [s for s, _ in resolve_store().metric_history(summary["mlflow_run_id"], "occ/lambda")]
     assert steps == list(range(1, 13)), "MLflow: every step exactly once, in the same run"
+
+    # the last TRL checkpoint, exported as `occctl eval --checkpoint` does, is the final checkpoint
+    from backends.trl_backend.adapter import TrlBackend
+
+    exported = TrlBackend().export(results_dir / "runs" / "straight" / "trl" / "checkpoint-12", results_dir / "x12")
+    for file in ("model.safetensors", "mtp_head.safetensors"):
+        a, b = final("straight", file), load_file(str(exported / file))
+        assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), file
 
 
 def test_a_nan_loss_stops_the_run_and_the_rerun_resumes(results_dir, monkeypatch):

@@ -55,14 +55,18 @@ def test_study_resumes_and_report_compares(results_dir, tmp_path):
     csv_rows = (out / "table.csv").read_text().splitlines()
     assert csv_rows[0].startswith("row,column,n,mean") and len(csv_rows) == 1 + 2 * 4
 
-    from occctl.tracking import _client, tracking_uri
+    from occctl.tracking import resolve_store
 
-    client = _client(tracking_uri())
+    client = resolve_store().client()
     report_runs = client.search_runs([client.get_experiment_by_name("occctl-reports").experiment_id])
     artifacts = {a.path for a in client.list_artifacts(report_runs[0].info.run_id, "report")}
     assert {"report/table.md", "report/table.csv", "report/table.json"} <= artifacts
 
     missing = CliRunner().invoke(app, ["report", "--compare", "detach,occ", "--group", "nothing_here"])
     assert missing.exit_code == 2 and "no finished runs" in missing.output
-    escape = CliRunner().invoke(app, ["report", "--group", "mini", "--out", "../outside"])
-    assert escape.exit_code == 2 and "inside the results root" in escape.output
+    elsewhere = tmp_path / "papers" / "occ"  # --out is the user's: outside results/ is fine
+    mine = CliRunner().invoke(app, ["report", "--group", "mini", "--out", str(elsewhere)])
+    assert mine.exit_code == 0, mine.output
+    assert (elsewhere / "table.md").read_text() == (out / "table.md").read_text()
+    again = CliRunner().invoke(app, ["report", "--group", "mini", "--out", str(elsewhere)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output

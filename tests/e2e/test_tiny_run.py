@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from occctl.models import load_checkpoint
 from occctl.runner import run_spec
 from occctl.spec import load_spec
-from occctl.tracking import metric_history
+from occctl.tracking import Store
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "specs" / "tiny_occ.yaml"
@@ -43,8 +43,9 @@ def test_cli_smoke_run_writes_summary_and_mlflow(results_dir):
     assert summary["steps"] == 5 and summary["regime"] == "occ"
     uri = f"sqlite:///{results_dir / 'mlflow.db'}"
     for key in ("reward", "mtp/loss", "mtp/acc", "occ/lambda", "occ/c_hat", "occ/v_hat2"):
-        assert metric_history(uri, summary["mlflow_run_id"], key), key
-    assert len(metric_history(uri, summary["mlflow_run_id"], "occ/lambda")) == 5
+        assert Store(uri).metric_history(summary["mlflow_run_id"], key), key
+    assert len(Store(uri).metric_history(summary["mlflow_run_id"], "occ/lambda")) == 5
+    assert "step 5/5" in proc.stderr, "plain progress lines when stderr is not a terminal"
     # the same command again: the run is finished, nothing is rerun or overwritten
     stamp = (results_dir / "runs" / "smoke" / "summary.json").stat().st_mtime_ns
     again = subprocess.run([sys.executable, "-m", "occctl", "run", str(SPEC), "--set", "train.steps=5",

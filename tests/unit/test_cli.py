@@ -83,10 +83,34 @@ def test_run_names_cannot_escape_results(results_dir):
     (results_dir / "runs" / "evil").symlink_to(outside, target_is_directory=True)  # a planted symlink
     with pytest.raises(SpecError, match="outside"):
         run_dir("evil")
-    from occctl.report_writer import report_dir
+    from occctl.report.writer import report_dir
 
-    (results_dir / "reports").symlink_to(outside, target_is_directory=True)
-    for out in ("../elsewhere", str(outside), None):
-        with pytest.raises(SpecError, match="inside the results root"):
-            report_dir("r", out)
+    for name in ("../x", "a/../../b"):  # report names come from runs: they stay under results/reports
+        with pytest.raises(SpecError, match="outside"):
+            report_dir(name)
     assert run_dir("ok_name-1.2").parent == results_dir / "runs"
+
+
+def test_report_out_goes_where_the_user_says_but_never_overwrites(tmp_path, results_dir):
+    from occctl.errors import SpecError
+    from occctl.report.writer import report_dir
+
+    elsewhere = tmp_path / "papers" / "occ"
+    assert report_dir("r", str(elsewhere)) == elsewhere.resolve()  # outside results/: allowed
+    elsewhere.mkdir(parents=True)
+    assert report_dir("r", str(elsewhere)) == elsewhere.resolve()  # empty: nothing to overwrite
+    (elsewhere / "table.md").write_text("mine")
+    with pytest.raises(SpecError, match="not empty") as e:
+        report_dir("r", str(elsewhere))
+    assert e.value.exit_code == 2 and "--force" in e.value.hint
+    assert report_dir("r", str(elsewhere), force=True) == elsewhere.resolve()
+    with pytest.raises(SpecError, match="is a file"):
+        report_dir("r", str(elsewhere / "table.md"), force=True)
+
+
+def test_bench_out_refuses_an_existing_file_before_any_work(tmp_path, results_dir):
+    existing = tmp_path / "bench.json"
+    existing.write_text("{}")
+    result = runner.invoke(app, ["bench", "overhead", str(REPO / "specs" / "tiny_occ.yaml"), "--out", str(existing)])
+    assert result.exit_code == 2 and "refusing to overwrite" in result.output
+    assert existing.read_text() == "{}" and not (results_dir / "runs").exists()

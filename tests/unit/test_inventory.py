@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from occctl.cli import app
 from occctl import inventory
-from occctl.inventory import build_ls_table, filter_rows, last_step, list_runs, read_run
+from occctl.inventory import build_ls_table, filter_rows, list_runs, read_run
+from occctl.rundir import METRICS_TAIL_BYTES, RunDir
 
 OLD = time.time() - 3 * 3600  # "last activity" of runs that are not running
 
@@ -68,45 +69,45 @@ def study(results_dir):
 
 
 def by_name(rows):
-    return {r["name"]: r for r in rows}
+    return {r.name: r for r in rows}
 
 
 def test_rows_and_statuses_from_files(study):
     rows = by_name(list_runs(mlflow=False))
     assert set(rows) == {"a_done", "s.regime-detach.seed-1", "b_unfinished", "c_running", "d_corrupt", "e_nospec"}
     done = rows["a_done"]
-    assert (done["status"], done["regime"], done["algorithm"], done["seed"]) == ("finished", "occ", "grpo", 0)
-    assert (done["steps_done"], done["steps_planned"], done["wall_s"]) == (10, 10, 125.4)
-    assert (done["heldout_acc_after"], done["mtp_acceptance_after"], done["lambda_mean"]) == (0.61, 0.8, 0.0123)
-    assert done["group"] is None and done["problem"] is None
-    assert rows["s.regime-detach.seed-1"]["group"] == "s" and rows["s.regime-detach.seed-1"]["regime"] == "detach"
+    assert (done.status, done.regime, done.algorithm, done.seed) == ("finished", "occ", "grpo", 0)
+    assert (done.steps_done, done.steps_planned, done.wall_s) == (10, 10, 125.4)
+    assert (done.heldout_acc_after, done.mtp_acceptance_after, done.lambda_mean) == (0.61, 0.8, 0.0123)
+    assert done.group is None and done.problem is None
+    assert rows["s.regime-detach.seed-1"].group == "s" and rows["s.regime-detach.seed-1"].regime == "detach"
     unfinished = rows["b_unfinished"]
-    assert (unfinished["status"], unfinished["steps_done"], unfinished["steps_planned"]) == ("unfinished", 4, 10)
-    assert unfinished["heldout_acc_after"] is None and unfinished["group"] == "s" and unfinished["seed"] == 2
-    assert rows["c_running"]["status"] == "running" and rows["c_running"]["steps_done"] == 2
-    assert rows["d_corrupt"]["status"] == "broken" and "summary.json" in rows["d_corrupt"]["problem"]
-    assert rows["e_nospec"]["status"] == "broken" and "spec.yaml" in rows["e_nospec"]["problem"]
-    assert rows["e_nospec"]["steps_done"] == 3 and rows["e_nospec"]["steps_planned"] is None
+    assert (unfinished.status, unfinished.steps_done, unfinished.steps_planned) == ("unfinished", 4, 10)
+    assert unfinished.heldout_acc_after is None and unfinished.group == "s" and unfinished.seed == 2
+    assert rows["c_running"].status == "running" and rows["c_running"].steps_done == 2
+    assert rows["d_corrupt"].status == "broken" and "summary.json" in rows["d_corrupt"].problem
+    assert rows["e_nospec"].status == "broken" and "spec.yaml" in rows["e_nospec"].problem
+    assert rows["e_nospec"].steps_done == 3 and rows["e_nospec"].steps_planned is None
     # sorted by group, then name: ungrouped runs first
-    assert [r["name"] for r in list_runs(mlflow=False)][-2:] == ["b_unfinished", "s.regime-detach.seed-1"]
+    assert [r.name for r in list_runs(mlflow=False)][-2:] == ["b_unfinished", "s.regime-detach.seed-1"]
 
 
 def test_running_turns_unfinished_when_files_go_stale(results_dir):
     d = make_run(results_dir, "r", metric_steps=(1,), age=None)
     now = time.time()
-    assert read_run(d, now=now)["status"] == "running"
-    assert read_run(d, now=now + inventory.RUNNING_WINDOW_S + 60)["status"] == "unfinished"
+    assert read_run(d, now=now).status == "running"
+    assert read_run(d, now=now + inventory.RUNNING_WINDOW_S + 60).status == "unfinished"
 
 
 def test_finished_run_with_a_broken_spec_is_still_listed_from_its_summary(results_dir):
     make_run(results_dir, "x", spec=b"\xff\xfe garbage: [", summary=finished_summary("x", regime="ce", seed=7))
     (row,) = list_runs(mlflow=False)
-    assert (row["status"], row["regime"], row["seed"], row["steps_planned"]) == ("finished", "ce", 7, None)
+    assert (row.status, row.regime, row.seed, row.steps_planned) == ("finished", "ce", 7, None)
 
 
 def test_mtp_disabled_is_regime_none(results_dir):
     make_run(results_dir, "plain", mtp_enabled=False)
-    assert list_runs(mlflow=False)[0]["regime"] == "none"
+    assert list_runs(mlflow=False)[0].regime == "none"
 
 
 @pytest.mark.parametrize("spec, summary, metrics", [
@@ -124,23 +125,24 @@ def test_damaged_runs_never_crash_the_listing(results_dir, spec, summary, metric
     for path in (d, d / "metrics.jsonl"):
         os.utime(path, (OLD, OLD))
     (row,) = list_runs(mlflow=False)
-    assert row["name"] == "damaged"
-    assert row["status"] in ("broken", "unfinished")
-    assert isinstance(row["steps_done"], int)
+    assert row.name == "damaged"
+    assert row.status in ("broken", "unfinished")
+    assert isinstance(row.steps_done, int)
     if summary is not None:
-        assert row["status"] == "broken" and row["problem"].startswith("summary.json")
+        assert row.status == "broken" and row.problem.startswith("summary.json")
     json.dumps(inventory.public_rows([row]), allow_nan=False)  # JSON-safe whatever the files hold
     build_ls_table([row])
 
 
 def test_last_step_reads_the_tail_and_skips_a_torn_line(tmp_path):
-    path = tmp_path / "metrics.jsonl"
+    run = RunDir(tmp_path)
+    path = run.metrics_file
     rows = [json.dumps({"step": s, "pad": "x" * 300}) for s in range(1, 1001)]  # ~330 kB, more than one tail
     path.write_text("\n".join(rows) + '\n{"step": 1001, "lo')
-    assert last_step(path) == 1000
-    path.write_text(json.dumps({"step": 5, "pad": "y" * (inventory.METRICS_TAIL_BYTES * 2)}) + "\n")
-    assert last_step(path) == 5  # one line longer than the first tail read
-    assert last_step(tmp_path / "missing.jsonl") is None
+    assert run.last_step() == 1000
+    path.write_text(json.dumps({"step": 5, "pad": "y" * (METRICS_TAIL_BYTES * 2)}) + "\n")
+    assert run.last_step() == 5  # one line longer than the first tail read
+    assert RunDir(tmp_path / "missing").last_step() is None
 
 
 def test_archived_hidden_and_stray_entries_are_skipped(results_dir):
@@ -149,16 +151,16 @@ def test_archived_hidden_and_stray_entries_are_skipped(results_dir):
     make_run(results_dir, "keep.old-20250101-120000-2")
     (results_dir / "runs" / ".tmp-partial").mkdir()
     (results_dir / "runs" / "notes.txt").write_text("not a run")
-    assert [r["name"] for r in list_runs(mlflow=False)] == ["keep"]
-    assert [r["name"] for r in list_runs(include_archived=True, mlflow=False)] == [
+    assert [r.name for r in list_runs(mlflow=False)] == ["keep"]
+    assert [r.name for r in list_runs(include_archived=True, mlflow=False)] == [
         "keep", "keep.old-20250101-120000", "keep.old-20250101-120000-2"]
 
 
 def test_filters(study):
     rows = list_runs(mlflow=False)
-    assert {r["name"] for r in filter_rows(rows, groups=["s"])} == {"b_unfinished", "s.regime-detach.seed-1"}
-    assert {r["name"] for r in filter_rows(rows, statuses=["broken"])} == {"d_corrupt", "e_nospec"}
-    assert {r["name"] for r in filter_rows(rows, ["s"], ["finished", "running"])} == {"s.regime-detach.seed-1"}
+    assert {r.name for r in filter_rows(rows, groups=["s"])} == {"b_unfinished", "s.regime-detach.seed-1"}
+    assert {r.name for r in filter_rows(rows, statuses=["broken"])} == {"d_corrupt", "e_nospec"}
+    assert {r.name for r in filter_rows(rows, ["s"], ["finished", "running"])} == {"s.regime-detach.seed-1"}
     assert filter_rows(rows, groups=["nope"]) == []
     with pytest.raises(Exception, match="did you mean 'finished'"):
         filter_rows(rows, statuses=["finshed"])
@@ -168,9 +170,9 @@ def test_ls_json_via_the_cli(study):
     result = CliRunner().invoke(app, ["ls", "--json", "--no-mlflow"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    assert [r["name"] for r in rows] == [r["name"] for r in list_runs(mlflow=False)]
+    assert [r["name"] for r in rows] == [r.name for r in list_runs(mlflow=False)]
     assert set(rows[0]) == set(inventory.COLUMNS)
-    assert by_name(rows)["b_unfinished"]["status"] == "unfinished"
+    assert {r["name"]: r for r in rows}["b_unfinished"]["status"] == "unfinished"
     result = CliRunner().invoke(app, ["ls", "--json", "--no-mlflow", "--group", "s", "--status", "finished"])
     assert [r["name"] for r in json.loads(result.stdout)] == ["s.regime-detach.seed-1"]
 
@@ -217,7 +219,7 @@ def test_table_shows_group_only_when_present_and_fits_narrow_terminals(study):
     rows = list_runs(mlflow=False)
     titles = [c.header for c in build_ls_table(rows).columns]
     assert titles[:3] == ["name", "group", "status"] and "mean λ" in titles and "algo" in titles
-    ungrouped = [r for r in rows if not r["group"]]
+    ungrouped = [r for r in rows if not r.group]
     assert "group" not in [c.header for c in build_ls_table(ungrouped).columns]
     narrow = build_ls_table(rows, max_width=60)
     headers = [c.header for c in narrow.columns]
@@ -234,7 +236,8 @@ def test_mlflow_is_asked_only_about_runs_without_a_summary(results_dir, monkeypa
     import occctl.tracking as tracking
 
     calls = []
-    monkeypatch.setattr(tracking, "latest_statuses", lambda uri, exp, names: calls.append((uri, exp, names)) or {})
+    monkeypatch.setattr(tracking.Store, "latest_statuses",
+                        lambda store, exp, names: calls.append((store.uri, exp, names)) or {})
     make_run(results_dir, "done", summary=finished_summary("done"))
     list_runs()
     assert calls == [], "all runs finished: no MLflow lookup (and no mlflow import)"
@@ -247,10 +250,10 @@ def test_mlflow_is_asked_only_about_runs_without_a_summary(results_dir, monkeypa
 
 def test_mlflow_status_tells_failed_from_unfinished(results_dir):
     """A real sqlite store: FAILED -> failed; KILLED -> unfinished; RUNNING (a SIGKILL leaves it) -> by the files."""
-    from occctl.tracking import Tracker, latest_statuses
+    from occctl.tracking import Store, Tracker, resolve_store
 
     def start(name, status=None):
-        tracker = Tracker(True, "fake", None, name, {}, {})
+        tracker = Tracker.start(resolve_store(), "fake", name, {}, {})
         assert tracker.run_id is not None
         if status:
             tracker.finish(status)
@@ -264,14 +267,14 @@ def test_mlflow_status_tells_failed_from_unfinished(results_dir):
     for name in ("again", "failed", "killed", "sigkilled", "untracked"):
         make_run(results_dir, name, metric_steps=(1,))
     rows = by_name(list_runs())
-    assert (rows["again"]["mlflow_status"], rows["again"]["status"]) == ("RUNNING", "unfinished")
-    assert (rows["failed"]["mlflow_status"], rows["failed"]["status"]) == ("FAILED", "failed")
-    assert (rows["killed"]["mlflow_status"], rows["killed"]["status"]) == ("KILLED", "unfinished")
-    assert (rows["sigkilled"]["mlflow_status"], rows["sigkilled"]["status"]) == ("RUNNING", "unfinished")
-    assert (rows["untracked"]["mlflow_status"], rows["untracked"]["status"]) == (None, "unfinished")
+    assert (rows["again"].mlflow_status, rows["again"].status) == ("RUNNING", "unfinished")
+    assert (rows["failed"].mlflow_status, rows["failed"].status) == ("FAILED", "failed")
+    assert (rows["killed"].mlflow_status, rows["killed"].status) == ("KILLED", "unfinished")
+    assert (rows["sigkilled"].mlflow_status, rows["sigkilled"].status) == ("RUNNING", "unfinished")
+    assert (rows["untracked"].mlflow_status, rows["untracked"].status) == (None, "unfinished")
     uri = f"sqlite:///{results_dir / 'mlflow.db'}"
-    assert latest_statuses(uri, "fake", ["failed", "nobody"]) == {"failed": "FAILED"}
-    assert latest_statuses(uri, "no-such-experiment", ["failed"]) == {}
-    assert latest_statuses(f"sqlite:///{results_dir / 'absent.db'}", "fake", ["failed"]) == {}
+    assert Store(uri).latest_statuses("fake", ["failed", "nobody"]) == {"failed": "FAILED"}
+    assert Store(uri).latest_statuses("no-such-experiment", ["failed"]) == {}
+    assert Store(f"sqlite:///{results_dir / 'absent.db'}").latest_statuses("fake", ["failed"]) == {}
     assert not (results_dir / "absent.db").exists(), "a lookup must not create a store"
-    assert latest_statuses("http://127.0.0.1:9/", "fake", ["failed"]) == {}, "remote stores are never queried"
+    assert Store("http://127.0.0.1:9/").latest_statuses("fake", ["failed"]) == {}, "remote stores are never queried"

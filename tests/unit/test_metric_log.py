@@ -2,6 +2,7 @@
 
 import json
 
+from occctl.rundir import RunDir
 from occctl.runner import MetricLog
 
 
@@ -14,9 +15,10 @@ class FakeTracker:
 
 
 def test_resume_publishes_checkpointed_steps_that_were_never_published(tmp_path):
-    metrics, record = tmp_path / "metrics.jsonl", tmp_path / "tracking.json"
+    run = RunDir(tmp_path)
+    metrics, record = run.metrics_file, run.tracking_file
     first = FakeTracker()
-    log = MetricLog(metrics, first, None, record)
+    log = MetricLog(run, first, None)
     for step in range(1, 10):
         log(step, {"loss": float(step)})
         if step == 4:
@@ -25,7 +27,7 @@ def test_resume_publishes_checkpointed_steps_that_were_never_published(tmp_path)
     assert first.logged == [1, 2, 3, 4] and json.loads(record.read_text())["published_step"] == 4
 
     second = FakeTracker()
-    resumed = MetricLog(metrics, second, 8, record)  # resuming from checkpoint 8
+    resumed = MetricLog(run, second, 8)  # resuming from checkpoint 8
     assert [r["step"] for r in resumed.history] == list(range(1, 9))  # step 9 is cut: it will be redone
     resumed(9, {"loss": 9.0})
     resumed.commit()

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from occctl.report import build_comparison, estimate, ranks_by_column, to_markdown, to_rows
+from occctl.report.comparison import build_comparison, estimate, ranks_by_column, to_markdown, to_rows
 
 
 def _run(regime, seed, acc, accept, variant=None):
@@ -58,3 +58,24 @@ def test_math6_columns_get_an_unweighted_average():
     comp = build_comparison(runs, ["occ"])
     assert comp.columns == ["aime24", "math500", "Avg"]
     assert comp.cells[("occ", "Avg")].mean == pytest.approx((0.1 + 0.55) / 2)
+
+
+def test_best_and_second_follow_each_metrics_direction():
+    runs = [{"run_id": f"{r}{s}", "tags": {"occctl.regime": r, "occctl.seed": str(s)}, "params": {},
+             "metrics": {"summary/heldout_acc_after": acc, "summary/wall_s": wall}}
+            for s in range(2) for r, acc, wall in (("detach", 0.5, 30.0), ("occ", 0.6, 40.0), ("ce", 0.4, 35.0))]
+    comp = build_comparison(runs, ["detach", "occ", "ce"], metrics=["summary/heldout_acc_after", "summary/wall_s"])
+    assert comp.higher_is_better == {"heldout_acc_after": True, "wall_s": False}
+    rank = ranks_by_column(comp)
+    assert (rank[("occ", "heldout_acc_after")], rank[("detach", "heldout_acc_after")]) == (1, 2)
+    assert (rank[("detach", "wall_s")], rank[("ce", "wall_s")]) == (1, 2), "less wall time is better"
+    assert ("occ", "wall_s") not in rank
+
+
+def test_benchmark_columns_come_from_the_suite_registry():
+    from occctl.eval.suites import SUITES
+
+    metrics = {f"eval/math6/{b}/avg_at_4/math_verify_v1": 0.5 for b in reversed(SUITES["math6"].all_benchmarks)}
+    run = {"run_id": "x", "tags": {"occctl.regime": "occ", "occctl.seed": "0"}, "params": {}, "metrics": metrics}
+    comp = build_comparison([run], ["occ"])
+    assert comp.columns == [*SUITES["math6"].benchmarks, "Avg"], "the suite's order; optional benchmarks left out"

@@ -80,6 +80,7 @@ def test_train_follows_a_fake_verl_and_collects_the_checkpoint(tmp_path, results
     """train() end to end with a stand-in for `python -m verl.trainer.main_ppo` (a script that prints veRL's step
     lines and writes veRL's checkpoint layout): metrics reach the sink, the HF dir lands in checkpoints/final."""
     from occctl.backend import Plan
+    from occctl.rundir import RunDir
     from occctl.spec import load_spec
 
     from backends.verl_backend import adapter
@@ -105,10 +106,11 @@ def test_train_follows_a_fake_verl_and_collects_the_checkpoint(tmp_path, results
             f"(hf.parent.parent / 'ckpt_contents.json').write_text('{{}}')\n"
             f"assert os.environ['VERL_USE_EXTERNAL_MODULES'] == 'backends.verl_backend.plugin'\n"
             f"assert os.environ['MLFLOW_RUN_ID'] == 'run-123'\n")
-    plan = Plan(spec=spec, run_dir=run_dir, native_config={"verl_version": "0.9.1"},
-                command=("env", "VERL_USE_EXTERNAL_MODULES=backends.verl_backend.plugin", sys.executable, "-c", fake))
+    plan = Plan(spec=spec, run_dir=RunDir(run_dir), native_config={"verl_version": "0.9.1"},
+                command=("env", "VERL_USE_EXTERNAL_MODULES=backends.verl_backend.plugin", sys.executable, "-c", fake),
+                mlflow_run_id="run-123")
     sunk = []
-    result = adapter.VerlBackend().train(plan, lambda s, m: sunk.append((s, m)), mlflow_run_id="run-123")
+    result = adapter.VerlBackend().train(plan, lambda s, m: sunk.append((s, m)))
     assert sunk == [(4, {"reward": 0.1, "occ/lambda": 0.01}), (8, {"reward": 0.2, "occ/lambda": 0.02})]
     assert result.checkpoint == run_dir / "checkpoints" / "final"
     assert (result.checkpoint / "model.safetensors").is_file() and (result.checkpoint / "config.json").is_file()

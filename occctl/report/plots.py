@@ -8,6 +8,8 @@ from typing import Callable
 
 import matplotlib
 
+from occctl.eval.suites import SUITES, training_eval_key
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -15,7 +17,9 @@ Series = list[tuple[int, float]]  # (step, value)
 
 # metric -> (file stem, title, transform): the paper's Fig. 1, 2, 4 and 6 analogues
 CURVES: dict[str, tuple[str, str, Callable[[float], float] | None]] = {
-    "eval/tiny/avg_at_k": ("fig1_heldout_accuracy", "Held-out avg@k over training (Fig. 1)", None),
+    **{training_eval_key(s.name, "avg_at_k"): (f"fig1_heldout_accuracy{'' if s.name == 'tiny' else '_' + s.name}",
+                                               "Held-out avg@k over training (Fig. 1)", None)
+       for s in SUITES.values() if s.kind == "task"},
     "reward": ("fig6_reward", "Training reward (Fig. 6)", None),
     "occ/c_hat": ("fig2_abs_c_hat", "|ĉ| (Fig. 2)", abs),
     "occ/v_hat2": ("fig2_v_hat2", "v̂² (Fig. 2)", None),

@@ -13,14 +13,36 @@ from typing import Any
 
 from scipy import stats
 
-# Columns of the embedded task's report: summary metrics of each run (all: higher is better).
-TINY_COLUMNS = {
-    "summary/heldout_acc_after": "Held-out avg@k",
-    "summary/heldout_greedy_after": "Greedy",
-    "summary/reward_mean": "Reward AUC",
-    "summary/mtp_acceptance_after": "MTP accept.",
-}
-MATH6 = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")
+from occctl.eval.suites import SUITES
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A column a report can show: its title and which direction is better (for the best/second marks)."""
+
+    key: str
+    title: str
+    higher_is_better: bool = True
+
+
+# Columns of the embedded task's report: summary metrics of each run.
+TINY_COLUMNS = (
+    Metric("summary/heldout_acc_after", "Held-out avg@k"),
+    Metric("summary/heldout_greedy_after", "Greedy"),
+    Metric("summary/reward_mean", "Reward AUC"),
+    Metric("summary/mtp_acceptance_after", "MTP accept."),
+)
+# Metrics where less is better; any other metric counts as higher-is-better (accuracies, rewards, acceptance).
+LOWER_IS_BETTER = ("loss", "wall_s", "timeouts", "_ece", "kl")
+
+
+def describe_metric(key: str) -> Metric:
+    """A column for a metric key given by the user: titled by the key (``summary/`` dropped); the direction of a
+    known column, else from the name (``LOWER_IS_BETTER``)."""
+    known = next((m for m in TINY_COLUMNS if m.key == key), None)
+    last = key.rsplit("/", 1)[-1]
+    higher = known.higher_is_better if known else not any(part in last for part in LOWER_IS_BETTER)
+    return Metric(key, last if key.startswith("summary/") else key, higher)
 
 
 @dataclass(frozen=True)
@@ -59,22 +81,27 @@ def seed_of(run: dict[str, Any]) -> str:
     return run["tags"].get("occctl.seed", run["params"].get("train.seed", "?"))
 
 
-def choose_columns(runs: list[dict[str, Any]], metrics: list[str] | None) -> dict[str, str]:
-    """metric key -> column title: the given metrics; else math6 benchmarks when evaluated, else the tiny set."""
+def choose_columns(runs: list[dict[str, Any]], metrics: list[str] | None) -> list[Metric]:
+    """The given metrics; else the benchmarks of the first benchmark suite (``occctl.eval.suites``) the runs
+    were evaluated on (avg@k, the largest k), else the tiny set."""
     if metrics:
-        return {m: m.rsplit("/", 1)[-1] if m.startswith("summary/") else m for m in metrics}
+        return [describe_metric(m) for m in metrics]
     keys = {k for run in runs for k in run["metrics"]}
-    math6 = {}
-    for bench in MATH6:
-        found = sorted(k for k in keys if k.startswith(f"eval/math6/{bench}/avg_at_"))
-        if found:
-            math6[found[-1]] = bench
-    return math6 or {k: v for k, v in TINY_COLUMNS.items() if k in keys}
+    for suite in (s for s in SUITES.values() if s.kind == "math"):
+        columns = []
+        for bench in suite.benchmarks:
+            found = sorted(k for k in keys if k.startswith(f"eval/{suite.name}/{bench}/avg_at_"))
+            if found:
+                columns.append(Metric(found[-1], bench))
+        if columns:
+            return columns
+    return [m for m in TINY_COLUMNS if m.key in keys]
 
 
 @dataclass(frozen=True)
 class Comparison:
     columns: list[str]  # titles, "Avg" last when there is more than one benchmark column
+    higher_is_better: dict[str, bool]  # title -> direction of the best/second marks
     rows: list[str]
     cells: dict[tuple[str, str], Estimate]
     paired: dict[tuple[str, str], Estimate]  # (row, column) -> mean difference to the reference row
@@ -101,14 +128,15 @@ def build_comparison(runs: list[dict[str, Any]], compare: list[str], rows: str =
     for run in runs:
         by_row.setdefault(labels[run["run_id"]], {})[seed_of(run)] = run  # one run per (row, seed)
     order = sorted(by_row, key=lambda label: (compare.index(label.split(" (")[0]) if compare else 0, label))
-    with_avg = len(columns) > 1 and all(k.startswith("eval/") for k in columns)
-    titles = list(columns.values()) + (["Avg"] if with_avg else [])
+    with_avg = len(columns) > 1 and all(m.key.startswith("eval/") for m in columns)
+    titles = [m.title for m in columns] + (["Avg"] if with_avg else [])
+    higher = {m.title: m.higher_is_better for m in columns} | ({"Avg": True} if with_avg else {})
 
     def value(run: dict[str, Any], title: str) -> float:
         if title == "Avg":
-            values = [run["metrics"].get(k, float("nan")) for k in columns]
+            values = [run["metrics"].get(m.key, float("nan")) for m in columns]
             return statistics.fmean(values) if values else float("nan")
-        key = next(k for k, t in columns.items() if t == title)
+        key = next(m.key for m in columns if m.title == title)
         return run["metrics"].get(key, float("nan"))
 
     cells, paired = {}, {}
@@ -120,16 +148,16 @@ def build_comparison(runs: list[dict[str, Any]], compare: list[str], rows: str =
             if label != reference and common:
                 paired[(label, title)] = estimate([value(by_row[label][s], title) - value(by_row[reference][s], title)
                                                    for s in common])
-    return Comparison(titles, order, cells, paired, reference, {r: sorted(by_row[r]) for r in order},
+    return Comparison(titles, higher, order, cells, paired, reference, {r: sorted(by_row[r]) for r in order},
                       "regime" if rows == "mtp.regime" else rows, {r: list(by_row[r].values()) for r in order})
 
 
 def ranks_by_column(comp: Comparison) -> dict[tuple[str, str], int]:
-    """1 for the best mean of each column, 2 for the second (higher is better)."""
+    """1 for the best mean of each column, 2 for the second (in the column's direction)."""
     out = {}
     for title in comp.columns:
         means = sorted({comp.cells[(r, title)].mean for r in comp.rows if not math.isnan(comp.cells[(r, title)].mean)},
-                       reverse=True)
+                       reverse=comp.higher_is_better.get(title, True))
         for r in comp.rows:
             m = comp.cells[(r, title)].mean
             if means and m == means[0]:

@@ -1,0 +1,143 @@
+"""The Backend protocol is enough to add a backend: a fake third one, registered in a test, runs through
+`occctl run` (killed half-way, then resumed), `occctl ls`, `occctl bench overhead` and the export of one of
+its native checkpoints for `occctl eval`. Copy ``FakeBackend`` to start a real one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from typer.testing import CliRunner
+
+import occctl.backend
+from occctl.backend import MetricSink, Plan, TrainResult
+from occctl.cli import app
+from occctl.rundir import RunDir
+from occctl.spec import Spec
+
+SPEC = """# a fake backend's run: 8 steps, a checkpoint every 2
+name: fake_run
+backend: fake
+train: {steps: 8, save_every: 2}
+mtp: {regime: occ}
+tracking: {experiment: fake}
+"""
+KILL_AT: dict[str, int] = {}  # run name -> the step at which train() dies (as a killed process would)
+
+
+class FakeBackend:
+    """Writes a checkpoint folder every ``save_every`` steps; reward = step / 10."""
+
+    name: ClassVar[str] = "fake"
+
+    def check(self, spec: Spec) -> list[str]:
+        return [f"backend_options: the fake backend takes none; got {sorted(spec.backend_options)}"] \
+            if spec.backend_options else []
+
+    def prepare(self, spec: Spec, run_dir: RunDir) -> Plan:
+        return Plan(spec=spec, run_dir=run_dir, native_config={"fake_steps": spec.train.steps})
+
+    def resume_step(self, plan: Plan) -> int:
+        steps = [int(p.name.split("-")[1]) for p in (plan.run_dir / "fake").glob("checkpoint-*")]
+        return max(steps, default=0)
+
+    def train(self, plan: Plan, sink: MetricSink, progress: Any = None) -> TrainResult:
+        spec = plan.spec
+        task = progress.add_task("fake", total=spec.train.steps, unit="step") if progress else None
+        for step in range(self.resume_step(plan) + 1, spec.train.steps + 1):
+            if KILL_AT.get(spec.name) == step:
+                raise RuntimeError(f"killed at step {step}")
+            sink(step, {"reward": step / 10, "occ/lambda": 0.01 * step})
+            if progress:
+                progress.update(task, completed=step)
+            if spec.train.save_every and step % spec.train.save_every == 0:
+                native = plan.run_dir / "fake" / f"checkpoint-{step}"
+                native.mkdir(parents=True)
+                (native / "config.json").write_text(json.dumps({"step": step, "mlflow": plan.mlflow_run_id}))
+                sink.commit(step)
+        final = self.export(plan.run_dir / "fake" / f"checkpoint-{spec.train.steps}", plan.run_dir.final_checkpoint)
+        return TrainResult(checkpoint=final, summary={"heldout_acc_after": 0.75})
+
+    def export(self, checkpoint: Path, out_dir: Path) -> Path:
+        shutil.copytree(checkpoint, out_dir)
+        (out_dir / "mtp_head.json").write_text("{}")
+        return out_dir
+
+    def bench_overhead(self, plan: Plan, steps: int, progress: Any = None) -> dict[str, Any]:
+        return {"spec": plan.spec.name, "steps_timed": steps, "completions_per_step": plan.spec.completions_per_step,
+                "median_step_s": {"plain": 1.0, "occ": 1.5}, "mean_step_s": {"plain": 1.1, "occ": 1.6},
+                "occ_over_plain": 1.5, "occ_over_plain_ci95": [1.4, 1.6], "mean_occ_over_plain": 1.45}
+
+
+@pytest.fixture
+def fake(monkeypatch, results_dir, tmp_path):
+    monkeypatch.setitem(occctl.backend.BACKENDS, "fake", f"{__name__}:FakeBackend")
+    spec = tmp_path / "fake_run.yaml"
+    spec.write_text(SPEC)
+    return spec
+
+
+def test_a_fake_backend_runs_resumes_and_is_listed(fake, results_dir):
+    from occctl.tracking import resolve_store
+
+    cli = CliRunner()
+    KILL_AT["fake_run"] = 5
+    killed = cli.invoke(app, ["run", str(fake)])
+    assert isinstance(killed.exception, RuntimeError) and "killed at step 5" in str(killed.exception)
+    run = RunDir(results_dir / "runs" / "fake_run")
+    assert run.last_step() == 4 and not run.is_finished()
+    listed = json.loads(cli.invoke(app, ["ls", "--json"]).stdout)
+    assert [(r["name"], r["status"], r["mlflow_status"], r["steps_done"]) for r in listed] == [
+        ("fake_run", "failed", "FAILED", 4)]
+
+    del KILL_AT["fake_run"]
+    resumed = cli.invoke(app, ["run", str(fake)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming run 'fake_run' from step 4" in resumed.stderr
+    assert "step 8/8" in resumed.stderr, "plain progress lines when the console is not a terminal"
+    summary = run.read_summary()
+    assert summary["steps"] == 8 and summary["heldout_acc_after"] == 0.75 and summary["reward_last"] == 0.8
+    assert Path(summary["checkpoint"]) == run.final_checkpoint
+    state = run.tracking_state()
+    assert state.mlflow_run_id == summary["mlflow_run_id"] and state.published_step == 8
+    native = json.loads((run.final_checkpoint / "config.json").read_text())
+    assert native["mlflow"] == summary["mlflow_run_id"], "the Plan carried the run's MLflow run id"
+    history = resolve_store().metric_history(summary["mlflow_run_id"], "reward")
+    assert sorted(step for step, _ in history) == list(range(1, 9)), "every step reaches MLflow exactly once"
+
+    table = cli.invoke(app, ["ls", "--no-mlflow"], env={"COLUMNS": "160"})
+    assert "fake_run" in table.stdout and "finished" in table.stdout and "8/8" in table.stdout
+    assert "0.750" in table.stdout
+
+
+def test_a_native_checkpoint_is_exported_for_eval(fake, results_dir):
+    from occctl.eval.targets import resolve_target
+
+    assert CliRunner().invoke(app, ["run", str(fake)]).exit_code == 0
+    run = RunDir(results_dir / "runs" / "fake_run")
+    target = resolve_target(None, str(run / "fake" / "checkpoint-4"), None)
+    assert Path(target.model) == run.checkpoints / "step-4" and target.step == 4 and target.run_name == "fake_run"
+    assert (run.checkpoints / "step-4" / "mtp_head.json").is_file()
+    final = resolve_target(None, str(run.final_checkpoint), None)
+    assert Path(final.model) == run.final_checkpoint and final.step == 8
+
+
+def test_bench_goes_through_the_registry(fake, tmp_path):
+    out = tmp_path / "bench" / "fake.json"
+    result = CliRunner().invoke(app, ["bench", "overhead", str(fake), "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "occ_over_plain 1.500 [1.400, 1.600]" in result.stdout and "mean_occ_over_plain" not in result.stdout
+    assert json.loads(out.read_text())["occ_over_plain"] == 1.5
+    again = CliRunner().invoke(app, ["bench", "overhead", str(fake), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert CliRunner().invoke(app, ["bench", "overhead", str(fake), "--out", str(out), "--force"]).exit_code == 0
+
+
+def test_an_unregistered_backend_is_a_spec_error(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.replace("backend: fake", "backend: trll"))
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2 and "unknown backend 'trll' (did you mean 'trl'?)" in result.output
