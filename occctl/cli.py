@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from occctl.console import err, exits_on_error, fail_all, out, set_debug
-from occctl.errors import OccError
+from occctl.errors import OccError, SpecError
 
 app = typer.Typer(
     help="Joint MTP + RL training with Optimal Coefficient Calibration (OCC): run, validate, inspect specs.",
@@ -132,12 +132,25 @@ def report(
     name: Optional[str] = typer.Option(None, "--name", help="report name"),
     smooth: int = typer.Option(10, "--smooth", min=1, help="moving-mean window of the training curves"),
     regime: Optional[str] = typer.Option(None, "--regime", help="only runs of this regime (for sweeps with --rows)"),
+    fidelity: bool = typer.Option(False, "--fidelity", help="instead: proxy fidelity (r of c_hat, v_hat2, lambda_t "
+                                  "against the oracle) per cell of the --group studies run with oracle mode"),
 ) -> None:
     """Compare regimes: Table-1 layout (mean ± 95% CI over seeds, paired differences), curves, MLflow."""
     from rich.markdown import Markdown
 
-    from occctl.report.writer import write_report
+    from occctl.report.writer import report_dir, write_report
 
+    if fidelity:
+        from occctl.report.fidelity import write_fidelity_report
+
+        with exits_on_error():
+            if not group:
+                raise SpecError("report --fidelity needs --group (the oracle-mode studies to read)")
+            groups = group.split(",")
+            directory = write_fidelity_report(groups, report_dir(name or "_".join(groups), output, force))
+        out.print(Markdown((directory / "table.md").read_text()))
+        err.print(f"wrote table.md and fidelity_vs_factor.png to {directory}")
+        return
     with exits_on_error():
         result = write_report([c for c in compare.split(",") if c], group.split(",") if group else None,
                               experiment, rows, metric, output, name, smooth=smooth, regime=regime, force=force)

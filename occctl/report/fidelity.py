@@ -1,21 +1,19 @@
 """`occctl report --fidelity`: proxy fidelity (r of the delta proxies against the oracle) across a study's cells.
 
-Reads the ``summary.json`` (``fidelity_*`` keys, oracle mode) and ``spec.yaml`` of every finished cell of the
-groups, and writes ``table.md`` (one row per cell: task, factor, the Pearson / Spearman r of c_hat vs c, v_hat2
+Reads the summary (``fidelity_*`` keys, oracle mode) and spec of every finished cell of the groups, and writes ``table.md`` (one row per cell: task, factor, the Pearson / Spearman r of c_hat vs c, v_hat2
 vs v^2 and lambda_t vs c/v^2 with their 95 % intervals) and ``fidelity_vs_factor.png`` (r of c_hat against each
 factor's levels, one panel per factor, one line per task).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from occctl.rundir import results_root, write_text_atomic
+from occctl.errors import SpecError
+from occctl.rundir import RunDir, RunFileError, results_root, write_text_atomic
+from occctl.spec import Spec
 
 STATS = (("c", "ĉ vs c"), ("v2", "v̂² vs v²"), ("lambda", "λ_t vs c/v²"))
 THRESHOLD = 0.5
@@ -45,19 +43,19 @@ def interval(r: float, n: int) -> tuple[float, float]:
 def collect(groups: list[str], root: Path | None = None) -> list[FidelityCell]:
     """The finished cells of ``groups`` that ran with oracle mode, in the order of their names."""
     cells = []
-    for directory in sorted((root or results_root()).joinpath("runs").glob("*")):
-        summary_path, spec_path = directory / "summary.json", directory / "spec.yaml"
-        if not summary_path.is_file() or not spec_path.is_file():
+    for path in sorted((root or results_root()).joinpath("runs").glob("*")):
+        run = RunDir(path)
+        if not run.is_finished():
             continue
-        spec = yaml.safe_load(spec_path.read_text())
-        if spec.get("group") not in groups:
+        try:
+            spec, summary = run.read_spec(), run.read_summary()
+        except RunFileError:
+            continue  # `occctl ls` reports broken runs
+        if spec.group not in groups or not summary.get("oracle_steps"):
             continue
-        summary = json.loads(summary_path.read_text())
-        if not summary.get("oracle_steps"):
-            continue
-        cell = spec.get("cell") or {}
+        cell = spec.cell
         cells.append(FidelityCell(
-            name=directory.name, task=str(cell.get("task", spec["task"]["name"])),
+            name=run.name, task=str(cell.get("task", spec.task.name)),
             factor=str(cell.get("factor", cell.get("variant", "base"))), setting=describe(spec),
             oracle_steps=int(summary["oracle_steps"]),
             r={s: (summary.get(f"fidelity_pearson_{s}", float("nan")), summary.get(f"fidelity_spearman_{s}",
@@ -68,10 +66,10 @@ def collect(groups: list[str], root: Path | None = None) -> list[FidelityCell]:
     return cells
 
 
-def describe(spec: dict) -> str:
-    m, t = spec["model"]["tiny"], spec["train"]
-    return (f"h{m['hidden_size']} L{m['num_layers']}, {t.get('optimizer', 'adamw')} lr {t['lr']:g}, "
-            f"{t['optimizer_steps_per_generation']} steps/gen, {t['prompts_per_generation']} prompts")
+def describe(spec: Spec) -> str:
+    m, t = spec.model.tiny, spec.train
+    return (f"h{m.hidden_size} L{m.num_layers}, {t.optimizer} lr {t.lr:g}, {t.optimizer_steps_per_generation} "
+            f"steps/gen, {t.prompts_per_generation} prompts, {t.micro_batches_per_step} micro-batch(es)")
 
 
 def _r(value: float) -> str:
@@ -137,11 +135,8 @@ def plot(cells: list[FidelityCell], path: Path) -> Path:
 def write_fidelity_report(groups: list[str], out_dir: Path, title: str | None = None) -> Path:
     cells = collect(groups)
     if not cells:
-        from occctl.errors import SpecError
-
         raise SpecError(f"no finished oracle-mode runs in group(s) {', '.join(groups)}",
                         hint="run the study first, e.g. occctl run specs/fidelity_scale.yaml")
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "table.md", to_markdown(cells, title or f"Proxy fidelity: {', '.join(groups)}"))
     plot(cells, out_dir / "fidelity_vs_factor.png")
     return out_dir

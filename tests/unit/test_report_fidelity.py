@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from occctl.errors import SpecError
-from occctl.fidelity_report import collect, interval, to_markdown, write_fidelity_report
+from occctl.report.fidelity import collect, interval, to_markdown, write_fidelity_report
 from occctl.spec import load_specs
 
 from pathlib import Path
