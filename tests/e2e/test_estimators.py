@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from occctl.runner import run_spec
 from occctl.spec import load_spec
-from occctl.tracking import metric_history
+from occctl.tracking import Store
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "specs" / "tiny_occ.yaml"
@@ -40,8 +40,8 @@ def test_oracle_estimator_trains_with_lambda_plus_times_the_oracle_slope(results
     assert any(abs(r["occ/lambda"] - r["occ/proxy_lambda"]) > 1e-6 for r in rows)  # not the proxies' lambda
     assert rows[0]["occ/proxy_lambda"] == 0.0 and rows[0]["occ/lambda"] != 0.0  # the oracle sees step 1
     uri = f"sqlite:///{results_dir / 'mlflow.db'}"
-    logged = dict(metric_history(uri, summary["mlflow_run_id"], "occ/lambda"))
-    oracle = dict(metric_history(uri, summary["mlflow_run_id"], "occ/oracle_lambda"))
+    logged = dict(Store(uri).metric_history(summary["mlflow_run_id"], "occ/lambda"))
+    oracle = dict(Store(uri).metric_history(summary["mlflow_run_id"], "occ/oracle_lambda"))
     assert len(logged) == 5 and all(logged[s] == pytest.approx(0.5 * oracle[s], rel=1e-6) for s in logged)
 
 
