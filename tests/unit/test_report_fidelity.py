@@ -31,8 +31,7 @@ def test_report_rows_intervals_and_figure(tmp_path, monkeypatch):
     _cell(tmp_path, cells[0], 0.8)
     _cell(tmp_path, cells[1], 0.05)
     rows = collect(["fidelity_scale"])
-    assert [(c.task, c.factor) for c in rows] == [(cells[0].cell["task"], cells[0].cell["factor"]),
-                                                  (cells[1].cell["task"], cells[1].cell["factor"])]
+    assert [(c.task, c.factor) for c in rows] == [(s.task.name, s.cell["factor"]) for s in cells[:2]]
     text = to_markdown(rows, "t")
     assert "**+0.80**" in text and f"{rows[0].task}/{rows[0].factor}" in text.splitlines()[-1]
     lo, hi = interval(0.8, 100)
