@@ -31,7 +31,7 @@ import logging
 import re
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +42,8 @@ from occctl.occ.mtp_head import HeadLayout, MtpHead
 
 NATIVE_FILE = "model-mtp.safetensors"  # the exported MTP layer, beside the host's own weights
 INDEX_FILE = "model.safetensors.index.json"
-HEAD_NAMES = ("enorm.weight", "hnorm.weight", "eh_proj.weight", "final_norm.weight")
+# host tensors an MTP layer may carry a copy of (checked on import, never trained: the head uses the host's)
+COPIES = {"embed_tokens.weight": "embed", "shared_head.head.weight": "lm_head"}
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +56,7 @@ class MtpLayout:
     names: dict[str, str]  # MtpHead tensor -> native name below prefix
     layer_base: str | None = None  # config key added to i in {layer} (DeepSeek: num_hidden_layers), None = 0
     hidden_first: bool = False  # the projection reads [hidden ; embedding]
-    copies: dict[str, str] = field(default_factory=dict)  # native name below prefix -> "embed" | "lm_head"
+    copies: tuple[str, ...] = ()  # COPIES the layer carries on export
     head: HeadLayout = HeadLayout()
     block_layer_type: str | None = None  # hybrid hosts: the kind of trunk layer the block is (config.layer_types)
     config_key: str = "num_nextn_predict_layers"
@@ -70,7 +71,7 @@ LAYOUTS = (
               {"enorm.weight": "enorm.weight", "hnorm.weight": "hnorm.weight", "eh_proj.weight": "eh_proj.weight",
                "final_norm.weight": "shared_head.norm.weight"},
               layer_base="num_hidden_layers",
-              copies={"embed_tokens.weight": "embed", "shared_head.head.weight": "lm_head"}),
+              copies=("embed_tokens.weight", "shared_head.head.weight")),
     MtpLayout("qwen3_next", ("qwen3_next",), "mtp.", "layers.{layer}.",
               {"enorm.weight": "pre_fc_norm_embedding.weight", "hnorm.weight": "pre_fc_norm_hidden.weight",
                "eh_proj.weight": "fc.weight", "final_norm.weight": "norm.weight"},
@@ -119,7 +120,7 @@ def native_state(model: nn.Module, head: MtpHead, layout: MtpLayout) -> dict[str
     in_host = {host + k: v for k, v in head.block.state_dict().items()}
     out.update({block + k.removeprefix(host): v for k, v in revert_weight_conversion(model, in_host).items()})
     shared = {"embed": model.get_input_embeddings().weight, "lm_head": model.get_output_embeddings().weight}
-    out.update({own + native: shared[which] for native, which in layout.copies.items()})
+    out.update({own + native: shared[COPIES[native]] for native in layout.copies})
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
@@ -218,7 +219,7 @@ def find_native(directory: Path, config) -> NativeMtp | None:
 
 def _is_own(key: str, own: str, layout: MtpLayout) -> bool:
     rest = key[len(own):]
-    return rest in layout.names.values() or rest in layout.copies
+    return rest in layout.names.values() or rest in COPIES
 
 
 def _depth(layout: MtpLayout, config, keys) -> int:
@@ -236,17 +237,9 @@ def load_native(model: nn.Module, native: NativeMtp, where: Path) -> MtpHead:
     from safetensors import safe_open
 
     layout = native.layout
+    check_fits(model, native, where)
     head = build_head(model, layout)
-    expected = expected_shapes(model, layout)
     own, block = layer_prefix(layout, model.config)
-    for copy in layout.copies:  # optional: the head uses the host's tensors either way
-        if own + copy not in native.shapes:
-            expected.pop(own + copy)
-    if expected != native.shapes:
-        missing, extra = sorted(set(expected) - set(native.shapes)), sorted(set(native.shapes) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(native.shapes) if expected[k] != native.shapes[k])
-        raise SpecError(f"{where}: the {layout.family} MTP layer does not fit this model: missing {_few(missing, 4)}; "
-                        f"unexpected {_few(extra, 4)}; wrong shape {_few(wrong, 4)}")
     tensors = {}
     for file in sorted(set(native.files.values())):
         with safe_open(str(file), framework="pt") as f:
@@ -257,10 +250,25 @@ def load_native(model: nn.Module, native: NativeMtp, where: Path) -> MtpHead:
     block_native = {k: v for k, v in tensors.items() if k.startswith(block) and not _is_own(k, own, layout)}
     state.update({f"block.{k}": v for k, v in _to_module_layout(model, layout, block_native, block).items()})
     head.load_state_dict(state)
-    _check_copies(model, layout, {k[len(own):]: v for k, v in tensors.items() if _is_own(k, own, layout)}, where)
+    _check_copies(model, {k[len(own):]: v for k, v in tensors.items() if _is_own(k, own, layout)}, where)
     if native.depth > 1:
         log.warning("%s has %d MTP layers; occctl trains and exports the first one", where, native.depth)
     return head
+
+
+def check_fits(model: nn.Module, native: NativeMtp, where: Path) -> None:
+    """SpecError unless the checkpoint's MTP layer has exactly the keys and shapes of MtpHead for ``model`` (a meta
+    model will do: only shapes are compared)."""
+    layout = native.layout
+    own, _ = layer_prefix(layout, model.config)
+    copies = {own + name for name in COPIES}  # optional: the head uses the host's tensors either way
+    expected = {k: v for k, v in expected_shapes(model, layout).items() if k not in copies}
+    got = {k: v for k, v in native.shapes.items() if k not in copies}
+    if expected != got:
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        raise SpecError(f"{where}: the {layout.family} MTP layer does not fit this model: missing {_few(missing, 4)}; "
+                        f"unexpected {_few(extra, 4)}; wrong shape {_few(wrong, 4)}")
 
 
 def expected_shapes(model: nn.Module, layout: MtpLayout) -> dict[str, tuple[int, ...]]:
@@ -301,9 +309,9 @@ def _no_progress_bar():
             hf_logging.enable_progress_bar()
 
 
-def _check_copies(model: nn.Module, layout: MtpLayout, own: dict[str, torch.Tensor], where: Path) -> None:
+def _check_copies(model: nn.Module, own: dict[str, torch.Tensor], where: Path) -> None:
     shared = {"embed": model.get_input_embeddings().weight, "lm_head": model.get_output_embeddings().weight}
-    for native, which in layout.copies.items():
+    for native, which in COPIES.items():
         if native in own and not torch.equal(own[native].to(shared[which].dtype), shared[which].detach().cpu()):
             log.warning("%s: the MTP layer's %s differs from the host's %s; the head uses the host's (as SGLang "
                         "serves it)", where, native, which)
