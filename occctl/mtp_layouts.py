@@ -190,10 +190,9 @@ def checkpoint_keys(directory: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
 
 def mtp_like_keys(keys, num_hidden_layers: int) -> list[str]:
     """Keys that belong to no trunk: anything named mtp, or a decoder layer past num_hidden_layers."""
-    n = num_hidden_layers
-    past = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+    past = re.compile(r"model\.layers\.(\d+)\.")
     return sorted(k for k in keys if "mtp" in k.lower()
-                  or ((m := past.search(k)) and k.startswith("model.layers.") and int(m.group(1)) >= n))
+                  or ((m := past.match(k)) is not None and int(m.group(1)) >= num_hidden_layers))
 
 
 def find_native(directory: Path, config) -> NativeMtp | None:
@@ -223,8 +222,11 @@ def _is_own(key: str, own: str, layout: MtpLayout) -> bool:
 
 
 def _depth(layout: MtpLayout, config, keys) -> int:
-    layers = {i for i in range(64) if any(k.startswith(layer_prefix(layout, config, i)[1]) for k in keys)}
-    return max(layers) + 1 if layers else 1
+    """MTP layers in the checkpoint: consecutive layers whose decoder block is present."""
+    depth = 1
+    while any(k.startswith(layer_prefix(layout, config, depth)[1]) for k in keys):
+        depth += 1
+    return depth
 
 
 def _few(keys, n: int = 8) -> str:
@@ -291,8 +293,12 @@ def _to_module_layout(model: nn.Module, layout: MtpLayout, block_native: dict[st
         skeleton = type(model)(model.config)
     config = LoadStateDictConfig(weight_mapping=get_model_conversion_mapping(skeleton))
     with _no_progress_bar():
-        convert_and_load_state_dict_in_model(skeleton, {host + k[len(block):]: v for k, v in block_native.items()},
-                                             config)
+        info, _ = convert_and_load_state_dict_in_model(
+            skeleton, {host + k[len(block):]: v for k, v in block_native.items()}, config)
+    missing = sorted(k for k in info.missing_keys if k.startswith(host))
+    if missing or info.conversion_errors:
+        raise SpecError(f"the MTP block's tensors do not convert to {type(model).__name__}'s layer: missing "
+                        f"{_few(missing, 4)}; errors {_few(info.conversion_errors, 4)}")
     return skeleton.get_submodule(host.rstrip(".")).state_dict()
 
 

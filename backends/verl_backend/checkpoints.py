@@ -64,8 +64,11 @@ def check_mtp_layer(directory: Path) -> str | None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from occctl.models import has_mtp_head
     from occctl.mtp_layouts import check_fits, find_native
 
+    if not has_mtp_head(directory):
+        return "no MTP layer in the exported weights (known layouts: MiMo, DeepSeek-V3/GLM-4.5, Qwen3-Next)"
     try:
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=True)
         with torch.device("meta"):
@@ -73,10 +76,7 @@ def check_mtp_layer(directory: Path) -> str | None:
     except (OSError, ValueError, KeyError, ImportError) as e:
         return f"cannot build the host model on the meta device: {str(e).splitlines()[0] if str(e) else e}"
     try:
-        native = find_native(directory, config)
-        if native is None:
-            return "no MTP layer in the exported weights (known layouts: MiMo, DeepSeek-V3/GLM-4.5, Qwen3-Next)"
-        check_fits(model, native, directory)
+        check_fits(model, find_native(directory, config), directory)
     except SpecError as e:
         return e.message
     return None

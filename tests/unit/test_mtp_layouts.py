@@ -175,3 +175,13 @@ def test_a_differing_copy_of_the_output_head_is_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="occctl.mtp_layouts"):
         load_checkpoint(tmp_path, new_head_if_missing=False)
     assert "shared_head.head.weight differs from the host's lm_head" in caplog.text
+
+
+def test_of_several_mtp_layers_the_first_is_loaded_and_the_rest_named(tmp_path, caplog):
+    tensors = write_native_checkpoint(tmp_path, "mimo")
+    second = {k.replace("mtp_layers.0.", "mtp_layers.1."): torch.randn_like(v) for k, v in tensors.items()}
+    save_file({**tensors, **second}, str(tmp_path / "extra-mtp.safetensors"))
+    with caplog.at_level(logging.WARNING, logger="occctl.mtp_layouts"):
+        loaded = load_checkpoint(tmp_path, new_head_if_missing=False)
+    assert "has 2 MTP layers; occctl trains and exports the first one" in caplog.text
+    assert torch.equal(loaded.mtp_head.final_norm.weight, tensors["model.mtp_layers.0.final_layernorm.weight"])
