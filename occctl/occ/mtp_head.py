@@ -48,7 +48,6 @@ class MtpHead(nn.Module):
                  layout: HeadLayout = HeadLayout()) -> None:
         super().__init__()
         norm = ZeroCentredRMSNorm if layout.zero_centred_norms else nn.RMSNorm
-        self.layout = layout
         self.enorm = norm(hidden_size, eps=rms_norm_eps)
         self.hnorm = norm(hidden_size, eps=rms_norm_eps)
         self.eh_proj = nn.Linear(2 * hidden_size, hidden_size, bias=False)
