@@ -1,12 +1,15 @@
 """Models: the built-in tiny preset (config + local tokenizer, no download) and HF checkpoints with an MTP head.
 
-An occctl checkpoint is an HF directory (``save_pretrained`` of the base model and tokenizer) plus
-``mtp_head.safetensors`` and ``mtp_head.json`` in the same directory.
+An occctl checkpoint is an HF directory (``save_pretrained`` of the base model and tokenizer) whose MTP head is
+stored in the host family's native layout (``occctl.mtp_layouts``: ``model-mtp.safetensors`` and the config's
+``num_nextn_predict_layers``), so inference engines can serve it as a draft. Hosts of other families, and
+checkpoints written before native export, keep occctl's own format: ``mtp_head.safetensors`` + ``mtp_head.json``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from occctl import mtp_layouts
 from occctl.errors import EnvError, SpecError
 from occctl.occ.mtp_head import MtpHead
 from occctl.spec import ModelSpec, TinyModelSpec
@@ -23,6 +27,7 @@ SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 MTP_WEIGHTS, MTP_META = "mtp_head.safetensors", "mtp_head.json"
 MTP_FORMAT = "occctl-mtp-head@1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,26 +74,35 @@ def _set_generation_ids(model: nn.Module, tok: Any) -> None:
 
 
 def save_checkpoint(out_dir: Path, loaded: LoadedModel) -> Path:
-    """Write an HF directory plus the MTP head's weights beside it."""
-    from safetensors.torch import save_file
-
+    """Write an HF directory with the MTP head in the host family's native layout (occctl's own format for
+    families without one)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("mtp_head.")}
     model.save_pretrained(out_dir, state_dict=state)
     loaded.tokenizer.save_pretrained(out_dir)
     if loaded.mtp_head is not None:
-        head_state = {k: v.detach().contiguous() for k, v in loaded.mtp_head.state_dict().items()}
-        save_file(head_state, str(out_dir / MTP_WEIGHTS))
-        meta = {"format": MTP_FORMAT, "depth": 1, "hidden_size": model.config.hidden_size,
-                "block_class": type(loaded.mtp_head.block).__name__}
-        (out_dir / MTP_META).write_text(json.dumps(meta, indent=2) + "\n")
+        layout = mtp_layouts.layout_for(model.config)
+        if layout is not None:
+            mtp_layouts.write_native(out_dir, model, loaded.mtp_head, layout)
+        else:
+            _write_occctl_head(out_dir, model, loaded.mtp_head)
     return out_dir
+
+
+def _write_occctl_head(out_dir: Path, model: nn.Module, head: MtpHead) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(out_dir / MTP_WEIGHTS))
+    meta = {"format": MTP_FORMAT, "depth": 1, "hidden_size": model.config.hidden_size,
+            "block_class": type(head.block).__name__}
+    (out_dir / MTP_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load_checkpoint(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
                     new_head_if_missing: bool = True) -> LoadedModel:
-    """Load an HF model directory or hub id; its occctl MTP head if present, else a new one."""
+    """Load an HF model directory or hub id with its MTP head: occctl's own format, else the family's native MTP
+    layer, else (``new_head_if_missing``) a new head built from a copy of the trunk's last layer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -101,19 +115,48 @@ def load_checkpoint(path: str | Path, dtype: str = "float32", trust_remote_code:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     _set_generation_ids(model, tok)
+    directory = local_directory(path)
     head = None
-    weights = Path(path) / MTP_WEIGHTS
-    if weights.is_file():
-        from safetensors.torch import load_file
-
-        meta = json.loads((Path(path) / MTP_META).read_text())
-        if meta.get("format") != MTP_FORMAT:
-            raise SpecError(f"{path}/{MTP_META}: unknown MTP head format {meta.get('format')!r}")
-        head = MtpHead.for_model(model)
-        head.load_state_dict(load_file(str(weights)))
+    if (directory / MTP_WEIGHTS).is_file():
+        head = _read_occctl_head(directory, model)
+    elif (native := mtp_layouts.find_native(directory, model.config)) is not None:
+        head = mtp_layouts.load_native(model, native, directory)
     elif new_head_if_missing:
-        head = MtpHead.for_model(model)
+        log.warning("%s has no MTP head: building a new one from a copy of the trunk's last layer", path)
+        head = mtp_layouts.build_head(model, mtp_layouts.layout_for(model.config))
     return LoadedModel(model, tok, head)
+
+
+def _read_occctl_head(directory: Path, model: nn.Module) -> MtpHead:
+    from safetensors.torch import load_file
+
+    meta = json.loads((directory / MTP_META).read_text())
+    if meta.get("format") != MTP_FORMAT:
+        raise SpecError(f"{directory}/{MTP_META}: unknown MTP head format {meta.get('format')!r}")
+    head = MtpHead.for_model(model)
+    head.load_state_dict(load_file(str(directory / MTP_WEIGHTS)))
+    return head
+
+
+def local_directory(path: str | Path) -> Path:
+    """The local directory of a model: the path itself, or the hub cache snapshot ``from_pretrained`` filled."""
+    if Path(path).is_dir():
+        return Path(path)
+    from transformers.utils import cached_file
+
+    return Path(cached_file(str(path), "config.json")).parent
+
+
+def has_mtp_head(path: str | Path) -> bool:
+    """Whether a local checkpoint carries an MTP head (occctl's format or a native MTP layer); no tensor is read."""
+    directory = Path(path)
+    if (directory / MTP_WEIGHTS).is_file():
+        return True
+    if not (directory / "config.json").is_file():
+        return False
+    config = json.loads((directory / "config.json").read_text())
+    layers = config.get("num_hidden_layers", config.get("text_config", {}).get("num_hidden_layers", 0))
+    return bool(mtp_layouts.mtp_like_keys(mtp_layouts.checkpoint_keys(directory), layers))
 
 
 def load_model(spec: ModelSpec, seed: int) -> LoadedModel:

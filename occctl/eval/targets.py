@@ -33,9 +33,9 @@ class Target:
 
     @property
     def has_mtp_head(self) -> bool:
-        from occctl.models import MTP_WEIGHTS  # imports torch: only when asked
+        from occctl.models import has_mtp_head  # imports torch: only when asked
 
-        return (Path(self.model) / MTP_WEIGHTS).is_file()
+        return has_mtp_head(self.model)
 
 
 def resolve_target(run: str | None, checkpoint: str | None, model: str | None) -> Target:

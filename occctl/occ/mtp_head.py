@@ -8,32 +8,63 @@ next token x_{i+1}:
 
 ``block`` is one decoder layer of the host architecture (same class as the trunk's layers), run causally
 over the whole sequence with the host's rotary embeddings, as Megatron's MultiTokenPredictionLayer does.
+
+The head is the same for every host family; ``HeadLayout`` says the one thing that changes its arithmetic (the
+RMSNorm variant). Key names, the native concat order and config keys of each family live in
+``occctl.mtp_layouts``, which converts native checkpoints to and from this head.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class MtpHead(nn.Module):
-    def __init__(self, hidden_size: int, block: nn.Module, rms_norm_eps: float = 1e-6) -> None:
+@dataclass(frozen=True)
+class HeadLayout:
+    """What differs between families inside the head's arithmetic (the default is DeepSeek-V3's / MiMo's)."""
+
+    zero_centred_norms: bool = False  # RMSNorm weights w applied as (1 + w), initialised to 0 (Qwen3-Next)
+
+
+class ZeroCentredRMSNorm(nn.Module):
+    """y = x / rms(x) * (1 + w), computed in float32 (Qwen3-Next's RMSNorm; vLLM calls it GemmaRMSNorm)."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
-        self.enorm = nn.RMSNorm(hidden_size, eps=rms_norm_eps)
-        self.hnorm = nn.RMSNorm(hidden_size, eps=rms_norm_eps)
+        self.weight = nn.Parameter(torch.zeros(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., H]
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return (normed * (1.0 + self.weight.float())).type_as(x)
+
+
+class MtpHead(nn.Module):
+    def __init__(self, hidden_size: int, block: nn.Module, rms_norm_eps: float = 1e-6,
+                 layout: HeadLayout = HeadLayout()) -> None:
+        super().__init__()
+        norm = ZeroCentredRMSNorm if layout.zero_centred_norms else nn.RMSNorm
+        self.enorm = norm(hidden_size, eps=rms_norm_eps)
+        self.hnorm = norm(hidden_size, eps=rms_norm_eps)
         self.eh_proj = nn.Linear(2 * hidden_size, hidden_size, bias=False)
         self.block = block
-        self.final_norm = nn.RMSNorm(hidden_size, eps=rms_norm_eps)
+        self.final_norm = norm(hidden_size, eps=rms_norm_eps)
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> "MtpHead":
-        """A head shaped for ``model``: its block is a copy of the trunk's last decoder layer."""
+    def for_model(cls, model: nn.Module, layout: HeadLayout = HeadLayout(),
+                  block_index: int | None = None) -> "MtpHead":
+        """A head shaped for ``model``: its block is a copy of the trunk's decoder layer ``block_index``
+        (default: the last one; hybrid hosts pass a full-attention layer)."""
         cfg = model.config
-        last = model.base_model.layers[-1]
-        block = type(last)(cfg, layer_idx=cfg.num_hidden_layers - 1)  # an existing index: never cached
-        block.load_state_dict(last.state_dict())
-        head = cls(cfg.hidden_size, block, getattr(cfg, "rms_norm_eps", 1e-6))
+        index = cfg.num_hidden_layers - 1 if block_index is None else block_index
+        template = model.base_model.layers[index]
+        block = type(template)(cfg, layer_idx=index)  # an existing index: never cached
+        block.load_state_dict(template.state_dict())
+        head = cls(cfg.hidden_size, block, getattr(cfg, "rms_norm_eps", 1e-6), layout)
         nn.init.normal_(head.eh_proj.weight, std=getattr(cfg, "initializer_range", 0.02))
         return head.to(dtype=next(model.parameters()).dtype)
 

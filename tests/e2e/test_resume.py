@@ -56,7 +56,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(results_dir):
     assert "resuming run 'killed' from step" in again.stderr
 
     final = lambda name, f: load_file(str(results_dir / "runs" / name / "checkpoints" / "final" / f))  # noqa: E731
-    for file in ("model.safetensors", "mtp_head.safetensors"):
+    for file in ("model.safetensors", "model-mtp.safetensors"):
         a, b = final("straight", file), final("killed", file)
         assert a.keys() == b.keys()
         worst = max(float((a[k] - b[k]).abs().max()) for k in a)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from occctl.models import load_checkpoint
+from occctl.mtp_layouts import layout_for, native_state
 from occctl.runner import run_spec
 from occctl.spec import load_spec
 from occctl.tracking import Store
@@ -63,9 +64,11 @@ def test_every_regime_runs_and_reloads(results_dir, regime):
     assert summary["steps"] == 4 and summary["regime"] == regime
     loaded = load_checkpoint(summary["checkpoint"], new_head_if_missing=False)
     assert loaded.mtp_head is not None
-    saved = load_file(str(Path(summary["checkpoint"]) / "mtp_head.safetensors"))
-    for k, v in loaded.mtp_head.state_dict().items():
-        torch.testing.assert_close(v, saved[k])
+    saved = load_file(str(Path(summary["checkpoint"]) / "model-mtp.safetensors"))  # the MiMo layout
+    exported = native_state(loaded.model, loaded.mtp_head, layout_for(loaded.model.config))
+    assert exported.keys() == saved.keys() and "model.mtp_layers.0.input_proj.weight" in saved
+    for k, v in exported.items():
+        assert torch.equal(v, saved[k]), k
 
 
 def test_detach_leaves_the_main_model_exactly_as_without_mtp(results_dir):
@@ -101,7 +104,7 @@ def test_oracle_mode_logs_the_true_geometry_and_changes_nothing(results_dir):
                 "fidelity_spearman_v2"):
         assert key in with_oracle and key not in without
     assert with_oracle["oracle_steps"] == 6
-    for f in ("model.safetensors", "mtp_head.safetensors"):
+    for f in ("model.safetensors", "model-mtp.safetensors"):
         a = load_file(str(Path(with_oracle["checkpoint"]) / f))
         b = load_file(str(Path(without["checkpoint"]) / f))
         assert all(torch.equal(a[k], b[k]) for k in a), f

@@ -1,7 +1,5 @@
-"""veRL checkpoint tree -> occctl's checkpoints/final: the newest complete HF export, plus the MTP head in occctl's
-format (DeepSeek-V3/GLM and MiMo layouts), loadable by ``occctl.models.load_checkpoint``."""
-
-import json
+"""veRL checkpoint tree -> occctl's checkpoints/final: the newest complete HF export with its native MTP layer
+(DeepSeek-V3/GLM and MiMo layouts), checked by the code ``occctl.models.load_checkpoint`` reads it with."""
 
 import pytest
 import torch
@@ -28,12 +26,15 @@ def tiny_host(tmp_path):
     return model, head
 
 
-def hf_export(model, head, root, step, layout, drop=None):
+def hf_export(model, head, root, step, layout, drop=None, mtp=True):
     """What veRL writes: global_step_N/actor/{ckpt_contents.json, model/huggingface/} with the MTP layer inside."""
     from safetensors.torch import save_file
 
     hf = root / f"global_step_{step}" / "actor" / "model" / "huggingface"
     model.save_pretrained(hf)
+    (hf.parents[1] / "ckpt_contents.json").write_text("{}")
+    if not mtp:
+        return hf
     state = {k: v.clone() for k, v in head.state_dict().items()}
     if layout == "deepseek":
         prefix, names = "model.layers.2.", {"enorm.weight": "enorm.weight", "hnorm.weight": "hnorm.weight",
@@ -51,12 +52,11 @@ def hf_export(model, head, root, step, layout, drop=None):
     if drop:
         tensors.pop(prefix + drop)
     save_file(tensors, str(hf / "model-mtp.safetensors"))
-    (hf.parents[1] / "ckpt_contents.json").write_text("{}")
     return hf
 
 
 @pytest.mark.parametrize("layout", ["deepseek", "mimo"])
-def test_collect_extracts_the_mtp_head(layout, tmp_path):
+def test_collect_keeps_the_native_mtp_layer_that_load_checkpoint_reads(layout, tmp_path):
     from occctl.models import load_checkpoint
 
     model, head = tiny_host(tmp_path)
@@ -67,8 +67,7 @@ def test_collect_extracts_the_mtp_head(layout, tmp_path):
     (incomplete / "config.json").write_text("{}")  # no ckpt_contents.json: still being written
     step, final, note = collect(root, tmp_path / "checkpoints" / "final")
     assert step == 2 and note is None, note
-    meta = json.loads((final / "mtp_head.json").read_text())
-    assert meta["format"] == "occctl-mtp-head@1"
+    assert not (final / "mtp_head.safetensors").exists()  # no second copy: the native layer is read directly
     loaded = load_checkpoint(final, new_head_if_missing=False)
     for key, value in head.state_dict().items():
         assert torch.equal(loaded.mtp_head.state_dict()[key], value), key
@@ -76,13 +75,21 @@ def test_collect_extracts_the_mtp_head(layout, tmp_path):
         collect(root, final)
 
 
-def test_a_layer_that_does_not_fit_occctls_head_is_reported_not_written(tmp_path):
+def test_a_layer_that_does_not_fit_occctls_head_is_reported(tmp_path):
     model, head = tiny_host(tmp_path)
     root = tmp_path / "ckpt"
     hf_export(model, head, root, 1, "deepseek", drop="mlp.down_proj.weight")
     _, final, note = collect(root, tmp_path / "final")
-    assert "does not match occctl's head" in note and "block.mlp.down_proj.weight" in note
-    assert not (final / "mtp_head.safetensors").exists() and (final / "config.json").is_file()
+    assert "does not fit this model" in note and "model.layers.2.mlp.down_proj.weight" in note
+    assert (final / "config.json").is_file()
+
+
+def test_an_export_without_an_mtp_layer_is_reported(tmp_path):
+    model, head = tiny_host(tmp_path)
+    root = tmp_path / "ckpt"
+    hf_export(model, head, root, 1, "deepseek", mtp=False)
+    _, final, note = collect(root, tmp_path / "final")
+    assert note.startswith("no MTP layer") and (final / "model.safetensors").is_file()
 
 
 def test_no_complete_checkpoint_is_a_run_error(tmp_path):
