@@ -52,6 +52,6 @@ def test_reference_preset_trains_differently_from_the_paper_estimator(results_di
     # same trajectory until the MTP term first differs (step 1: lambda = 0 in both), then different lambdas
     assert ref_rows[1]["occ/lambda"] == paper_rows[1]["occ/lambda"] == 0.0
     assert all(ref_rows[s]["occ/lambda"] != paper_rows[s]["occ/lambda"] for s in (2, 3, 4))
-    a, b = load_file(str(Path(ref["checkpoint"]) / "mtp_head.safetensors")), \
-        load_file(str(Path(paper["checkpoint"]) / "mtp_head.safetensors"))
+    a, b = load_file(str(Path(ref["checkpoint"]) / "model-mtp.safetensors")), \
+        load_file(str(Path(paper["checkpoint"]) / "model-mtp.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)
