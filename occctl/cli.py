@@ -117,6 +117,25 @@ def bench_overhead(
     out.print(overhead_table(result))
 
 
+@bench_app.command("rollout")
+def bench_rollout(
+    spec: Path = SPEC_ARG,
+    rounds: int = typer.Option(20, "--rounds", min=2, help="timed rounds (plus one untimed); each generates one "
+                               "rollout batch plainly and speculatively, in alternating order"),
+    output: Optional[Path] = typer.Option(None, "--out", "--json", help="also write the result as JSON to this "
+                                          "file (anywhere; an existing file needs --force)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
+    overrides: Optional[list[str]] = SET_OPT,
+) -> None:
+    """Tokens/s of plain vs MTP-speculative rollout generation from the spec's start, interleaved in one process."""
+    from occctl.bench import rollout_table, run_rollout_bench
+    from occctl.spec import load_spec
+
+    with exits_on_error():
+        result = run_rollout_bench(load_spec(spec, overrides or []), rounds, output, force, console=err)
+    out.print(rollout_table(result))
+
+
 @app.command()
 def report(
     compare: str = typer.Option("detach,occ", "--compare", help="rows to compare, comma-separated (first = "

@@ -72,6 +72,8 @@ class Sampling:
         shape, flat = logits.shape, logits.float().reshape(-1, logits.size(-1))  # [N, V]
         if self.temperature == 0:
             return F.one_hot(flat.argmax(-1), flat.size(-1)).float().reshape(shape)
+        if not self.top_k and self.top_p >= 1.0:  # temperature only: what TemperatureLogitsWarper computes
+            return torch.softmax(flat / self.temperature, dim=-1).reshape(shape)
         ids = flat.new_zeros((flat.size(0), 1), dtype=torch.long)  # the warpers below ignore input_ids
         flat = TemperatureLogitsWarper(self.temperature)(ids, flat)
         if self.top_k:
@@ -79,6 +81,24 @@ class Sampling:
         if self.top_p < 1.0:
             flat = TopPLogitsWarper(self.top_p)(ids, flat)
         return torch.softmax(flat, dim=-1).reshape(shape)
+
+
+def sampling_from(generation_config) -> Sampling:
+    """The ``Sampling`` of a transformers ``GenerationConfig``; a logits processor this module does not apply
+    (repetition penalty, min-p, ...) is refused rather than silently dropped."""
+    from occctl.errors import SpecError
+
+    g = generation_config
+    unsupported = {"repetition_penalty": 1.0, "min_p": None, "typical_p": 1.0, "no_repeat_ngram_size": 0,
+                   "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+    used = [k for k, neutral in unsupported.items() if getattr(g, k, neutral) not in (neutral, None, 0)]
+    if used:
+        raise SpecError(f"speculative decoding applies temperature, top-k and top-p only; the generation config "
+                        f"also sets {', '.join(used)}", hint="turn speculation off, or drop those settings")
+    if not g.do_sample:
+        return Sampling(temperature=0)
+    return Sampling(temperature=g.temperature or 1.0, top_p=g.top_p if g.top_p is not None else 1.0,
+                    top_k=g.top_k or 0)
 
 
 def draw(probs: torch.Tensor) -> torch.Tensor:  # [B, V] -> [B]
