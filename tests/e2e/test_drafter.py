@@ -62,3 +62,18 @@ def test_draft_loss_leaves_the_main_model_exactly_as_without_mtp(results_dir, dr
     warm = load_file(str(Path(drafted["warm_start"]) / "mtp_head.safetensors"))
     head = load_file(str(Path(drafted["checkpoint"]) / "mtp_head.safetensors"))
     assert any(not torch.equal(head[k], warm[k]) for k in head), "the draft loss trained the head"
+
+
+def test_bench_rollout_writes_the_speedup_and_both_speeds(results_dir, tmp_path):
+    env = {**os.environ, "OCCCTL_RESULTS_DIR": str(results_dir)}
+    out = tmp_path / "rollout.json"
+    proc = subprocess.run([sys.executable, "-m", "occctl", "bench", "rollout", str(SPEC), "--rounds", "2",
+                           "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["tokens_per_s"]) == {"plain", "speculative"} and min(result["tokens_per_s"].values()) > 0
+    low, high = result["spec_speedup_ci95"]
+    assert low <= result["spec_speedup"] <= high and 0 <= result["accept_rate"] <= 1
+    refused = subprocess.run([sys.executable, "-m", "occctl", "bench", "rollout", str(SPEC), "--set",
+                              "mtp.enabled=false"], capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "mtp.enabled=false" in refused.stderr and "Traceback" not in refused.stderr
