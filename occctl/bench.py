@@ -1,4 +1,5 @@
-"""`occctl bench`: overhead of the MTP regimes, measured in one process (ratios, not absolute claims).
+"""`occctl bench`: overhead of the MTP regimes, and plain vs speculative rollouts, each measured in one process
+(ratios, not absolute claims).
 
 The backend times its variants (``Backend.bench_overhead``) and returns median and mean seconds per optimizer
 step per variant plus ratios named ``<a>_over_<b>``; a ratio may come with a 95% interval as
@@ -24,6 +25,7 @@ from occctl.spec import Spec
 
 GOALS = {"occ_over_detach": 1.02, "detach_over_vanilla": 1.10}  # ratio -> the most it may be
 CI_SUFFIX = "_ci95"
+SPEEDUP_GOAL = 1.3  # spec_speedup of speculative over plain rollouts: the least it should be
 
 
 def run_overhead_bench(spec: Spec, steps: int, out: Path | None = None, force: bool = False,
@@ -32,10 +34,7 @@ def run_overhead_bench(spec: Spec, steps: int, out: Path | None = None, force: b
     file is refused unless ``force``)."""
     if not spec.mtp.enabled:
         raise SpecError("bench overhead compares MTP regimes: the spec must have mtp.enabled=true")
-    target = None if out is None else Path(out).expanduser().resolve()
-    if target is not None and target.exists() and not force:
-        raise SpecError(f"--out {out}: {target} exists; refusing to overwrite it",
-                        hint="pass --force to replace it, or choose another file")
+    target = _target(out, force)
     backend = get_backend(spec.backend)
     plan = backend.prepare(spec, RunDir.named(spec.name))
     with progress_bar(console or Console(stderr=True)) as progress:
@@ -44,6 +43,51 @@ def run_overhead_bench(spec: Spec, steps: int, out: Path | None = None, force: b
     if target is not None:
         write_text_atomic(target, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def run_rollout_bench(spec: Spec, rounds: int, out: Path | None = None, force: bool = False,
+                      console: Console | None = None) -> dict[str, Any]:
+    """Plain vs speculative generation of one rollout batch of the spec, alternating in one process (the
+    backend's ``bench_rollout``); with ``out``, also write the result there as JSON."""
+    if not spec.mtp.enabled:
+        raise SpecError("bench rollout drafts with the MTP head: the spec has mtp.enabled=false (no head)")
+    target = _target(out, force)
+    backend = get_backend(spec.backend)
+    if not hasattr(backend, "bench_rollout"):
+        raise SpecError(f"bench rollout: the {spec.backend} backend has no speculative rollouts",
+                        hint="use a spec with backend: trl")
+    with progress_bar(console or Console(stderr=True)) as progress:
+        result = backend.bench_rollout(backend.prepare(spec, RunDir.named(spec.name)), rounds, progress)
+    result["goal"] = {"min": SPEEDUP_GOAL, "met": result["spec_speedup"] >= SPEEDUP_GOAL}
+    if target is not None:
+        write_text_atomic(target, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def rollout_table(result: dict[str, Any]) -> Table:
+    """Tokens per second of plain and speculative generation; the caption holds the speed-up with its interval,
+    the acceptance and the machine's load."""
+    table = Table(title=f"rollout generation, {result['rounds_timed']} interleaved rounds of "
+                        f"{result['completions_per_round']} completions (≤{result['max_new_tokens']} tokens)")
+    table.add_column("generation")
+    table.add_column("median tokens/s", justify="right")
+    for name, value in result["tokens_per_s"].items():
+        table.add_row(name, f"{value:.0f}")
+    low, high = result["spec_speedup_ci95"]
+    goal = result["goal"]
+    table.caption = (f"spec_speedup {result['spec_speedup']:.3f} [{low:.3f}, {high:.3f}] "
+                     f"(≥{goal['min']} {'[green]met[/]' if goal['met'] else '[red]missed[/]'})  "
+                     f"accept_rate {result['accept_rate']:.3f}  mean_accept_len {result['mean_accept_len']:.3f}  "
+                     f"load {result['load_average_1min'][0]:.1f}→{result['load_average_1min'][1]:.1f}")
+    return table
+
+
+def _target(out: Path | None, force: bool) -> Path | None:
+    target = None if out is None else Path(out).expanduser().resolve()
+    if target is not None and target.exists() and not force:
+        raise SpecError(f"--out {out}: {target} exists; refusing to overwrite it",
+                        hint="pass --force to replace it, or choose another file")
+    return target
 
 
 def ratios(result: dict[str, Any]) -> dict[str, tuple[float, list[float] | None]]:

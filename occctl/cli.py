@@ -95,6 +95,9 @@ def schema(output: Optional[Path] = typer.Option(None, "--out", help="write to a
         sys.stdout.write(text + "\n")
 
 
+BENCH_OUT_OPT = typer.Option(None, "--out", "--json", help="also write the result as JSON to this file (anywhere; "
+                             "an existing file needs --force)")
+BENCH_FORCE_OPT = typer.Option(False, "--force", help="overwrite an existing --out file")
 bench_app = typer.Typer(help="Benchmarks (ratios measured in one process, never from timed tests).",
                         no_args_is_help=True)
 
@@ -103,9 +106,8 @@ bench_app = typer.Typer(help="Benchmarks (ratios measured in one process, never 
 def bench_overhead(
     spec: Path = SPEC_ARG,
     steps: int = typer.Option(20, "--steps", min=2, help="optimizer steps timed per variant (plus one untimed)"),
-    output: Optional[Path] = typer.Option(None, "--out", "--json", help="also write the result as JSON to this "
-                                          "file (anywhere; an existing file needs --force)"),
-    force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
+    output: Optional[Path] = BENCH_OUT_OPT,
+    force: bool = BENCH_FORCE_OPT,
     overrides: Optional[list[str]] = SET_OPT,
 ) -> None:
     """Median step time of each MTP variant (vanilla GRPO, detach, occ, ...), interleaved in one process (Fig. 5)."""
@@ -115,6 +117,24 @@ def bench_overhead(
     with exits_on_error():
         result = run_overhead_bench(load_spec(spec, overrides or []), steps, output, force, console=err)
     out.print(overhead_table(result))
+
+
+@bench_app.command("rollout")
+def bench_rollout(
+    spec: Path = SPEC_ARG,
+    rounds: int = typer.Option(20, "--rounds", min=2, help="timed rounds (plus one untimed); each generates one "
+                               "rollout batch plainly and speculatively, in alternating order"),
+    output: Optional[Path] = BENCH_OUT_OPT,
+    force: bool = BENCH_FORCE_OPT,
+    overrides: Optional[list[str]] = SET_OPT,
+) -> None:
+    """Tokens/s of plain vs MTP-speculative rollout generation from the spec's start, interleaved in one process."""
+    from occctl.bench import rollout_table, run_rollout_bench
+    from occctl.spec import load_spec
+
+    with exits_on_error():
+        result = run_rollout_bench(load_spec(spec, overrides or []), rounds, output, force, console=err)
+    out.print(rollout_table(result))
 
 
 @app.command()

@@ -174,6 +174,9 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+ROLLOUT_KEYS = ("rollout/tokens_per_s", "spec/accept_rate", "spec/mean_accept_len")
+
+
 def build_summary(spec: Spec, history: list[dict[str, float]], result: TrainResult, wall_s: float,
                   mlflow_run_id: str | None) -> dict[str, Any]:
     from occctl.fidelity import fidelity  # scipy: only when a summary is built, not for validate / --dry-run
@@ -195,6 +198,8 @@ def build_summary(spec: Spec, history: list[dict[str, float]], result: TrainResu
         **result.summary,
         "lambda_mean": _mean(lambdas),
         "mtp_acc_last": (_series(history, "mtp/acc") or [float("nan")])[-1],
+        **{key.replace("/", "_"): _mean(_series(history, key)) for key in ROLLOUT_KEYS
+           if _series(history, key)},  # means over the generations
         "checkpoint": str(result.checkpoint),
         "warm_start": str(result.warm_start) if result.warm_start else None,
         "mlflow_run_id": mlflow_run_id,

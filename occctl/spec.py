@@ -171,6 +171,9 @@ class TrainSpec(_Strict):
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
     seed: int = 0
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final one)")
+    speculative: bool = Field(False, description="generate the rollouts by self-speculative decoding: the MTP "
+                              "head drafts one token, the policy verifies it (the same samples in distribution; "
+                              "logs spec/accept_rate, spec/mean_accept_len)")
 
 
 # What `mtp.occ.preset: reference` stands for: the authors' public code (MarkXCloud/RL-MTP, `loss_func` of the
@@ -230,6 +233,11 @@ class MtpSpec(_Strict):
     coef: float = Field(0.1, description="fixed lambda for detach / ce / policy")
     occ: OccSpec = OccSpec()
     policy_clip: PolicyClipSpec = PolicyClipSpec()
+    draft_loss: Literal["none", "ce", "soft_ce"] = Field(
+        "none", description="a decoupled drafter loss added to the regime's term, with every main-model input "
+        "detached (it moves the head only): ce on the sampled tokens, or soft_ce toward the main head's "
+        "detached distribution")
+    draft_coef: float = Field(1.0, ge=0, description="weight of mtp.draft_loss")
 
     @model_validator(mode="before")
     @classmethod
@@ -317,6 +325,16 @@ class Spec(_Strict):
             raise ValueError("train.optimizer_steps_per_generation must be >= 2 for mtp.regime=occ: with one "
                              "optimizer step per generation the policy never moves before its loss is taken, so "
                              "delta_RL and lambda_t are identically 0")
+        return self
+
+    @model_validator(mode="after")
+    def _drafter_needs_a_head(self) -> "Spec":
+        if not self.mtp.enabled:
+            if self.train.speculative:
+                raise ValueError("train.speculative drafts with the MTP head, and mtp.enabled is false (no head)")
+            if self.mtp.draft_loss != "none":
+                raise ValueError(f"mtp.draft_loss={self.mtp.draft_loss} trains the MTP head, and mtp.enabled is "
+                                 "false (no head)")
         return self
 
     @model_validator(mode="after")

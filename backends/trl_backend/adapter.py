@@ -116,6 +116,13 @@ class TrlBackend:
         return measure_overhead(plan.spec, plan.native_config, steps, progress)
 
 
+    def bench_rollout(self, plan: Plan, rounds: int, progress: Progress | None = None) -> dict[str, Any]:
+        from backends.trl_backend.bench import measure_rollout
+
+        default_threads(plan.spec)
+        return measure_rollout(plan.spec, rounds, progress)
+
+
 def default_threads(spec: Spec) -> None:
     """The tiny preset's matrices are too small to gain from many threads, and torch's default (one per core)
     oversubscribes the machine beside other jobs (a tiny run was 4-5x slower): use ``TINY_THREADS`` unless
@@ -196,7 +203,8 @@ def mtp_settings(spec: Spec, oracle_every: int | None = None):
     return MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
                        oracle_every=occ.oracle_every if oracle_every is None else oracle_every,
                        calibrator=Calibrator(**calibrator_kwargs(spec)), baseline=occ.baseline,
-                       oracle_lambda=uses_oracle_lambda(spec))
+                       oracle_lambda=uses_oracle_lambda(spec), draft_loss=spec.mtp.draft_loss,
+                       draft_coef=spec.mtp.draft_coef)
 
 
 def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callbacks: list[Any]):
@@ -219,7 +227,8 @@ def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callba
     dataset = Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
     config = GRPOConfig(**{**native_config, "use_cpu": not torch.cuda.is_available()})
     trainer = MtpGRPOTrainer(model=model, reward_funcs=task.reward, args=config, train_dataset=dataset,
-                             processing_class=loaded.tokenizer, callbacks=callbacks, mtp=mtp)
+                             processing_class=loaded.tokenizer, callbacks=callbacks, mtp=mtp,
+                             speculative=spec.train.speculative)
     trainer.remove_callback(PrinterCallback)
     return trainer
 

@@ -1,4 +1,5 @@
-"""`occctl bench overhead` for the TRL backend: the cost of the MTP head, of OCC and of oracle mode.
+"""`occctl bench overhead` for the TRL backend: the cost of the MTP head, of OCC and of oracle mode; and
+`occctl bench rollout`: plain vs speculative rollout generation (``measure_rollout``, at the end).
 
 Five trainers on the same starting weights and the same prompts (vanilla TRL GRPO without an MTP head,
 detach, policy, occ, occ + oracle every step) run in one process, each in its own thread, and take strict
@@ -149,3 +150,79 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
         result[key] = ratio
         result[f"{key}_ci95"] = [low, high]
     return result
+
+
+def measure_rollout(spec: Spec, rounds: int, progress: Any = None) -> dict[str, Any]:
+    """Tokens per second of one generation batch (``prompts_per_generation`` training prompts x
+    ``samples_per_prompt``) generated plainly (transformers ``generate``, as TRL's rollouts) and speculatively
+    (``occctl.speculative``) from the same start, alternating in one process (the order swaps every round).
+    ``spec_speedup`` is the paired ratio speculative / plain over rounds (first round excluded)."""
+    import os
+
+    import torch
+    from transformers import GenerationConfig
+
+    from occctl.speculative import SpecStats, sampling_from, speculative_generate
+    from occctl.tasks import get_task
+
+    from backends.trl_backend.adapter import load_start
+
+    loaded, _ = load_start(spec, progress)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, head, tok = loaded.model.to(device).eval(), loaded.mtp_head.to(device).eval(), loaded.tokenizer
+    problems = get_task(spec.task).train_problems(spec.task, seed=spec.train.seed)[:spec.train.prompts_per_generation]
+    prompts = [p.prompt for p in problems for _ in range(spec.algorithm.samples_per_prompt)]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)  # [B, P] left-padded
+    eos = [tok.eos_token_id]
+    config = GenerationConfig(max_new_tokens=spec.train.max_new_tokens, do_sample=True, pad_token_id=tok.pad_token_id,
+                              eos_token_id=eos, temperature=spec.train.temperature, top_p=1.0, top_k=0,
+                              disable_compile=True)  # what TRL's GRPOTrainer samples with (translate.py)
+
+    def plain() -> torch.Tensor:
+        return model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+
+    def speculative() -> torch.Tensor:
+        sequences, counts = speculative_generate(model, head, ids, mask, config.max_new_tokens, eos,
+                                                 tok.pad_token_id, sampling_from(config))
+        totals.add(counts)
+        return sequences
+
+    def tokens_per_s(generate: Callable[[], torch.Tensor]) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            completions = generate()[:, ids.size(1):].cpu()  # [B, C]; the copy waits for the device
+        seconds = time.perf_counter() - start
+        ended = torch.isin(completions, torch.tensor(eos)).int()
+        lengths = torch.where(ended.any(-1), ended.argmax(-1) + 1, completions.size(1))  # up to the first eos
+        return float(lengths.sum()) / seconds
+
+    totals = SpecStats()
+    timed: dict[str, list[float]] = {"plain": [], "speculative": []}
+    task = progress.add_task("bench rollout", total=rounds + 1) if progress else None
+    load_before = os.getloadavg()[0]
+    torch.manual_seed(spec.train.seed)
+    for i in range(rounds + 1):
+        order = (("plain", plain), ("speculative", speculative))
+        for name, generate in order if i % 2 == 0 else order[::-1]:
+            timed[name].append(tokens_per_s(generate))
+        if i == 0:
+            totals = SpecStats()  # the untimed first round warms caches and allocators
+        if progress:
+            progress.advance(task)
+    times = {name: values[1:] for name, values in timed.items()}
+    ratio, low, high = paired_ratio(times["speculative"], times["plain"])
+    return {
+        "spec": spec.name,
+        "rounds_timed": rounds,
+        "completions_per_round": len(prompts),
+        "max_new_tokens": spec.train.max_new_tokens,
+        "temperature": spec.train.temperature,
+        "tokens_per_s": {name: statistics.median(values) for name, values in times.items()},
+        "spec_speedup": ratio,
+        "spec_speedup_ci95": [low, high],
+        "accept_rate": totals.accept_rate,
+        "mean_accept_len": totals.mean_accept_len,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # before and after: the machine may be shared
+    }

@@ -154,6 +154,11 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
     if spec.eval.every:
         problems.append("eval.every: in-training held-out eval is TRL-only; use backend_options.validation (veRL's "
                         "validation set) and `occctl eval --run NAME` after training")
+    if spec.train.speculative:
+        problems.append("train.speculative: occctl's MTP-drafted rollouts are TRL-only; on veRL use "
+                        "backend_options.rollout.speculative (SGLang's NEXTN drafting)")
+    if spec.mtp.draft_loss != "none":
+        problems.append(f"mtp.draft_loss: {spec.mtp.draft_loss} is TRL-only for now; set it to none")
     if o.rollout.speculative and not spec.mtp.enabled:
         problems.append("backend_options.rollout.speculative needs the MTP layer (mtp.enabled: true)")
     world = o.world_size

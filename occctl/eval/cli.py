@@ -42,6 +42,8 @@ def evaluate(
     engine_url: Optional[str] = typer.Option(None, "--engine-url", help="sglang server, e.g. "
                                              "http://127.0.0.1:30000 (default: the offline engine)"),
     tp_size: int = typer.Option(1, "--tp-size", help="sglang tensor parallelism"),
+    speculative: bool = typer.Option(False, "--speculative", help="hf engine: the checkpoint's MTP head drafts, "
+                                     "the model verifies (same distribution; logs spec_accept_rate per benchmark)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="samples per generate call "
                                              "(default 16 for hf, 512 for sglang)"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, "
@@ -71,7 +73,7 @@ def evaluate(
 
     opts = EvalOptions(suite=suite, k=k, limit=limit, graders=tuple(grader or ()),
                        benchmarks=tuple(b.strip() for b in (benchmarks or "").split(",") if b.strip()),
-                       engine=engine, engine_url=engine_url, tp_size=tp_size, batch_size=batch_size, dtype=dtype,
+                       engine=engine, engine_url=engine_url, speculative=speculative, tp_size=tp_size, batch_size=batch_size, dtype=dtype,
                        trust_remote_code=trust_remote_code, data_dir=data_dir, from_hub=from_hub,
                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                        prompt=prompt, timeout_s=timeout, workers=workers, mlflow=not no_mlflow,

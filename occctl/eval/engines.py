@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from occctl.errors import EnvError, RunError, SpecError, did_you_mean
@@ -21,6 +22,9 @@ class Completion:
     token_ids: list[int]  # generated tokens, up to and including the first eos (no padding)
     text: str
     finish_reason: str  # "stop" (eos) or "length"
+    # this sample's equal share of its batch's generation: "seconds", and with speculation "drafts", "accepted",
+    # "tokens", "forwards" (sums over a benchmark's samples give the benchmark's figures); empty: not measured
+    share: dict[str, float] = field(default_factory=dict)
 
 
 def quiet_transformers() -> None:
@@ -47,12 +51,14 @@ def cut_at_eos(ids: list[int], eos: list[int]) -> tuple[list[int], str]:
 
 
 class HfEngine:
-    """transformers ``generate`` on the occctl checkpoint (its MTP head loaded too, for draft acceptance)."""
+    """transformers ``generate`` on the occctl checkpoint (its MTP head loaded too, for draft acceptance); with
+    ``speculative``, self-speculative decoding drafted by that head (``occctl.speculative``: the same
+    distribution, greedy token for token)."""
 
     name = "hf"
 
     def __init__(self, model_path: str, dtype: str = "auto", batch_size: int = 16,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, speculative: bool = False) -> None:
         import torch
 
         from occctl.models import load_checkpoint
@@ -66,6 +72,10 @@ class HfEngine:
         self.loaded.model.to(self.device).eval()
         if self.loaded.mtp_head is not None:
             self.loaded.mtp_head.to(self.device).eval()
+        elif speculative:
+            raise SpecError(f"--speculative drafts with the MTP head, and {model_path} has none",
+                            hint="evaluate an occctl checkpoint with mtp_head.safetensors, or drop --speculative")
+        self.speculative = speculative
         self.tokenizer = self.loaded.tokenizer
         self.batch_size = batch_size
         self.context_length = getattr(self.loaded.model.config, "max_position_embeddings", None)
@@ -73,6 +83,8 @@ class HfEngine:
     def generate(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
                  seed: int) -> list[Completion]:
         import torch
+
+        from occctl.speculative import Sampling as SpecSampling, speculative_generate
 
         tok, model = self.tokenizer, self.loaded.model
         eos = _eos_ids(tok, model.generation_config)
@@ -89,13 +101,25 @@ class HfEngine:
             if sample:  # exactly temperature + top-p: neutralise the checkpoint's generation_config extras
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, min_p=None,
                               typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0)
+            clock = time.perf_counter()
             with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device == "cuda" else []):
                 torch.manual_seed(seed + start)
                 with torch.no_grad():
-                    seqs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # [B, P + C]
-            for row in seqs[:, width:].tolist():
+                    if self.speculative:
+                        seqs, counts = speculative_generate(
+                            model, self.loaded.mtp_head, ids, mask, max_new_tokens, eos, pad,
+                            SpecSampling(temperature=sampling.temperature, top_p=sampling.top_p))  # [B, P + C]
+                    else:
+                        seqs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # [B, P + C]
+                rows = seqs[:, width:].tolist()  # the copy waits for the device
+            share = {"seconds": time.perf_counter() - clock}
+            if self.speculative:
+                share.update(drafts=counts.drafts, accepted=counts.accepted, tokens=counts.tokens,
+                             forwards=counts.forwards)
+            share = {key: value / len(batch) for key, value in share.items()}
+            for row in rows:
                 gen, reason = cut_at_eos(row, eos)
-                out.append(Completion(gen, tok.decode(gen, skip_special_tokens=True), reason))
+                out.append(Completion(gen, tok.decode(gen, skip_special_tokens=True), reason, share))
         return out
 
     def close(self) -> None:
@@ -173,7 +197,11 @@ def check_engine(name: str) -> str:
 
 
 def make_engine(name: str, model_path: str, *, dtype: str = "auto", batch_size: int = 16, url: str | None = None,
-                tp_size: int = 1, trust_remote_code: bool = False):
+                tp_size: int = 1, trust_remote_code: bool = False, speculative: bool = False):
     if check_engine(name) == "hf":
-        return HfEngine(model_path, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code)
+        return HfEngine(model_path, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                        speculative=speculative)
+    if speculative:
+        raise SpecError("--speculative is an hf-engine option (the MTP head drafts inside occctl)",
+                        hint="use --engine hf, or drop --speculative")
     return SglangEngine(model_path, url=url, tp_size=tp_size, dtype=dtype, trust_remote_code=trust_remote_code)

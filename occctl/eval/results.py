@@ -51,6 +51,7 @@ class BenchmarkResult:
     grading: GradingCounts | None = None  # None: graded in-process (the tiny suite's exact match)
     truncated_by_length: int | None = None  # samples that hit max_new_tokens (None: not recorded)
     mtp: MtpAcceptance | None = None  # None: the checkpoint has no MTP head
+    rollout: dict[str, float] | None = None  # tokens_per_s (+ spec_accept_rate, spec_mean_accept_len); None: untimed
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"n_problems": self.n_problems, "k": self.k, "avg_at_k": self.avg_at_k,
@@ -66,6 +67,8 @@ class BenchmarkResult:
             out["mtp_acceptance"] = self.mtp.rate
             if self.mtp.tokens is not None:
                 out["mtp_tokens"] = self.mtp.tokens
+        if self.rollout is not None:
+            out.update(self.rollout)
         return out
 
 
@@ -132,6 +135,9 @@ class EvalResult:
                 out[f"eval/{label}/{name}/greedy/{slug}"] = b.greedy
             if b.mtp is not None and b.mtp.rate is not None:
                 out[f"eval/{label}/{name}/mtp_acceptance"] = b.mtp.rate
+            for key in ("tokens_per_s", "spec_accept_rate", "spec_mean_accept_len"):
+                if b.rollout is not None and key in b.rollout:
+                    out[f"eval/{label}/{name}/{key}"] = b.rollout[key]
             if b.grading is not None:
                 out[f"eval/{label}/{name}/grade_timeouts/{slug}"] = b.grading.timeouts
                 out[f"eval/{label}/{name}/worker_replacements/{slug}"] = b.grading.worker_replacements

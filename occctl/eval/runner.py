@@ -45,6 +45,7 @@ class EvalOptions:
     benchmarks: tuple[str, ...] = ()
     engine: str = "hf"
     engine_url: str | None = None
+    speculative: bool = False  # hf engine: MTP-drafted self-speculative decoding (same distribution)
     tp_size: int = 1
     batch_size: int | None = None
     dtype: str = "auto"
@@ -128,6 +129,9 @@ def _task_job(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
     """The run's own held-out eval settings (a checkpoint without a run: the spec defaults), top-p 1."""
     from occctl.spec import EvalSpec, TrainSpec
 
+    if opts.speculative:
+        raise SpecError(f"--speculative applies to the math suites' hf engine; the {suite.name} suite generates "
+                        "through the training run's held-out eval", hint="drop --speculative")
     if any(g not in (TASK_GRADER, "exact_match") for g in opts.graders):
         raise SpecError(f"the {suite.name} suite is graded by the task's reward ({TASK_GRADER}); drop --grader")
     ev, train = (target.spec.eval, target.spec.train) if target.spec else (EvalSpec(), TrainSpec())
@@ -245,7 +249,25 @@ def _math_benchmark(job: EvalJob, name: str, grades: dict, gens: dict, accept: d
         grading=GradingCounts(timeouts=statuses.count("timeout"),
                               errors=sum(s not in ("ok", "timeout") for s in statuses),
                               worker_replacements=sum(_replacements(grades[key]) for key in keys)),
-        truncated_by_length=sum(gens[key]["finish"] == "length" for key in keys), mtp=mtp)
+        truncated_by_length=sum(gens[key]["finish"] == "length" for key in keys), mtp=mtp,
+        rollout=rollout_figures([gens[key] for key in keys]))
+
+
+def rollout_figures(rows: list[dict]) -> dict[str, float] | None:
+    """Generation speed over the samples generated with timing (``share``; cached older rows have none), and the
+    speculative acceptance over those generated speculatively; None when no sample was timed."""
+    timed = [r for r in rows if "share" in r]
+    if not timed:
+        return None
+    seconds = sum(r["share"]["seconds"] for r in timed)
+    out = {"tokens_per_s": sum(len(r["token_ids"]) for r in timed) / seconds if seconds else float("nan"),
+           "timed_samples": len(timed)}
+    drafted = [r["share"] for r in timed if "drafts" in r["share"]]
+    if drafted:
+        totals = {k: sum(s[k] for s in drafted) for k in ("drafts", "accepted", "tokens", "forwards")}
+        out.update(spec_accept_rate=totals["accepted"] / totals["drafts"] if totals["drafts"] else float("nan"),
+                   spec_mean_accept_len=totals["tokens"] / totals["forwards"], spec_samples=len(drafted))
+    return out
 
 
 def _prompts(job: EvalJob, console: Console) -> PromptSet:
@@ -310,7 +332,7 @@ def _generate(job: EvalJob, prompts: PromptSet, directory: Path, console: Consol
                   f"engine {opts.engine}", highlight=False)
     chunk = opts.batch_size or (16 if opts.engine == "hf" else 512)
     engine = make_engine(opts.engine, job.target.model, dtype=opts.dtype, batch_size=chunk, url=opts.engine_url,
-                         tp_size=opts.tp_size, trust_remote_code=opts.trust_remote_code)
+                         tp_size=opts.tp_size, trust_remote_code=opts.trust_remote_code, speculative=opts.speculative)
     with _progress(console) as progress:
         task = progress.add_task("generate", total=len(todo))
         for name in job.benchmarks:
@@ -324,7 +346,8 @@ def _generate(job: EvalJob, prompts: PromptSet, directory: Path, console: Consol
                     outs = engine.generate([ids[p.id] for _, p, _ in part], sampling, prompts.max_new_tokens, seed)
                     writer.write([{"id": p.id, "sample": s, "text": c.text, "token_ids": c.token_ids,
                                    "finish": c.finish_reason, "prompt_tokens": len(ids[p.id]),
-                                   "engine": engine.name} for (_, p, s), c in zip(part, outs)])
+                                   "engine": engine.name, **({"share": c.share} if c.share else {})}
+                                  for (_, p, s), c in zip(part, outs)])
                     progress.advance(task, len(part))
     return engine
 

@@ -10,6 +10,13 @@
   vanilla policy loss; the MTP ratio q/pi_old compares two different predictors and is often far from 1.
 * ``occ``: the same policy loss with the advantages scaled by the adaptive lambda_t (``calibration.py``).
 
+A *draft loss* (``mtp.draft_loss``) can be added to any regime to keep the head a good drafter; it is computed on
+MTP logits with every main-model input detached (as ``detach``), so it moves the head only:
+
+* ``ce``: cross-entropy of the MTP head on the sampled response tokens.
+* ``soft_ce``: cross-entropy of the MTP head toward the main head's detached distribution for the same target
+  token (SkyRL's decoupled draft loss): the head learns to draft what the policy would sample.
+
 Scaling the *advantage* (not the loss) is what the authors' code does; for a positive coefficient the two
 are identical, for a negative lambda_t the clipped surrogate stays pessimistic for the flipped advantage.
 The importance ratio of the MTP head is taken against ``logp_old`` = the main head's rollout log-probs.
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 REGIMES = ("detach", "ce", "policy", "occ")
+DRAFT_LOSSES = ("none", "ce", "soft_ce")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
 IS_LEVELS = ("token", "sequence")
 
@@ -120,3 +128,24 @@ def mtp_loss(
         loss = policy_loss(logp_mtp, logp_old, advantages * scale, mask, **policy_kwargs)
         return MtpLossOutput(loss=loss, coef=float(scale))
     raise ValueError(f"unknown regime {regime!r}; expected one of {REGIMES}")
+
+
+def draft_loss(
+    kind: str,
+    logits_mtp: torch.Tensor,  # [B, T, V] MTP logits computed with every main-model input detached
+    tokens: torch.Tensor,  # [B, T] the sampled response tokens
+    mask: torch.Tensor,  # [B, T]
+    logits_main: torch.Tensor | None = None,  # [B, T, V] the main head's logits for the same tokens (soft_ce)
+    temperature: float = 1.0,
+) -> torch.Tensor:  # scalar
+    """The decoupled draft loss (see the module docstring), a masked token mean."""
+    mask = mask.to(torch.float32)
+    if kind == "ce":
+        return -masked_mean(token_logprobs(logits_mtp, tokens, temperature), mask)
+    if kind == "soft_ce":
+        if logits_main is None:
+            raise ValueError("draft loss 'soft_ce' needs the main head's logits")
+        target = torch.softmax(logits_main.detach().float() / temperature, dim=-1)  # [B, T, V]
+        logq = torch.log_softmax(logits_mtp.float() / temperature, dim=-1)  # [B, T, V]
+        return masked_mean(-(target * logq).sum(-1), mask)
+    raise ValueError(f"unknown draft loss {kind!r}; expected one of {DRAFT_LOSSES[1:]}")

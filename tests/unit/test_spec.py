@@ -163,3 +163,26 @@ def test_bad_estimator_settings_name_the_field(tmp_path, body, field):
 def test_preset_with_agreeing_explicit_keys_is_fine(tmp_path):
     spec = load_spec(_write(tmp_path, "mtp: {occ: {preset: reference, lambda_plus: 0.1, scope: micro_batch}}\n"))
     assert spec.mtp.occ.estimator == "mean_of_ratios"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.speculative=true"], "train.speculative drafts with the MTP head, and mtp.enabled is false (no head)"),
+    (["mtp.draft_loss=soft_ce"], "mtp.draft_loss=soft_ce trains the MTP head, and mtp.enabled is false (no head)"),
+])
+def test_drafting_without_a_head_is_one_line(tmp_path, overrides, message):
+    with pytest.raises(SpecError) as e:
+        load_spec(_write(tmp_path, "mtp: {enabled: false}\n"), overrides)
+    assert str(e.value).endswith(message) and "\n" not in str(e.value)
+
+
+def test_verl_refuses_the_trl_only_drafter_keys(tmp_path):
+    from backends.verl_backend.adapter import spec_problems
+    from backends.verl_backend.options import parse_options
+
+    (tmp_path / "m").mkdir()
+    spec = load_spec(_write(tmp_path, f"backend: verl\nmodel: {{path: {tmp_path / 'm'}}}\n"),
+                     ["train.speculative=true", "mtp.draft_loss=ce"])
+    options = parse_options({"data": {"train": "math6/train/x.jsonl", "val": "math6/aime24.jsonl"}})
+    problems = spec_problems(spec, options)
+    assert any(p.startswith("train.speculative:") for p in problems)
+    assert any(p.startswith("mtp.draft_loss:") for p in problems)

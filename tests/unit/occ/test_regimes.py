@@ -74,3 +74,20 @@ def test_token_logprobs_uses_temperature():
     for temp in (1.0, 0.5):
         expected = torch.log_softmax(logits / temp, -1)[0, 0, 0]
         assert token_logprobs(logits, tokens, temp).item() == pytest.approx(expected.item())
+
+
+def test_draft_loss_soft_ce_is_ce_for_a_one_hot_target_and_trains_only_the_head():
+    from occctl.occ.regimes import draft_loss
+
+    logits_mtp = torch.tensor([[[0.5, -1.0, 2.0], [0.0, 0.3, -0.2]]], requires_grad=True)  # [1, 2, 3]
+    logits_main = torch.tensor([[[0.0, 0.0, 60.0], [60.0, 0.0, 0.0]]], requires_grad=True)  # ~one-hot: 2, 0
+    tokens, mask = torch.tensor([[2, 0]]), torch.tensor([[1.0, 1.0]])
+    soft = draft_loss("soft_ce", logits_mtp, tokens, mask, logits_main)
+    hard = draft_loss("ce", logits_mtp, tokens, mask)
+    by_hand = -(torch.log_softmax(logits_mtp, -1)[0, 0, 2] + torch.log_softmax(logits_mtp, -1)[0, 1, 0]) / 2
+    torch.testing.assert_close(hard, by_hand)
+    torch.testing.assert_close(soft, hard)
+    soft.backward()
+    assert logits_main.grad is None and logits_mtp.grad.abs().sum() > 0
+    masked = draft_loss("soft_ce", logits_mtp, tokens, torch.tensor([[1.0, 0.0]]), logits_main)
+    torch.testing.assert_close(masked, -torch.log_softmax(logits_mtp, -1)[0, 0, 2])
