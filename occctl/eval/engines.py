@@ -74,7 +74,7 @@ class HfEngine:
             self.loaded.mtp_head.to(self.device).eval()
         elif speculative:
             raise SpecError(f"--speculative drafts with the MTP head, and {model_path} has none",
-                            hint="evaluate an occctl checkpoint with mtp_head.safetensors, or drop --speculative")
+                            hint="evaluate a checkpoint that carries an MTP head (occctl runs export one), or drop --speculative")
         self.speculative = speculative
         self.tokenizer = self.loaded.tokenizer
         self.batch_size = batch_size
