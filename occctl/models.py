@@ -119,12 +119,31 @@ def load_checkpoint(path: str | Path, dtype: str = "float32", trust_remote_code:
     head = None
     if (directory / MTP_WEIGHTS).is_file():
         head = _read_occctl_head(directory, model)
+    elif (attached := _attached_head_state(directory)):
+        head = MtpHead.for_model(model)
+        head.load_state_dict(attached)
     elif (native := mtp_layouts.find_native(directory, model.config)) is not None:
         head = mtp_layouts.load_native(model, native, directory)
     elif new_head_if_missing:
         log.warning("%s has no MTP head: building a new one from a copy of the trunk's last layer", path)
         head = mtp_layouts.build_head(model, mtp_layouts.layout_for(model.config))
     return LoadedModel(model, tok, head)
+
+
+ATTACHED_PREFIX = "mtp_head."  # a trainer checkpoint saves the head as the model's `mtp_head` submodule
+
+
+def _attached_head_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The head's tensors in a trainer checkpoint (TRL's ``checkpoint-N``: the model with the head attached as its
+    ``mtp_head`` submodule), without the prefix; {} for any other checkpoint."""
+    from safetensors import safe_open
+
+    state = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            state.update({k.removeprefix(ATTACHED_PREFIX): f.get_tensor(k) for k in f.keys()
+                          if k.startswith(ATTACHED_PREFIX)})
+    return state
 
 
 def _read_occctl_head(directory: Path, model: nn.Module) -> MtpHead:

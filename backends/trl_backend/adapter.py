@@ -94,20 +94,11 @@ class TrlBackend:
 
     def export(self, checkpoint: Path, out_dir: Path) -> Path:
         """A TRL checkpoint (``trl/checkpoint-N``: the model with the MTP head as its ``mtp_head`` submodule) ->
-        HF weights + ``mtp_head.safetensors`` in ``out_dir``."""
-        from safetensors.torch import load_file
-
+        HF weights + the head in the host family's layout in ``out_dir``, as ``checkpoints/final/``."""
         from occctl.models import load_checkpoint, save_checkpoint
-        from occctl.occ.mtp_head import MtpHead
 
         quiet_libraries()
-        loaded = load_checkpoint(checkpoint, new_head_if_missing=False)
-        head_state = {key.removeprefix("mtp_head."): value for file in sorted(checkpoint.glob("*.safetensors"))
-                      for key, value in load_file(str(file)).items() if key.startswith("mtp_head.")}
-        if head_state and loaded.mtp_head is None:
-            loaded.mtp_head = MtpHead.for_model(loaded.model)
-            loaded.mtp_head.load_state_dict(head_state)
-        return save_checkpoint(out_dir, loaded)
+        return save_checkpoint(out_dir, load_checkpoint(checkpoint, new_head_if_missing=False))
 
     def bench_overhead(self, plan: Plan, steps: int, progress: Progress | None = None) -> dict[str, Any]:
         from backends.trl_backend.bench import measure_overhead

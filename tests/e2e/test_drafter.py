@@ -59,8 +59,8 @@ def test_draft_loss_leaves_the_main_model_exactly_as_without_mtp(results_dir, dr
     assert plain["reward_mean"] > 0, "no reward, no gradient: the comparison would be vacuous"
     w_drafted, w_plain = _main_weights(drafted), _main_weights(plain)
     assert max((w_drafted[k] - w_plain[k]).abs().max().item() for k in w_plain) <= 1e-6
-    warm = load_file(str(Path(drafted["warm_start"]) / "mtp_head.safetensors"))
-    head = load_file(str(Path(drafted["checkpoint"]) / "mtp_head.safetensors"))
+    warm = load_file(str(Path(drafted["warm_start"]) / "model-mtp.safetensors"))
+    head = load_file(str(Path(drafted["checkpoint"]) / "model-mtp.safetensors"))
     assert any(not torch.equal(head[k], warm[k]) for k in head), "the draft loss trained the head"
 
 

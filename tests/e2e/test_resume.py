@@ -76,7 +76,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(results_dir):
     from backends.trl_backend.adapter import TrlBackend
 
     exported = TrlBackend().export(results_dir / "runs" / "straight" / "trl" / "checkpoint-12", results_dir / "x12")
-    for file in ("model.safetensors", "mtp_head.safetensors"):
+    for file in ("model.safetensors", "model-mtp.safetensors"):
         a, b = final("straight", file), load_file(str(exported / file))
         assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), file
 
