@@ -160,6 +160,11 @@ class Tracker:
         return cls(store or resolve_store(), None, None)
 
     @classmethod
+    def recorded(cls, store: Store, run_id: str | None) -> "Tracker":
+        """A Tracker that knows its run but writes nothing: a worker of a parallel study (its parent publishes)."""
+        return cls(store, run_id, None)
+
+    @classmethod
     def start(cls, store: Store, experiment: str, run_name: str, params: dict[str, Any],
               tags: dict[str, str]) -> "Tracker":
         """A new MLflow run in ``experiment`` with the run's params and tags."""
