@@ -43,8 +43,12 @@ class RayCluster:
         else:
             self.ray.init(num_cpus=launcher.jobs * self.threads, include_dashboard=False, log_to_driver=False,
                           object_store_memory=OBJECT_STORE_BYTES)
-        self._remote = self.ray.remote(num_cpus=self.threads, num_gpus=launcher.gpus_per_cell, max_calls=1,
-                                       max_retries=0)(run_cell)
+        try:
+            self._remote = self.ray.remote(num_cpus=self.threads, num_gpus=launcher.gpus_per_cell, max_calls=1,
+                                           max_retries=0)(run_cell)
+        except BaseException:
+            self.ray.shutdown()  # never leave a local Ray behind
+            raise
         self._tasks: list[RayTask] = []
 
     def submit(self, name: str) -> RayTask:
