@@ -70,8 +70,7 @@ def publish_rows(run: RunDir, tracker: Tracker, rows: list[dict[str, float]]) ->
     """Log metric rows to MLflow and record the last step published in the run folder."""
     if not (rows and tracker.active):
         return
-    for row in rows:
-        tracker.log_metrics(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+    tracker.log_rows(rows)
     state = run.tracking_state()
     run.write_tracking_state(dataclasses.replace(state, published_step=max(r["step"] for r in rows)))
 

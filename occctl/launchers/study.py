@@ -41,21 +41,23 @@ def run_parallel(specs: list[Spec], launcher: LauncherSpec, fresh: bool, console
     try:
         with view:
             while todo or running:
-                while todo and len(running) < launcher.jobs:
+                ended = [(spec, handle) for spec, handle in running.values() if handle.done()]
+                for spec, _ in ended:
+                    del running[spec.name]
+                while todo and len(running) < launcher.jobs:  # refill first: publishing takes a moment
                     spec = todo.popleft()
                     open_run(spec)
                     running[spec.name] = (spec, pool.submit(spec.name))
                     view.set_state(spec.name, "running")
-                for name, (spec, handle) in list(running.items()):
-                    if handle.done():
-                        del running[name]
-                        reason = failure(handle)
-                        publish_run(spec)
-                        if reason:
-                            failed[name] = reason
-                        view.set_state(name, "failed" if reason else "finished", reason or "")
+                for spec, handle in ended:
+                    reason = failure(handle)
+                    publish_run(spec)
+                    if reason:
+                        failed[spec.name] = reason
+                    view.set_state(spec.name, "failed" if reason else "finished", reason or "")
                 view.refresh()
-                time.sleep(POLL_S if running else 0)
+                if running and not ended:
+                    time.sleep(POLL_S)
     finally:
         pool.close()
     return failed

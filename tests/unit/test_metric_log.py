@@ -10,8 +10,8 @@ class FakeTracker:
     def __init__(self, active=True):
         self.logged, self.active = [], active
 
-    def log_metrics(self, step, metrics):
-        self.logged.append(step)
+    def log_rows(self, rows):
+        self.logged.extend(row["step"] for row in rows)
 
 
 def test_resume_publishes_checkpointed_steps_that_were_never_published(tmp_path):
