@@ -28,7 +28,7 @@ VARIES = ("wall_s", "checkpoint", "mlflow_run_id")  # by run folder and MLflow r
 
 
 def _occctl(results: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OCCCTL_RESULTS_DIR": str(results)}
+    env = {**os.environ, "OCCCTL_RESULTS_DIR": str(results), "OMP_NUM_THREADS": "1"}  # as cpus_per_cell: 1
     return subprocess.run([sys.executable, "-m", "occctl", "run", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
