@@ -47,8 +47,9 @@ def _steps_in_mlflow(results: Path, run_id: str, key: str = "occ/lambda") -> lis
 
 
 def _ray_daemons() -> int:
+    """Ray's daemons running on this machine (a local Ray left behind would keep them)."""
     return sum(1 for p in Path("/proc").glob("[0-9]*/cmdline")
-               if _cmdline(p).startswith(("raylet", "gcs_server")) or "/raylet/raylet" in _cmdline(p))
+               if any(daemon in _cmdline(p).split(" ")[0] for daemon in ("raylet", "gcs_server")))
 
 
 def _cmdline(path: Path) -> str:
