@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from occctl.errors import EnvError
 from occctl.launchers import import_extra
 from occctl.launchers.cell import run_cell
 from occctl.rundir import results_root
@@ -39,7 +40,12 @@ class RayCluster:
         self.directory = directory
         self.threads = launcher.cpus_per_cell or 1
         if launcher.ray_address:
-            self.ray.init(address=launcher.ray_address, log_to_driver=False)
+            try:
+                self.ray.init(address=launcher.ray_address, log_to_driver=False)
+            except ConnectionError as e:
+                raise EnvError(f"--ray-address {launcher.ray_address}: cannot connect to a Ray cluster "
+                               f"({str(e).splitlines()[0]})", hint="is the cluster up (ray status)? "
+                               "Without --ray-address occctl starts a local Ray") from None
         else:
             self.ray.init(num_cpus=launcher.jobs * self.threads, include_dashboard=False, log_to_driver=False,
                           object_store_memory=OBJECT_STORE_BYTES)
