@@ -34,16 +34,25 @@ def run(
     overrides: Optional[list[str]] = SET_OPT,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the native backend config; run nothing"),
     fresh: bool = typer.Option(False, "--fresh", help="move an existing run directory aside and start over"),
+    launcher_name: Optional[str] = typer.Option(None, "--launcher", help="where a study's cells run: sequential "
+                                                "(default), local (processes), ray, slurm (submitit); "
+                                                "overrides the spec's launcher.name"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="cells at once (launcher.jobs)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="an existing Ray cluster: auto or "
+                                              "ray://host:port (launcher.ray_address); default: a local Ray"),
 ) -> None:
     """Run a spec: warm-up (tiny preset, cached), RL with the MTP regime, held-out eval, checkpoint, summary.
 
-    A spec with a `matrix:` runs every cell in turn; finished cells are skipped, so rerunning resumes a study.
+    A spec with a `matrix:` runs every cell, in turn or with --launcher local|ray|slurm --jobs N; finished cells
+    are skipped, so rerunning resumes a study.
     """
     from occctl.runner import plan_run, run_spec, run_study
-    from occctl.spec import dump_spec, load_specs
+    from occctl.spec import dump_spec, load_study
 
     with exits_on_error():
-        resolved = load_specs(spec, overrides or [])
+        launch = [f"launcher.{key}={value}" for key, value in
+                  (("name", launcher_name), ("jobs", jobs), ("ray_address", ray_address)) if value is not None]
+        resolved, launcher = load_study(spec, [*(overrides or []), *launch])
         if dry_run:
             for cell in resolved:
                 plan = plan_run(cell)
@@ -53,8 +62,8 @@ def run(
                 if plan.command:
                     sys.stdout.write(shlex.join(plan.command) + "\n")
             return
-        if resolved[0].group is not None:
-            summary = {"cells": [s["name"] for s in run_study(resolved, fresh=fresh, console=err)]}
+        if resolved[0].group is not None or launcher.name != "sequential":
+            summary = {"cells": [s["name"] for s in run_study(resolved, fresh, err, launcher)]}
         else:
             summary = run_spec(resolved[0], fresh=fresh, console=err)
     out.print_json(json.dumps(summary))

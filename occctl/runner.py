@@ -12,10 +12,10 @@ from rich.console import Console
 
 from occctl.backend import Plan, TrainResult, get_backend
 from occctl.environment import environment
-from occctl.errors import RunError, SpecError
+from occctl.errors import OccError, RunError, SpecError
 from occctl.report.progress import progress_bar
 from occctl.rundir import RunDir, TrackingState, move_aside, write_json_atomic, write_text_atomic
-from occctl.spec import Spec, dump_spec, flatten, spec_to_dict
+from occctl.spec import LauncherSpec, Spec, dump_spec, flatten, spec_to_dict
 from occctl.tracking import Tracker, resolve_store
 
 
@@ -56,22 +56,29 @@ class MetricLog:
         self._file.flush()
 
     def commit(self, step: int | None = None) -> None:
-        """Publish pending rows (up to ``step``) to MLflow."""
+        """Publish pending rows (up to ``step``) to MLflow; nothing when the tracker writes nothing (tracking off,
+        or a worker of a parallel study, whose parent publishes from the run folder)."""
         ready = [r for r in self._pending if step is None or r["step"] <= step]
         self._pending = [r for r in self._pending if not (step is None or r["step"] <= step)]
-        for row in ready:
-            self.tracker.log_metrics(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
-        if ready:
-            state = self.run.tracking_state()
-            self.run.write_tracking_state(dataclasses.replace(state, published_step=max(r["step"] for r in ready)))
+        publish_rows(self.run, self.tracker, ready)
 
     def close(self) -> None:
         self._file.close()
 
 
-def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
+def publish_rows(run: RunDir, tracker: Tracker, rows: list[dict[str, float]]) -> None:
+    """Log metric rows to MLflow and record the last step published in the run folder."""
+    if not (rows and tracker.active):
+        return
+    tracker.log_rows(rows)
+    state = run.tracking_state()
+    run.write_tracking_state(dataclasses.replace(state, published_step=max(r["step"] for r in rows)))
+
+
+def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None, publish: bool = True) -> dict[str, Any]:
     """Run one spec. An existing run folder is resumed from its last checkpoint (same MLflow run); a finished
-    run is not rerun; ``fresh`` moves the old folder aside and starts over."""
+    run is not rerun; ``fresh`` moves the old folder aside and starts over. ``publish=False`` (a worker of a
+    parallel study) writes nothing to MLflow: the parent opened the run and publishes the folder (``publish_run``)."""
     console = console or Console(stderr=True)
     backend = get_backend(spec.backend)
     plan = plan_run(spec)
@@ -80,8 +87,7 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
     if run.exists() and fresh:
         console.print(f"moved the old run aside: {move_aside(run.path)}")
     elif run.exists():
-        saved = run.spec_text()
-        if saved is not None and saved != dump_spec(spec):
+        if _spec_changed(spec):
             raise SpecError(f"run {spec.name!r} exists at {run} with a different spec",
                             hint="pass --fresh to move it aside and start over, or --set name=<new name>")
         if run.is_finished():
@@ -89,14 +95,16 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
                           "(--fresh starts it over)")
             return run.read_summary()
         resume_from = backend.resume_step(plan)
-        console.print(f"resuming run {spec.name!r} from step {resume_from}" if resume_from
-                      else f"run {spec.name!r} has no checkpoint yet: starting it again in place")
+        if resume_from or run.metrics_file.is_file():  # else: a parallel study's parent prepared the folder
+            console.print(f"resuming run {spec.name!r} from step {resume_from}" if resume_from
+                          else f"run {spec.name!r} has no checkpoint yet: starting it again in place")
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_spec(spec)
     write_json_atomic(run.native_config_file, plan.native_config)
     env = environment()
     write_json_atomic(run.env_file, env)
-    tracker = _tracker(spec, env, run)
+    tracker = _tracker(spec, env, run) if publish else Tracker.recorded(resolve_store(spec.tracking.uri),
+                                                                        run.tracking_state().mlflow_run_id)
     plan = dataclasses.replace(plan, mlflow_run_id=tracker.run_id)
     log = MetricLog(run, tracker, resume_from)
 
@@ -116,12 +124,43 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None) ->
     log.commit()
     summary = build_summary(spec, log.history, result, time.perf_counter() - start, tracker.run_id)
     run.write_summary(summary)
+    _publish_summary(spec, run, tracker, summary)
+    return summary
+
+
+def _publish_summary(spec: Spec, run: RunDir, tracker: Tracker, summary: dict[str, Any]) -> None:
     tracker.log_metrics(spec.train.steps, {f"summary/{k}": v for k, v in summary.items()
                                            if isinstance(v, (int, float)) and not isinstance(v, bool)
                                            and math.isfinite(v)})
     tracker.log_artifacts([run.summary_file, run.spec_file])
     tracker.finish("FINISHED")
-    return summary
+
+
+def open_run(spec: Spec) -> None:
+    """The parent of a parallel study, before dispatching a cell: its folder holds the spec (what the worker
+    runs) and its MLflow run is open (new, or the one of an interrupted start, marked running again)."""
+    run = RunDir.named(spec.name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_spec(spec)
+    _tracker(spec, environment(), run)
+
+
+def publish_run(spec: Spec) -> None:
+    """The parent of a parallel study, once a cell's worker has ended: mirror its run folder to MLflow. A
+    finished cell is published whole; an unfinished one up to its last checkpoint (the steps a resume keeps, the
+    rest are cut from metrics.jsonl), so no step reaches MLflow twice. Only the parent writes to MLflow."""
+    run = RunDir.named(spec.name)
+    if not spec.tracking.mlflow or not run.tracking_state().mlflow_run_id:
+        return
+    tracker = Tracker.attach(resolve_store(spec.tracking.uri), run.tracking_state().mlflow_run_id)
+    finished = run.is_finished()
+    until = None if finished else get_backend(spec.backend).resume_step(plan_run(spec))
+    published = run.tracking_state().published_step
+    publish_rows(run, tracker, [r for r in run.read_metrics(until) if r["step"] > published])
+    if finished:
+        _publish_summary(spec, run, tracker, run.read_summary())
+    else:
+        tracker.finish("FAILED")
 
 
 def _tracker(spec: Spec, env: dict[str, Any], run: RunDir) -> Tracker:
@@ -146,24 +185,57 @@ def _tracker(spec: Spec, env: dict[str, Any], run: RunDir) -> Tracker:
     return tracker
 
 
-def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
-    """Every cell of a matrix, sequentially; finished cells are skipped, so an interrupted study resumes.
+def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = None,
+              launcher: LauncherSpec | None = None) -> list[dict[str, Any]]:
+    """Every cell of a matrix; finished cells are skipped, so an interrupted study resumes, and an unfinished
+    cell (its process died) resumes from its last checkpoint; ``fresh`` moves every cell aside.
 
-    An unfinished cell (its process died) resumes from its last checkpoint; ``fresh`` moves every cell aside.
+    A changed spec is refused before any cell starts. ``launcher`` (default: sequential, in this process)
+    dispatches the cells to local processes, Ray or SLURM (``occctl.launchers``). A failing cell does not stop
+    the others: at the end a RunError names the failed cells.
     """
     console = console or Console(stderr=True)
-    summaries: list[dict[str, Any]] = []
-    total = len(specs)
+    launcher = launcher or LauncherSpec()
+    if not fresh:
+        changed = [f"run {s.name!r} exists with a different spec" for s in specs if _spec_changed(s)]
+        if changed:
+            raise SpecError("\n".join(changed), hint="pass --fresh to move the old runs aside and start over")
+    if launcher.name == "sequential":
+        failed = _run_in_turn(specs, fresh, console)
+    else:
+        from occctl.launchers.study import run_parallel
+
+        failed = run_parallel(specs, launcher, fresh, console)
+    group = specs[0].group or specs[0].name
+    console.rule(f"study {group}: {len(specs) - len(failed)}/{len(specs)} cells done"
+                 + (f", {len(failed)} failed" if failed else ""))
+    if failed:
+        for name, reason in failed.items():
+            console.print(f"failed: {name}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        raise RunError(f"study {group}: {len(failed)} of {len(specs)} cells failed: {', '.join(failed)}",
+                       hint="rerun the same command: finished cells are skipped, the others resume")
+    return [RunDir.named(s.name).read_summary() for s in specs]
+
+
+def _spec_changed(spec: Spec) -> bool:
+    saved = RunDir.named(spec.name).spec_text()
+    return saved is not None and saved != dump_spec(spec)
+
+
+def _run_in_turn(specs: list[Spec], fresh: bool, console: Console) -> dict[str, str]:
+    """The sequential launcher: one cell after another in this process. -> {failed cell: reason}."""
+    failed: dict[str, str] = {}
     for i, spec in enumerate(specs, 1):
-        run = RunDir.named(spec.name)
-        done = sum(1 for s in specs if RunDir.named(s.name).is_finished())
-        if run.is_finished() and not fresh:
-            summaries.append(run.read_summary())
+        if RunDir.named(spec.name).is_finished() and not fresh:
             continue
-        console.rule(f"cell {i}/{total}: {spec.name}  ({done} done, {total - done} left)")
-        summaries.append(run_spec(spec, fresh=fresh, console=console))
-    console.rule(f"study {specs[0].group or specs[0].name}: {total}/{total} cells done")
-    return summaries
+        done = sum(1 for s in specs if RunDir.named(s.name).is_finished())
+        console.rule(f"cell {i}/{len(specs)}: {spec.name}  ({done} done, {len(specs) - done} left)")
+        try:
+            run_spec(spec, fresh=fresh, console=console)
+        except OccError as e:  # this cell failed (a NaN loss, a missing file): the others still run
+            failed[spec.name] = e.message.splitlines()[0]
+            console.print(f"cell {spec.name} failed: {failed[spec.name]}", markup=False, highlight=False)
+    return failed
 
 
 def _series(history: list[dict[str, float]], key: str) -> list[float]:

@@ -373,6 +373,45 @@ class Spec(_Strict):
                 // self.train.optimizer_steps_per_generation)
 
 
+class SlurmSpec(_Strict):
+    partition: str | None = Field(None, description="SLURM partition (default: the cluster's)")
+    time_min: int = Field(60, ge=1, description="time limit of one cell's job, minutes")
+    mem_gb: float | None = Field(None, gt=0, description="memory of one cell's job (default: the cluster's)")
+    additional: dict[str, Any] = Field(default_factory=dict, description="more sbatch options, e.g. "
+                                       "{account: proj, qos: high} (submitit's slurm_additional_parameters)")
+    cluster: Literal["slurm", "local", "debug"] = Field("slurm", description="submitit's executor: slurm; local "
+                                                        "or debug run the jobs on this machine (tests)")
+
+
+class LauncherSpec(_Strict):
+    """How `occctl run` dispatches a study's cells (``launcher:`` beside ``matrix:``; never part of a run's spec,
+    so changing it does not change the runs)."""
+
+    name: Literal["sequential", "local", "ray", "slurm"] = Field("sequential", description="sequential: in this "
+                                                                 "process, one cell after another")
+    jobs: int = Field(1, ge=1, description="cells at once (slurm: the job array's parallelism)")
+    cpus_per_cell: int | None = Field(None, ge=1, description="CPU cores and torch threads of one cell; default: "
+                                      "this machine's cores // jobs (local), 1 (ray, slurm)")
+    gpus_per_cell: float = Field(0, ge=0, description="GPUs of one cell (ray, slurm)")
+    ray_address: str | None = Field(None, description="an existing Ray cluster (auto, ray://host:port); default: "
+                                    "a local Ray that occctl starts and stops")
+    slurm: SlurmSpec = SlurmSpec()
+
+    @model_validator(mode="after")
+    def _jobs_need_a_launcher(self) -> "LauncherSpec":
+        if self.name == "sequential" and self.jobs > 1:
+            raise ValueError(f"jobs = {self.jobs} needs a parallel launcher: --launcher local, ray or slurm")
+        return self
+
+
+def validate_launcher(raw: Any, source: str) -> LauncherSpec:
+    try:
+        return LauncherSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError("\n".join(f"{source}: launcher.{describe_error(err, LauncherSpec)}"
+                                  for err in e.errors())) from None
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 
@@ -386,7 +425,13 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def load_specs(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> list[Spec]:
-    """A spec file -> its runs: one, or one per cell of its ``matrix:`` (the cartesian product of the lists).
+    """A spec file -> its runs (``load_study`` without the launcher)."""
+    return load_study(path, overrides)[0]
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[list[Spec], LauncherSpec]:
+    """A spec file -> its runs and its ``launcher:``. The runs: one, or one per cell of its ``matrix:``
+    (the cartesian product of the lists).
 
     ``matrix: {mtp.regime: [detach, occ], train.seed: [0, 1]}`` gives 4 runs named
     ``<name>.regime-detach.seed-0`` etc., all with ``group: <name>`` and ``cell`` = their matrix values.
@@ -401,8 +446,9 @@ def load_specs(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise SpecError(f"--set {item}: {key} is varied by the matrix of {path}")
         set_dotted(raw, key, value, where=f"--set {item}")
     raw.setdefault("name", path.stem)
+    launcher = validate_launcher(raw.pop("launcher", {}), str(path))
     if matrix is None:
-        return [validate_spec(raw, str(path))]
+        return [validate_spec(raw, str(path))], launcher
     keys, values, bundles = _check_matrix(matrix, str(path))
     specs, seen = [], set()
     for combo in itertools.product(*values):
@@ -418,7 +464,7 @@ def load_specs(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise SpecError(f"{path}: two matrix cells are both named {spec.name!r}")
         seen.add(spec.name)
         specs.append(spec)
-    return specs
+    return specs, launcher
 
 
 def _check_matrix(matrix: Any, source: str) -> tuple[list[str], list[list[Any]], dict[str, dict[str, Any]]]:

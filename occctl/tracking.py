@@ -20,6 +20,7 @@ from typing import Any
 from occctl.rundir import results_root
 
 REMOTE_SCHEMES = ("http://", "https://", "databricks", "uc:")
+MLFLOW_BATCH = 1000  # metrics per log_batch request (MLflow's limit)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ class Tracker:
         return cls(store or resolve_store(), None, None)
 
     @classmethod
+    def recorded(cls, store: Store, run_id: str | None) -> "Tracker":
+        """A Tracker that knows its run but writes nothing: a worker of a parallel study (its parent publishes)."""
+        return cls(store, run_id, None)
+
+    @classmethod
     def start(cls, store: Store, experiment: str, run_name: str, params: dict[str, Any],
               tags: dict[str, str]) -> "Tracker":
         """A new MLflow run in ``experiment`` with the run's params and tags."""
@@ -217,12 +223,18 @@ class Tracker:
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.log_rows([{"step": step, **metrics}])
+
+    def log_rows(self, rows: list[dict[str, float]]) -> None:
+        """Metric rows ``{"step": n, key: value, ...}``, many steps per request (MLflow takes 1000 metrics)."""
         def log(client) -> None:
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
-            client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()
-                                                   if math.isfinite(v)])
+            metrics = [Metric(k, v, now, int(row["step"])) for row in rows for k, v in row.items()
+                       if k != "step" and math.isfinite(v)]
+            for i in range(0, len(metrics), MLFLOW_BATCH):
+                client.log_batch(self.run_id, metrics=metrics[i:i + MLFLOW_BATCH])
 
         self._guarded(log)
 

@@ -7,11 +7,11 @@ from occctl.runner import MetricLog
 
 
 class FakeTracker:
-    def __init__(self):
-        self.logged = []
+    def __init__(self, active=True):
+        self.logged, self.active = [], active
 
-    def log_metrics(self, step, metrics):
-        self.logged.append(step)
+    def log_rows(self, rows):
+        self.logged.extend(row["step"] for row in rows)
 
 
 def test_resume_publishes_checkpointed_steps_that_were_never_published(tmp_path):
@@ -34,3 +34,14 @@ def test_resume_publishes_checkpointed_steps_that_were_never_published(tmp_path)
     resumed.close()
     assert second.logged == [5, 6, 7, 8, 9]
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 10))
+
+
+def test_a_worker_publishes_nothing_and_leaves_it_to_the_parent(tmp_path):
+    run = RunDir(tmp_path)
+    worker = FakeTracker(active=False)  # Tracker.recorded: a parallel study's worker
+    log = MetricLog(run, worker, None)
+    for step in range(1, 5):
+        log(step, {"loss": float(step)})
+    log.commit(4)
+    log.close()
+    assert worker.logged == [] and run.tracking_state().published_step == 0, "the parent publishes steps 1-4"

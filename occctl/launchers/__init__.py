@@ -1,0 +1,72 @@
+"""Launchers: where the cells of a study run (``occctl run STUDY --launcher local|ray|slurm --jobs N``).
+
+* ``study.py``   the parent: refuses nothing twice, opens each cell's run folder and MLflow run, keeps at most
+                 ``jobs`` cells in flight, publishes each ended cell to MLflow, shows one live view (``view.py``);
+* ``cell.py``    what a worker runs: one cell's ``run_spec``, writing only its run folder and its log;
+* ``local.py``   each cell its own process on this machine, torch threads split between the jobs;
+* ``raycluster.py``  each cell a Ray task with declared CPUs/GPUs, on a local Ray or an existing cluster;
+* ``slurm.py``   each cell a SLURM job through submitit.
+
+Every pool has ``submit(name) -> handle`` (``handle.done()``, ``handle.result()`` raising the cell's failure) and
+``close()``, which stops what still runs. Workers share ``results/`` with the parent (shared storage on a cluster).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from occctl.errors import OccError
+from occctl.rundir import results_root
+from occctl.spec import LauncherSpec
+
+
+class MissingExtraError(OccError):
+    """A launcher's optional package is not installed."""
+
+    exit_code = 2
+
+
+class Handle(Protocol):
+    def done(self) -> bool: ...
+    def result(self) -> Any: ...
+
+
+class Pool(Protocol):
+    def submit(self, name: str) -> Handle: ...
+    def close(self) -> None: ...
+
+
+def study_dir(group: str) -> Path:
+    """``results/studies/<group>/``: the cells' logs (``<cell>.log``) and the launcher's own files."""
+    path = results_root() / "studies" / group
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def open_pool(launcher: LauncherSpec, group: str) -> Pool:
+    """The launcher's pool; MissingExtraError (exit 2) when its package is not installed."""
+    if launcher.name == "local":
+        from occctl.launchers.local import LocalProcesses
+
+        return LocalProcesses(launcher, study_dir(group))
+    if launcher.name == "ray":
+        from occctl.launchers.raycluster import RayCluster
+
+        return RayCluster(launcher, study_dir(group))
+    if launcher.name == "slurm":
+        from occctl.launchers.slurm import SlurmJobs
+
+        return SlurmJobs(launcher, study_dir(group))
+    raise ValueError(f"no pool for launcher {launcher.name!r}")
+
+
+def import_extra(module: str, launcher: str):
+    """``import module`` for a launcher, or MissingExtraError naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"--launcher {launcher} needs the {module} package, which is not installed",
+                                hint=f"pip install 'occctl[{launcher}]'") from None

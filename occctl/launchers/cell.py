@@ -1,0 +1,47 @@
+"""What a worker runs: one cell of a study, from the spec its parent wrote into the run folder.
+
+The worker writes its run folder (metrics.jsonl, checkpoints, summary.json) and its log, never MLflow: the parent
+opened the cell's MLflow run and publishes the folder once the worker has ended (``occctl.runner.publish_run``).
+``python -m occctl.launchers.cell NAME LOG`` is the local launcher's worker; Ray and submitit call ``run_cell``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+
+
+def run_cell(name: str, results: str, threads: int, log: str) -> dict[str, Any]:
+    """Run (or resume) the cell ``name`` under the results root ``results`` with ``threads`` torch threads,
+    appending its progress lines to ``log``. -> its summary."""
+    os.environ["OCCCTL_RESULTS_DIR"] = results
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the tiny preset keeps torch's threads when this is set
+    import torch
+
+    torch.set_num_threads(threads)
+    from occctl.rundir import RunDir
+    from occctl.runner import run_spec
+
+    spec = RunDir.named(name).read_spec()
+    with open(log, "a", encoding="utf-8") as stream:
+        console = Console(file=stream, force_terminal=False, width=160, soft_wrap=True)
+        return run_spec(spec, console=console, publish=False)
+
+
+def main(argv: list[str]) -> int:
+    from occctl.errors import OccError
+
+    name, log = argv
+    try:
+        run_cell(name, os.environ["OCCCTL_RESULTS_DIR"], int(os.environ["OMP_NUM_THREADS"]), log)
+    except OccError as e:  # the parent reports the last line of the log
+        print(f"error: {e.message}", file=sys.stderr, flush=True)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
