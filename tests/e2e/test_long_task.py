@@ -1,0 +1,25 @@
+"""The long-response task end to end: the shipped long_* specs run (with a short warm-up, to stay fast)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from occctl.runner import run_spec
+from occctl.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["train.steps=4", "warmup.steps=20", "eval.samples_per_problem=1", "train.prompts_per_generation=8",
+        "task.heldout_problems=20"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("regime", ["detach", "occ"])
+def test_long_spec_runs_and_scores_the_final_sum(results_dir, regime):
+    spec = load_spec(REPO / "specs" / f"long_{regime}.yaml", [f"name=long_{regime}", *FAST])
+    summary = run_spec(spec)
+    assert summary["steps"] == 4 and 0.0 <= summary["heldout_acc_after"] <= 1.0
+    rows = [json.loads(line) for line in (Path(summary["checkpoint"]).parents[1] / "metrics.jsonl").open()]
+    lengths = [r["completions/mean_length"] for r in rows if "completions/mean_length" in r]
+    assert lengths and max(lengths) > 10, "responses of a 26-token answer task are long"
