@@ -18,8 +18,8 @@ Adding a backend
      ``mtp_head.safetensors``, as ``export`` writes them) and its own summary entries.
    - ``resume_step`` says where a rerun of an unfinished run continues (0: from the start, in place).
    - ``export`` turns one of the backend's native checkpoints into what ``occctl eval`` reads.
-   - ``bench_overhead`` times the MTP regimes in one process (``occctl bench overhead``); a backend that cannot
-     raises EnvError.
+   - ``bench_overhead`` times the MTP regimes in one process (``occctl bench overhead``), ``bench_rollout`` plain
+     vs speculative generation (``occctl bench rollout``); a backend that cannot raises EnvError.
    A test that registers a fake backend and drives it through ``occctl run``, a resume and ``occctl ls`` is in
    ``tests/unit/test_backend_contract.py``: copy it for a new backend.
 """
@@ -91,6 +91,9 @@ class Backend(Protocol):
 
     def bench_overhead(self, plan: Plan, steps: int, progress: "Progress | None" = None) -> dict[str, Any]:
         """Median step time per MTP variant, interleaved in one process, and their ratios (``x_over_y``)."""
+
+    def bench_rollout(self, plan: Plan, rounds: int, progress: "Progress | None" = None) -> dict[str, Any]:
+        """Tokens/s of plain and speculative generation, interleaved in one process, and ``spec_speedup``."""
 
 
 def get_backend(name: str) -> Backend:

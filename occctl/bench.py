@@ -53,9 +53,6 @@ def run_rollout_bench(spec: Spec, rounds: int, out: Path | None = None, force: b
         raise SpecError("bench rollout drafts with the MTP head: the spec has mtp.enabled=false (no head)")
     target = _target(out, force)
     backend = get_backend(spec.backend)
-    if not hasattr(backend, "bench_rollout"):
-        raise SpecError(f"bench rollout: the {spec.backend} backend has no speculative rollouts",
-                        hint="use a spec with backend: trl")
     with progress_bar(console or Console(stderr=True)) as progress:
         result = backend.bench_rollout(backend.prepare(spec, RunDir.named(spec.name)), rounds, progress)
     result["goal"] = {"min": SPEEDUP_GOAL, "met": result["spec_speedup"] >= SPEEDUP_GOAL}

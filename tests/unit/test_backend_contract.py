@@ -71,6 +71,12 @@ class FakeBackend:
                 "median_step_s": {"plain": 1.0, "occ": 1.5}, "mean_step_s": {"plain": 1.1, "occ": 1.6},
                 "occ_over_plain": 1.5, "occ_over_plain_ci95": [1.4, 1.6], "mean_occ_over_plain": 1.45}
 
+    def bench_rollout(self, plan: Plan, rounds: int, progress: Any = None) -> dict[str, Any]:
+        return {"rounds_timed": rounds, "completions_per_round": 4, "max_new_tokens": 8,
+                "tokens_per_s": {"plain": 100.0, "speculative": 150.0}, "spec_speedup": 1.5,
+                "spec_speedup_ci95": [1.4, 1.6], "accept_rate": 0.8, "mean_accept_len": 1.8,
+                "load_average_1min": [1.0, 1.0]}
+
 
 @pytest.fixture
 def fake(monkeypatch, results_dir, tmp_path):
@@ -141,3 +147,12 @@ def test_an_unregistered_backend_is_a_spec_error(tmp_path):
     spec.write_text(SPEC.replace("backend: fake", "backend: trll"))
     result = CliRunner().invoke(app, ["validate", str(spec)])
     assert result.exit_code == 2 and "unknown backend 'trll' (did you mean 'trl'?)" in result.output
+
+
+def test_bench_rollout_goes_through_the_registry(fake, tmp_path):
+    out = tmp_path / "rollout.json"
+    result = CliRunner().invoke(app, ["bench", "rollout", str(fake), "--rounds", "3", "--out", str(out)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["rounds_timed"] == 3 and saved["goal"]["met"] and "spec_speedup 1.500" in result.output
