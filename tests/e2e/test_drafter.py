@@ -10,18 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from occctl.runner import run_spec
-from occctl.spec import load_spec
 
-REPO = Path(__file__).resolve().parents[2]
-SPEC = REPO / "specs" / "tiny_occ.yaml"
-FAST = ["eval.samples_per_problem=1", "train.prompts_per_generation=16"]
+from tiny_runs import SPEC, run_tiny  # tests/, on sys.path via its conftest
+
 
 pytestmark = pytest.mark.slow
-
-
-def _run(name, *overrides):
-    return run_spec(load_spec(SPEC, [f"name={name}", *FAST, *overrides]))
 
 
 def _main_weights(summary):
@@ -29,14 +22,14 @@ def _main_weights(summary):
 
 
 def test_speculative_rollouts_log_acceptance_per_generation(results_dir):
-    summary = _run("spec_on", "train.speculative=true", "train.steps=4")
+    summary = run_tiny("spec_on", "train.speculative=true", "train.steps=4")
     rows = [json.loads(line) for line in (Path(summary["checkpoint"]).parents[1] / "metrics.jsonl").open()]
     accept = [r["spec/accept_rate"] for r in rows if "spec/accept_rate" in r]
     length = [r["spec/mean_accept_len"] for r in rows if "spec/mean_accept_len" in r]
     assert len(accept) == len(length) == 1, "4 steps at 4 optimizer steps per generation: one generation"
     assert 0.0 <= accept[0] <= 1.0 and 1.0 <= length[0] <= 2.0
     assert summary["spec_accept_rate"] == accept[0] and summary["rollout_tokens_per_s"] > 0
-    plain = _run("spec_off", "train.steps=4")
+    plain = run_tiny("spec_off", "train.steps=4")
     assert "spec_accept_rate" not in plain and plain["rollout_tokens_per_s"] > 0
 
 
@@ -54,8 +47,8 @@ def test_draft_loss_leaves_the_main_model_exactly_as_without_mtp(results_dir, dr
     """``ce`` at coef 0 sends the main model a zero MTP gradient; the draft loss on top must not change that,
     neither by a gradient nor through a shared clip (clipping is active: small max_grad_norm)."""
     common = ["train.steps=8", "train.max_grad_norm=0.05"]
-    drafted = _run(f"d_{draft}", "mtp.regime=ce", "mtp.coef=0.0", f"mtp.draft_loss={draft}", *common)
-    plain = _run(f"d_plain_{draft}", "mtp.enabled=false", *common)
+    drafted = run_tiny(f"d_{draft}", "mtp.regime=ce", "mtp.coef=0.0", f"mtp.draft_loss={draft}", *common)
+    plain = run_tiny(f"d_plain_{draft}", "mtp.enabled=false", *common)
     assert plain["reward_mean"] > 0, "no reward, no gradient: the comparison would be vacuous"
     w_drafted, w_plain = _main_weights(drafted), _main_weights(plain)
     assert max((w_drafted[k] - w_plain[k]).abs().max().item() for k in w_plain) <= 1e-6

@@ -7,19 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from occctl.runner import run_spec
-from occctl.spec import load_spec
 from occctl.tracking import Store
 
-REPO = Path(__file__).resolve().parents[2]
-SPEC = REPO / "specs" / "tiny_occ.yaml"
-FAST = ["eval.samples_per_problem=1", "train.prompts_per_generation=16"]
+from tiny_runs import run_tiny  # tests/, on sys.path via its conftest
+
 
 pytestmark = pytest.mark.slow
-
-
-def _run(name, *overrides):
-    return run_spec(load_spec(SPEC, [f"name={name}", *FAST, *overrides]))
 
 
 def _rows(summary):
@@ -30,7 +23,7 @@ def _rows(summary):
 
 
 def test_oracle_estimator_trains_with_lambda_plus_times_the_oracle_slope(results_dir):
-    summary = _run("oracle", "mtp.occ.estimator=oracle", "mtp.occ.lambda_plus=0.5", "train.steps=5",
+    summary = run_tiny("oracle", "mtp.occ.estimator=oracle", "mtp.occ.lambda_plus=0.5", "train.steps=5",
                    "train.micro_batches_per_step=2")
     rows = [r for _, r in sorted(_rows(summary).items()) if "occ/oracle_lambda" in r]
     assert len(rows) == 5
@@ -46,8 +39,8 @@ def test_oracle_estimator_trains_with_lambda_plus_times_the_oracle_slope(results
 
 
 def test_reference_preset_trains_differently_from_the_paper_estimator(results_dir):
-    ref = _run("ref", "mtp.occ.preset=reference", "train.steps=4")
-    paper = _run("paper", "train.steps=4")
+    ref = run_tiny("ref", "mtp.occ.preset=reference", "train.steps=4")
+    paper = run_tiny("paper", "train.steps=4")
     ref_rows, paper_rows = _rows(ref), _rows(paper)
     # same trajectory until the MTP term first differs (step 1: lambda = 0 in both), then different lambdas
     assert ref_rows[1]["occ/lambda"] == paper_rows[1]["occ/lambda"] == 0.0

@@ -12,20 +12,12 @@ from safetensors.torch import load_file
 
 from occctl.models import load_checkpoint
 from occctl.mtp_layouts import layout_for, native_state
-from occctl.runner import run_spec
-from occctl.spec import load_spec
 from occctl.tracking import Store
 
-REPO = Path(__file__).resolve().parents[2]
-SPEC = REPO / "specs" / "tiny_occ.yaml"
-FAST = ["eval.samples_per_problem=1", "train.prompts_per_generation=16"]
+from tiny_runs import SPEC, run_tiny  # tests/, on sys.path via its conftest
+
 
 pytestmark = pytest.mark.slow
-
-
-def _run(name, *overrides):
-    spec = load_spec(SPEC, [f"name={name}", *FAST, *overrides])
-    return run_spec(spec)
 
 
 def _main_weights(summary):
@@ -60,7 +52,7 @@ def test_cli_smoke_run_writes_summary_and_mlflow(results_dir):
 
 @pytest.mark.parametrize("regime", ["detach", "ce", "policy", "occ"])
 def test_every_regime_runs_and_reloads(results_dir, regime):
-    summary = _run(f"r_{regime}", f"mtp.regime={regime}", "train.steps=4")
+    summary = run_tiny(f"r_{regime}", f"mtp.regime={regime}", "train.steps=4")
     assert summary["steps"] == 4 and summary["regime"] == regime
     loaded = load_checkpoint(summary["checkpoint"], new_head_if_missing=False)
     assert loaded.mtp_head is not None
@@ -74,9 +66,9 @@ def test_every_regime_runs_and_reloads(results_dir, regime):
 def test_detach_leaves_the_main_model_exactly_as_without_mtp(results_dir):
     # clipping is active (small max_grad_norm), so a shared clip would couple MTP and main gradients
     common = ["train.steps=8", "train.max_grad_norm=0.05", "mtp.coef=1.0"]
-    detach = _run("eq_detach", "mtp.regime=detach", *common)
-    plain = _run("eq_plain", "mtp.enabled=false", *common)
-    ce = _run("eq_ce", "mtp.regime=ce", *common)  # negative control: the same check must fail for ce
+    detach = run_tiny("eq_detach", "mtp.regime=detach", *common)
+    plain = run_tiny("eq_plain", "mtp.enabled=false", *common)
+    ce = run_tiny("eq_ce", "mtp.regime=ce", *common)  # negative control: the same check must fail for ce
     assert plain["reward_mean"] > 0, "no reward, no gradient: the comparison would be vacuous"
     w_detach, w_plain, w_ce = _main_weights(detach), _main_weights(plain), _main_weights(ce)
     warm = load_file(str(Path(plain["warm_start"]) / "model.safetensors"))
@@ -89,7 +81,7 @@ def test_detach_leaves_the_main_model_exactly_as_without_mtp(results_dir):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "gspo"])
 def test_other_algorithms_run(results_dir, algorithm):
-    summary = _run(f"a_{algorithm}", f"algorithm.name={algorithm}", "train.steps=4")
+    summary = run_tiny(f"a_{algorithm}", f"algorithm.name={algorithm}", "train.steps=4")
     assert summary["algorithm"] == algorithm and summary["steps"] == 4
     native = json.loads((Path(summary["checkpoint"]).parents[1] / "native_config.json").read_text())
     assert native["importance_sampling_level"] == ("sequence" if algorithm == "gspo" else "token")
@@ -98,8 +90,8 @@ def test_other_algorithms_run(results_dir, algorithm):
 
 def test_oracle_mode_logs_the_true_geometry_and_changes_nothing(results_dir):
     common = ["mtp.regime=occ", "train.steps=6"]
-    with_oracle = _run("o_on", *common, "mtp.occ.oracle_every=1")
-    without = _run("o_off", *common)
+    with_oracle = run_tiny("o_on", *common, "mtp.occ.oracle_every=1")
+    without = run_tiny("o_off", *common)
     for key in ("oracle_steps", "fidelity_pearson_c", "fidelity_spearman_c", "fidelity_pearson_v2",
                 "fidelity_spearman_v2"):
         assert key in with_oracle and key not in without
