@@ -24,7 +24,7 @@ train: {steps: 2, prompts_per_generation: 8}
 eval: {samples_per_problem: 1}
 tracking: {experiment: launch_test}
 """
-VARIES = ("wall_s", "checkpoint", "mlflow_run_id")  # by run folder and MLflow run; everything else must match
+VARIES = ("wall_s", "rollout_tokens_per_s", "checkpoint", "mlflow_run_id")  # timings, run folder, MLflow run
 
 
 def _occctl(results: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
