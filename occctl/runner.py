@@ -14,7 +14,7 @@ from occctl.backend import Plan, TrainResult, get_backend
 from occctl.environment import environment
 from occctl.errors import OccError, RunError, SpecError
 from occctl.report.progress import progress_bar
-from occctl.rundir import RunDir, TrackingState, move_aside, write_json_atomic, write_text_atomic
+from occctl.rundir import RunDir, RunFileError, TrackingState, move_aside, write_json_atomic, write_text_atomic
 from occctl.spec import LauncherSpec, Spec, dump_spec, flatten, spec_to_dict
 from occctl.tracking import Tracker, resolve_store
 
@@ -218,8 +218,17 @@ def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = 
 
 
 def _spec_changed(spec: Spec) -> bool:
-    saved = RunDir.named(spec.name).spec_text()
-    return saved is not None and saved != dump_spec(spec)
+    """Whether the run folder holds a run of a different spec. A ``spec.yaml`` written by an older occctl lacks the
+    keys added since; it is the same spec when, re-validated with today's defaults for those keys, it equals ``spec``
+    (so a study can be resumed across a schema change; ``env.json`` records the version each run started with)."""
+    run = RunDir.named(spec.name)
+    saved = run.spec_text()
+    if saved is None or saved == dump_spec(spec):
+        return False
+    try:
+        return run.read_spec() != spec
+    except RunFileError:
+        return True
 
 
 def _run_in_turn(specs: list[Spec], fresh: bool, console: Console) -> dict[str, str]:
