@@ -76,7 +76,7 @@ def _r(value: float) -> str:
     return "–" if not math.isfinite(value) else f"{value:+.2f}"
 
 
-def to_markdown(cells: list[FidelityCell], title: str) -> str:
+def to_markdown(cells: list[FidelityCell], title: str, groups: list[str]) -> str:
     head = ["task", "factor", "setting", "oracle steps"] + [f"r({label}) P [95% CI] / S" for _, label in STATS] + [
         "mean λ_t", "held-out before → after"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -91,7 +91,8 @@ def to_markdown(cells: list[FidelityCell], title: str) -> str:
                                         f"{c.lambda_mean:.4f}", f"{c.heldout_before:.3f} → {c.heldout_after:.3f}"]) + " |")
     above = [f"{c.task}/{c.factor}" for c in cells if c.r["c"][0] > THRESHOLD]
     lines += ["", f"Bold: Pearson r > {THRESHOLD}. Cells with r(ĉ, c) > {THRESHOLD}: "
-              + (", ".join(above) if above else "none") + "."]
+              + (", ".join(above) if above else "none") + ".",
+              "", f"Produced by `occctl report --fidelity --group {','.join(groups)}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -137,6 +138,6 @@ def write_fidelity_report(groups: list[str], out_dir: Path, title: str | None = 
     if not cells:
         raise SpecError(f"no finished oracle-mode runs in group(s) {', '.join(groups)}",
                         hint="run the study first, e.g. occctl run specs/fidelity_scale.yaml")
-    write_text_atomic(out_dir / "table.md", to_markdown(cells, title or f"Proxy fidelity: {', '.join(groups)}"))
+    write_text_atomic(out_dir / "table.md", to_markdown(cells, title or f"Proxy fidelity: {', '.join(groups)}", groups))
     plot(cells, out_dir / "fidelity_vs_factor.png")
     return out_dir

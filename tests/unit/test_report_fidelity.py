@@ -32,8 +32,9 @@ def test_report_rows_intervals_and_figure(tmp_path, monkeypatch):
     _cell(tmp_path, cells[1], 0.05)
     rows = collect(["fidelity_scale"])
     assert [(c.task, c.factor) for c in rows] == [(s.task.name, s.cell["factor"]) for s in cells[:2]]
-    text = to_markdown(rows, "t")
-    assert "**+0.80**" in text and f"{rows[0].task}/{rows[0].factor}" in text.splitlines()[-1]
+    text = to_markdown(rows, "t", ["fidelity_scale"])
+    assert "**+0.80**" in text and f"{rows[0].task}/{rows[0].factor}" in text.splitlines()[-3]
+    assert text.splitlines()[-1] == "Produced by `occctl report --fidelity --group fidelity_scale`."
     lo, hi = interval(0.8, 100)
     assert lo < 0.8 < hi and f"[{lo:+.2f}, {hi:+.2f}]" in text
     out = write_fidelity_report(["fidelity_scale"], tmp_path / "rep")
