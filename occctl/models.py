@@ -20,7 +20,7 @@ from torch import nn
 from occctl import mtp_layouts
 from occctl.errors import EnvError, SpecError
 from occctl.occ.mtp_head import MtpHead
-from occctl.spec import ModelSpec, TinyModelSpec
+from occctl.spec import TINY_CONTEXT, ModelSpec, TinyModelSpec
 
 TINY_SYMBOLS = "0123456789+="
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -58,7 +58,7 @@ def build_tiny(spec: TinyModelSpec, seed: int) -> LoadedModel:
     cfg = Qwen2Config(
         vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-        max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+        max_position_embeddings=TINY_CONTEXT, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation="sdpa",
     )
     torch.manual_seed(seed)

@@ -19,7 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from occctl.errors import SpecError, did_you_mean
 
-TINY_CONTEXT = 64  # max_position_embeddings of the tiny preset (occctl/models.py)
+TINY_CONTEXT = 64  # max_position_embeddings of the tiny preset: the spec checks prompts + answers fit
 HUB_ID = r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
