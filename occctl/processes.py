@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
+from typing import Protocol
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGINT to the process group of ``proc`` (started with ``start_new_session=True``), then SIGTERM, then
-    SIGKILL, each with ``grace_s`` to take effect, until no member of the group is left."""
+class Child(Protocol):
+    """A child process that leads its own process group: a ``subprocess.Popen`` started with
+    ``start_new_session=True``, or anything with its ``pid`` and a ``poll()`` that reaps it."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+
+def stop_group(proc: Child, grace_s: float = 10.0) -> None:
+    """SIGINT to the process group of ``proc`` (its leader), then SIGTERM, then SIGKILL, each with ``grace_s`` to
+    take effect, until no member of the group is left."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -21,7 +30,7 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             return
 
 
-def _group_gone(proc: subprocess.Popen, wait_s: float) -> bool:
+def _group_gone(proc: Child, wait_s: float) -> bool:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         proc.poll()  # reap the leader

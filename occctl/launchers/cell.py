@@ -2,7 +2,8 @@
 
 The worker writes its run folder (metrics.jsonl, checkpoints, summary.json) and its log, never MLflow: the parent
 opened the cell's MLflow run and publishes the folder once the worker has ended (``occctl.runner.publish_run``).
-``python -m occctl.launchers.cell NAME LOG`` is the local launcher's worker; Ray and submitit call ``run_cell``.
+The local launcher's forked processes call ``main`` (``occctl.launchers.local.cell_process``); Ray and submitit call
+``run_cell``; ``OCCCTL_RESULTS_DIR=R OMP_NUM_THREADS=T python -m occctl.launchers.cell NAME LOG`` runs one by hand.
 """
 
 from __future__ import annotations

@@ -1,12 +1,19 @@
-"""The local launcher: each cell its own process (``python -m occctl.launchers.cell``), at most ``jobs`` at once,
-each with ``cpus_per_cell`` torch threads (default: the cores this process may use // jobs)."""
+"""The local launcher: each cell its own process, at most ``jobs`` at once, each with ``cpus_per_cell`` torch
+threads (default: the cores this process may use // jobs).
+
+Cells are forked from a ``multiprocessing`` forkserver that imported torch, transformers, TRL and occctl once
+(``PRELOAD``), so a cell does not pay the ≈ 5 s of imports a fresh interpreter would: on a 20-cell study of
+25-second cells that start-up was a quarter of the parallel wall time. Each cell leads its own process group
+(stopped whole on Ctrl-C) and appends its output to its log, whose first line names its pid.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import subprocess
 import sys
 import threading
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,10 +22,62 @@ from occctl.processes import stop_group
 from occctl.rundir import results_root
 from occctl.spec import LauncherSpec
 
+# What the forkserver imports once for every cell (a module that fails to import is imported by the cell instead).
+PRELOAD = ["torch", "transformers", "trl", "occctl.runner", "backends.trl_backend.adapter"]
+
 
 def default_threads(jobs: int) -> int:
     """The cores this process may use, split between ``jobs`` cells (at least one each)."""
     return max(1, len(os.sched_getaffinity(0)) // jobs)
+
+
+def cell_process(name: str, log: str, results: str, threads: int) -> None:
+    """The body of a cell's process: its own session, stdout and stderr appended to ``log``, then the cell."""
+    os.setsid()
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    print(f"cell {name}: pid {os.getpid()}", flush=True)
+    os.environ.update(OCCCTL_RESULTS_DIR=results, OMP_NUM_THREADS=str(threads))
+    code = 1
+    try:
+        from occctl.launchers.cell import main
+
+        code = main([name, log])
+    except BaseException:  # noqa: BLE001 - what a fresh interpreter would print before exiting with 1
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # not the forkserver's atexit handlers: they belong to the server
+
+
+class CellProcess:
+    """A running cell's ``multiprocessing.Process``, with the ``pid`` and ``poll()`` that ``stop_group`` needs.
+    Only ``wait`` reads the process's exit (one reader of its sentinel); ``poll`` reports what ``wait`` saw."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self.process = process
+        self.pid = process.pid
+        self._code: int | None = None
+
+    def poll(self) -> int | None:
+        return self._code
+
+    def wait(self) -> int:
+        self.process.join()
+        self._code = self.process.exitcode
+        return self._code
+
+
+def forkserver() -> multiprocessing.context.BaseContext:
+    """The forkserver context with ``PRELOAD`` (the server starts with the first cell)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 class LocalProcesses:
@@ -28,8 +87,9 @@ class LocalProcesses:
                             hint="use --launcher ray, which gives each cell its GPUs")
         self.directory = directory
         self.threads = launcher.cpus_per_cell or default_threads(launcher.jobs)
+        self._context = forkserver()
         self._executor = ThreadPoolExecutor(max_workers=launcher.jobs)  # a thread waits on each cell's process
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._procs: dict[str, CellProcess] = {}
         self._lock = threading.Lock()
         self._closing = False
 
@@ -38,13 +98,13 @@ class LocalProcesses:
 
     def _run(self, name: str) -> int:
         log = self.directory / f"{name}.log"
-        env = {**os.environ, "OCCCTL_RESULTS_DIR": str(results_root()), "OMP_NUM_THREADS": str(self.threads)}
-        with log.open("a", encoding="utf-8") as stream, self._lock:
+        with self._lock:
             if self._closing:
                 raise RunError("not started: the study was stopped")
-            proc = subprocess.Popen([sys.executable, "-m", "occctl.launchers.cell", name, str(log)], env=env,
-                                    stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
-            self._procs[name] = proc
+            process = self._context.Process(target=cell_process, name=f"occctl-cell-{name}", daemon=False,
+                                            args=(name, str(log), str(results_root()), self.threads))
+            process.start()
+            self._procs[name] = proc = CellProcess(process)
         code = proc.wait()
         if code:
             raise RunError(f"exit code {code}: {last_line(log)} (log: {log})")

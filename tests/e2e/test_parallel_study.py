@@ -4,6 +4,7 @@ cell are reported while the others finish, the rerun resumes them, and MLflow ho
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,12 +96,10 @@ def test_a_parallel_study_matches_the_sequential_one(sequential, launcher, resul
     assert _ray_daemons() == daemons, "the local Ray that occctl started is stopped"
 
 
-def _worker_pid(cell: str) -> int | None:
-    for path in Path("/proc").glob("[0-9]*/cmdline"):
-        line = _cmdline(path)
-        if "occctl.launchers.cell" in line and f" {cell} " in line:
-            return int(path.parent.name)
-    return None
+def _worker_pid(log: Path, cell: str) -> int | None:
+    """The pid that the cell's process wrote first into its log, if that process is alive."""
+    pids = re.findall(rf"^cell {re.escape(cell)}: pid (\d+)$", log.read_text() if log.exists() else "", re.M)
+    return int(pids[-1]) if pids and Path(f"/proc/{pids[-1]}").exists() else None
 
 
 def test_a_killed_and_a_failing_cell_do_not_stop_the_study_and_resume(results_dir, tmp_path):
@@ -118,7 +117,7 @@ def test_a_killed_and_a_failing_cell_do_not_stop_the_study_and_resume(results_di
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and (killed.last_step() or 0) < 5:
         time.sleep(0.1)  # past its checkpoint at step 4
-    pid = _worker_pid("three.seed-0")
+    pid = _worker_pid(results_dir / "studies" / "three" / "three.seed-0.log", "three.seed-0")
     assert proc.poll() is None and pid is not None, "the cell ended before it could be killed"
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=900)
