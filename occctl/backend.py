@@ -89,8 +89,10 @@ class Backend(Protocol):
     def export(self, checkpoint: Path, out_dir: Path) -> Path:
         """One of this backend's native checkpoints -> HF weights + the MTP head in ``out_dir``. -> out_dir"""
 
-    def bench_overhead(self, plan: Plan, steps: int, progress: "Progress | None" = None) -> dict[str, Any]:
-        """Median step time per MTP variant, interleaved in one process, and their ratios (``x_over_y``)."""
+    def bench_overhead(self, plan: Plan, steps: int, progress: "Progress | None" = None,
+                       resolve: float = 0.0) -> dict[str, Any]:
+        """Median step time per MTP variant, interleaved in one process, and their ratios (``x_over_y``); at most
+        ``steps`` steps each, fewer once the backend's headline ratio is resolved to ±``resolve`` (0: all)."""
 
     def bench_rollout(self, plan: Plan, rounds: int, progress: "Progress | None" = None) -> dict[str, Any]:
         """Tokens/s of plain and speculative generation, interleaved in one process, and ``spec_speedup``."""

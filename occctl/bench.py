@@ -29,16 +29,19 @@ SPEEDUP_GOAL = 1.3  # spec_speedup of speculative over plain rollouts: the least
 
 
 def run_overhead_bench(spec: Spec, steps: int, out: Path | None = None, force: bool = False,
-                       console: Console | None = None) -> dict[str, Any]:
-    """Time the spec's backend's MTP variants; with ``out``, also write the result there as JSON (an existing
-    file is refused unless ``force``)."""
+                       console: Console | None = None, resolve: float = 0.0) -> dict[str, Any]:
+    """Time the spec's backend's MTP variants (at most ``steps`` steps each; fewer once the backend's headline
+    ratio is within ±``resolve``); with ``out``, also write the result there as JSON (an existing file is refused
+    unless ``force``)."""
+    if not 0.0 <= resolve < 1.0:
+        raise SpecError(f"--resolve {resolve}: the target is a relative half-width in [0, 1), e.g. 0.01 for ±1 %")
     if not spec.mtp.enabled:
         raise SpecError("bench overhead compares MTP regimes: the spec must have mtp.enabled=true")
     target = _target(out, force)
     backend = get_backend(spec.backend)
     plan = backend.prepare(spec, RunDir.named(spec.name))
     with progress_bar(console or Console(stderr=True)) as progress:
-        result = backend.bench_overhead(plan, steps, progress)
+        result = backend.bench_overhead(plan, steps, progress, resolve)
     result["goals"] = {k: {"max": v, "met": result[k] <= v} for k, v in GOALS.items() if k in result}
     if target is not None:
         write_text_atomic(target, json.dumps(result, indent=2) + "\n")
@@ -114,5 +117,12 @@ def overhead_table(result: dict[str, Any]) -> Table:
         if goal:
             text += f" (≤{goal['max']} {'[green]met[/]' if goal['met'] else '[red]missed[/]'})"
         notes.append(text)
+    resolution = result.get("resolution")
+    if resolution:
+        notes.append(f"{resolution['ratio']} ±{100 * resolution['halfwidth']:.1f} % "
+                     f"(target ±{100 * resolution['target']:.1f} %: "
+                     f"{'[green]resolved[/]' if resolution['met'] else '[red]not resolved, raise --steps[/]'})")
+    if "load_average_1min" in result:
+        notes.append("load {:.1f}→{:.1f}".format(*result["load_average_1min"]))
     table.caption = "  ".join(notes) or None
     return table

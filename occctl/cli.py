@@ -114,17 +114,22 @@ bench_app = typer.Typer(help="Benchmarks (ratios measured in one process, never 
 @bench_app.command("overhead")
 def bench_overhead(
     spec: Path = SPEC_ARG,
-    steps: int = typer.Option(20, "--steps", min=2, help="optimizer steps timed per variant (plus one untimed)"),
+    steps: int = typer.Option(400, "--steps", min=2, help="at most this many optimizer steps timed per variant "
+                              "(plus one untimed)"),
+    resolve: float = typer.Option(0.01, "--resolve", help="stop once occ/policy's 95 %% interval is within "
+                                  "±this (relative; checked from 20 steps on); 0: time all --steps"),
     output: Optional[Path] = BENCH_OUT_OPT,
     force: bool = BENCH_FORCE_OPT,
     overrides: Optional[list[str]] = SET_OPT,
 ) -> None:
-    """Median step time of each MTP variant (vanilla GRPO, detach, occ, ...), interleaved in one process (Fig. 5)."""
+    """Median step time of each MTP variant (vanilla GRPO, detach, policy, occ, oracle), interleaved in one process
+    (Fig. 5), with paired 95 % intervals; by default until occ/policy is resolved to ±1 %."""
     from occctl.bench import overhead_table, run_overhead_bench
     from occctl.spec import load_spec
 
     with exits_on_error():
-        result = run_overhead_bench(load_spec(spec, overrides or []), steps, output, force, console=err)
+        result = run_overhead_bench(load_spec(spec, overrides or []), steps, output, force, console=err,
+                                    resolve=resolve)
     out.print(overhead_table(result))
 
 

@@ -100,11 +100,12 @@ class TrlBackend:
         quiet_libraries()
         return save_checkpoint(out_dir, load_checkpoint(checkpoint, new_head_if_missing=False))
 
-    def bench_overhead(self, plan: Plan, steps: int, progress: Progress | None = None) -> dict[str, Any]:
+    def bench_overhead(self, plan: Plan, steps: int, progress: Progress | None = None,
+                       resolve: float = 0.0) -> dict[str, Any]:
         from backends.trl_backend.bench import measure_overhead
 
         default_threads(plan.spec)
-        return measure_overhead(plan.spec, plan.native_config, steps, progress)
+        return measure_overhead(plan.spec, plan.native_config, steps, progress, resolve)
 
 
     def bench_rollout(self, plan: Plan, rounds: int, progress: Progress | None = None) -> dict[str, Any]:

@@ -9,13 +9,15 @@ turns: one optimizer step each, round-robin (the order rotates every round), so 
 ``policy`` and ``occ`` build the same backward graph (the MTP policy term, no detaching); they differ only by
 the delta proxies and the calibrator, so occ/policy is what OCC itself costs. Every ratio is the geometric
 mean over rounds of the paired per-round ratios (round i = optimizer step i of every variant, the same kind of
-step: with or without a generation), with a 95 % t-interval over rounds.
+step: with or without a generation), with a 95 % t-interval over rounds. With ``resolve`` > 0 the rounds stop once
+occ/policy's interval is within ±``resolve`` (relative) of its value, or at ``steps`` rounds, whichever comes first.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import statistics
 import threading
 import time
@@ -38,10 +40,11 @@ RATIOS = {  # name -> (numerator, denominator)
 class Baton:
     """Round-robin turns between named threads; a finished thread leaves the rotation."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], on_round: Callable[[], None] = lambda: None) -> None:
         self.order = list(names)
         self.turn = 0
         self.cond = threading.Condition()
+        self.on_round = on_round  # called (holding the lock) each time every thread has taken its turn
 
     def acquire(self, name: str) -> None:
         with self.cond:
@@ -53,6 +56,7 @@ class Baton:
             if self.turn >= len(self.order):  # a round is complete: rotate who starts the next one
                 self.order = self.order[1:] + self.order[:1]
                 self.turn = 0
+                self.on_round()
             self.cond.notify_all()
 
     def leave(self, name: str) -> None:
@@ -70,8 +74,10 @@ class Baton:
 class StepTimer(TrainerCallback):
     """Holds the baton from the start to the end of each optimizer step and records its wall time."""
 
-    def __init__(self, name: str, baton: Baton, on_step: Callable[[str], None]) -> None:
+    def __init__(self, name: str, baton: Baton, on_step: Callable[[str], None],
+                 stop: threading.Event | None = None) -> None:
         self.name, self.baton, self.on_step = name, baton, on_step
+        self.stop = stop or threading.Event()  # set: this step is the last one
         self.times: list[float] = []
         self._t0 = 0.0
 
@@ -81,6 +87,8 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self._t0)
+        if self.stop.is_set():
+            control.should_training_stop = True
         self.on_step(self.name)
         self.baton.release(self.name)
 
@@ -97,8 +105,21 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[floa
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
-def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, progress: Any = None) -> dict[str, Any]:
-    """Seconds per optimizer step of each variant and the paired ratios with 95 % intervals (first round excluded)."""
+def halfwidth(ratio: float, low: float, high: float) -> float:
+    """The larger relative distance from a ratio to the ends of its interval (inf while there is no interval)."""
+    if math.isnan(low) or math.isnan(high):
+        return math.inf
+    return max(high / ratio - 1.0, 1.0 - low / ratio)
+
+
+RESOLVED_RATIO = "occ_over_policy"  # what the proxies and the calibrator cost: the ratio --resolve is about
+MIN_ROUNDS = 20  # timed rounds before the resolution is first checked
+
+
+def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, progress: Any = None,
+                     resolve: float = 0.0) -> dict[str, Any]:
+    """Seconds per optimizer step of each variant and the paired ratios with 95 % intervals (first round excluded).
+    ``steps`` timed rounds at most; with ``resolve`` > 0, fewer once occ/policy is resolved to ±``resolve``."""
     from backends.trl_backend.adapter import build_trainer, load_start, mtp_settings
 
     loaded, _ = load_start(spec, progress)
@@ -109,14 +130,25 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
 
     specs = {"vanilla": None, "detach": with_regime("detach"), "policy": with_regime("policy"),
              "occ": with_regime("occ"), "oracle": with_regime("occ")}
-    baton = Baton(list(VARIANTS))
+    stop = threading.Event()
+    timers: dict[str, StepTimer] = {}
+
+    def check_resolution() -> None:
+        rounds = min(len(t.times) for t in timers.values()) - 1  # the first round is not timed
+        if resolve > 0 and rounds >= MIN_ROUNDS and not stop.is_set():
+            num, den = RATIOS[RESOLVED_RATIO]
+            if halfwidth(*paired_ratio(timers[num].times[1:], timers[den].times[1:])) <= resolve:
+                stop.set()  # every variant takes one more step (the round in progress), then stops
+
+    baton = Baton(list(VARIANTS), on_round=check_resolution)
     task = progress.add_task("bench", total=len(VARIANTS) * (steps + 1)) if progress else None
     advance = (lambda name: progress.advance(task)) if progress else (lambda name: None)
-    timers, trainers = {}, {}
+    trainers = {}
+    load_before = os.getloadavg()[0]
     for name in VARIANTS:
         start = copy.deepcopy(loaded)
         settings = None if specs[name] is None else mtp_settings(specs[name], oracle_every=1 if name == "oracle" else 0)
-        timers[name] = StepTimer(name, baton, advance)
+        timers[name] = StepTimer(name, baton, advance, stop)
         trainers[name] = build_trainer(spec, config, start, settings, [timers[name]])
     errors: dict[str, BaseException] = {}
 
@@ -136,10 +168,13 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
     if errors:
         name, e = next(iter(errors.items()))
         raise RuntimeError(f"bench variant {name!r} failed: {e}") from e
-    times = {n: timers[n].times[1:] for n in VARIANTS}
+    rounds = min(len(t.times) for t in timers.values())
+    times = {n: timers[n].times[1:rounds] for n in VARIANTS}
     result: dict[str, Any] = {
         "spec": spec.name,
-        "steps_timed": steps,
+        "steps_timed": rounds - 1,
+        "steps_max": steps,
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # before and after: the machine may be shared
         "completions_per_step": spec.completions_per_step,
         "optimizer_steps_per_generation": spec.train.optimizer_steps_per_generation,
         "median_step_s": {n: statistics.median(t) for n, t in times.items()},
@@ -149,6 +184,10 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
         ratio, low, high = paired_ratio(times[num], times[den])
         result[key] = ratio
         result[f"{key}_ci95"] = [low, high]
+    if resolve > 0:
+        width = halfwidth(result[RESOLVED_RATIO], *result[f"{RESOLVED_RATIO}_ci95"])
+        result["resolution"] = {"ratio": RESOLVED_RATIO, "target": resolve, "halfwidth": width,
+                                "met": width <= resolve}
     return result
 
 
@@ -157,7 +196,6 @@ def measure_rollout(spec: Spec, rounds: int, progress: Any = None) -> dict[str, 
     ``samples_per_prompt``) generated plainly (transformers ``generate``, as TRL's rollouts) and speculatively
     (``occctl.speculative``) from the same start, alternating in one process (the order swaps every round).
     ``spec_speedup`` is the paired ratio speculative / plain over rounds (first round excluded)."""
-    import os
 
     import torch
     from transformers import GenerationConfig

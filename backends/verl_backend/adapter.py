@@ -120,7 +120,7 @@ class VerlBackend:
             (final / "MTP_HEAD_NOT_EXTRACTED.txt").write_text(note + "\n")
         return final
 
-    def bench_overhead(self, plan: Plan, steps: int, progress: Any = None) -> dict[str, Any]:
+    def bench_overhead(self, plan: Plan, steps: int, progress: Any = None, resolve: float = 0.0) -> dict[str, Any]:
         raise EnvError("occctl bench overhead runs on the trl backend only; the veRL backend has no "
                        "in-process timing of its MTP regimes", hint="use a copy of the spec with backend: trl")
 

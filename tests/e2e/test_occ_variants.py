@@ -67,3 +67,21 @@ def test_bench_overhead_writes_the_ratio_json(results_dir, tmp_path):
         assert 0 < low <= result[key] <= high, key
     assert set(result["median_step_s"]) == {"vanilla", "detach", "policy", "occ", "oracle"}
     assert "occ_over_detach" in proc.stdout
+    assert result["steps_timed"] == 2  # the resolution is first checked after 20 rounds
+    assert result["resolution"]["target"] == 0.01
+
+
+def test_bench_overhead_stops_once_the_ratio_is_resolved(results_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OCCCTL_RESULTS_DIR": str(results_dir)}
+    proc = subprocess.run([sys.executable, "-m", "occctl", "bench", "overhead", str(SPEC), "--steps", "60",
+                           "--resolve", "0.9", "--json", str(out), "--set", "train.prompts_per_generation=4",
+                           "--set", "algorithm.samples_per_prompt=2"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    # checked after round 20; the round in progress then finishes: 21 timed rounds, every variant the same
+    assert result["steps_timed"] == 21 and result["steps_max"] == 60
+    assert result["resolution"]["met"] and result["resolution"]["halfwidth"] <= 0.9
+    low, high = result["occ_over_policy_ci95"]
+    assert high / result["occ_over_policy"] - 1 <= 0.9 and 1 - low / result["occ_over_policy"] <= 0.9

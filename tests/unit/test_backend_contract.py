@@ -66,7 +66,7 @@ class FakeBackend:
         (out_dir / "mtp_head.json").write_text("{}")
         return out_dir
 
-    def bench_overhead(self, plan: Plan, steps: int, progress: Any = None) -> dict[str, Any]:
+    def bench_overhead(self, plan: Plan, steps: int, progress: Any = None, resolve: float = 0.0) -> dict[str, Any]:
         return {"spec": plan.spec.name, "steps_timed": steps, "completions_per_step": plan.spec.completions_per_step,
                 "median_step_s": {"plain": 1.0, "occ": 1.5}, "mean_step_s": {"plain": 1.1, "occ": 1.6},
                 "occ_over_plain": 1.5, "occ_over_plain_ci95": [1.4, 1.6], "mean_occ_over_plain": 1.45}

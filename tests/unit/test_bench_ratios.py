@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from backends.trl_backend.bench import paired_ratio
+from backends.trl_backend.bench import halfwidth, paired_ratio
 
 
 def test_constant_ratio_has_a_zero_width_interval():
@@ -28,3 +28,9 @@ def test_pairing_removes_shared_round_to_round_noise():
     occ = [t * 1.02 for t in policy]
     _, low, high = paired_ratio(occ, policy)
     assert high - low < 1e-9
+
+
+def test_halfwidth_is_the_larger_relative_distance_to_an_end():
+    assert halfwidth(1.0, 0.98, 1.03) == pytest.approx(0.03)
+    assert halfwidth(2.0, 1.9, 2.02) == pytest.approx(0.05)
+    assert halfwidth(1.0, float("nan"), float("nan")) == math.inf  # one round: no interval, never resolved
