@@ -23,3 +23,15 @@ def test_long_spec_runs_and_scores_the_final_sum(results_dir, regime):
     rows = [json.loads(line) for line in (Path(summary["checkpoint"]).parents[1] / "metrics.jsonl").open()]
     lengths = [r["completions/mean_length"] for r in rows if "completions/mean_length" in r]
     assert lengths and max(lengths) > 10, "responses of a 26-token answer task are long"
+
+
+@pytest.mark.parametrize("study", ["oracle_study", "oracle_study_faithful"])
+def test_the_decisive_studies_run_every_variant(results_dir, study):
+    """A smoke test of the shipped decisive studies: seed 0 of each of their five variants, a few steps."""
+    from occctl.spec import load_specs
+
+    cells = [s for s in load_specs(REPO / "specs" / f"{study}.yaml", FAST) if s.train.seed == 0]
+    assert len(cells) == 5
+    for spec in cells:
+        summary = run_spec(spec)
+        assert summary["steps"] == 4 and 0.0 <= summary["heldout_acc_after"] <= 1.0, spec.name
