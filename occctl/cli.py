@@ -114,7 +114,7 @@ bench_app = typer.Typer(help="Benchmarks (ratios measured in one process, never 
 @bench_app.command("overhead")
 def bench_overhead(
     spec: Path = SPEC_ARG,
-    steps: int = typer.Option(400, "--steps", min=2, help="at most this many optimizer steps timed per variant "
+    steps: int = typer.Option(1000, "--steps", min=2, help="at most this many optimizer steps timed per variant "
                               "(plus one untimed)"),
     resolve: float = typer.Option(0.01, "--resolve", help="stop once occ/policy's 95 %% interval is within "
                                   "±this (relative; checked from 20 steps on); 0: time all --steps"),
