@@ -116,7 +116,7 @@ def bench_overhead(
     spec: Path = SPEC_ARG,
     steps: int = typer.Option(1000, "--steps", min=2, help="at most this many optimizer steps timed per variant "
                               "(plus one untimed)"),
-    resolve: float = typer.Option(0.01, "--resolve", help="stop once occ/policy's 95 %% interval is within "
+    resolve: float = typer.Option(0.01, "--resolve", help="stop once occ/policy's 95 % interval is within "
                                   "±this (relative; checked from 20 steps on); 0: time all --steps"),
     output: Optional[Path] = BENCH_OUT_OPT,
     force: bool = BENCH_FORCE_OPT,
