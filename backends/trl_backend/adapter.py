@@ -50,8 +50,7 @@ class TrlBackend:
 
         import torch
 
-        from backends.trl_backend.hooks import (CALIBRATOR_STATE, CalibratorCheckpoint, MetricsCallback, OnSave,
-                                                PeriodicEval)
+        from backends.trl_backend.hooks import CALIBRATOR_STATE, CheckpointSaved, MetricsCallback, PeriodicEval
 
         spec = plan.spec
         default_threads(spec)
@@ -74,16 +73,18 @@ class TrlBackend:
                 progress.update(task_id, completed=step,
                                 description=f"RL {label}  reward {state['reward']:.3f}  λ {state['lambda']:+.4f}")
 
-        callbacks = [MetricsCallback(on_metrics), OnSave(sink.commit)]
+        callbacks = [MetricsCallback(on_metrics)]
         if spec.eval.every:
             callbacks.append(PeriodicEval(spec.eval.every, spec.train.steps,
                                           lambda step: sink(step, _eval_metrics(spec, evaluate()))))
         settings = mtp_settings(spec)
         resume = last_checkpoint(plan.run_dir)
-        if settings is not None:
-            callbacks.append(CalibratorCheckpoint(settings.calibrator))
-            if resume is not None and (resume / CALIBRATOR_STATE).is_file():
-                settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
+        if settings is not None and resume is not None:
+            if not (resume / CALIBRATOR_STATE).is_file():
+                raise RunError(f"checkpoint {resume} has no {CALIBRATOR_STATE}: cannot resume the OCC calibrator",
+                               hint="rerun with --fresh to start the run over")
+            settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
+        callbacks.append(CheckpointSaved(sink.commit, settings.calibrator if settings is not None else None))
         trainer = build_trainer(spec, plan.native_config, loaded, settings, callbacks)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         detach_head(loaded)
@@ -139,9 +140,12 @@ def heldout_summary(spec: Spec, before: dict[str, float], after: dict[str, float
 
 
 def last_checkpoint(run_dir: RunDir | Path) -> Path | None:
-    """The newest complete TRL checkpoint of a run (``trl/checkpoint-N`` with its trainer state), if any."""
+    """The newest complete TRL checkpoint of a run (``trl/checkpoint-N`` with occctl's completion marker, written
+    after everything else of it: ``hooks.CheckpointSaved``), if any."""
+    from backends.trl_backend.hooks import CHECKPOINT_DONE
+
     found = [p for p in (run_dir / "trl").glob("checkpoint-*")
-             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+             if p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_DONE).is_file()]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -314,26 +315,26 @@ class MetricsCallback(TrainerCallback):
 
 
 CALIBRATOR_STATE = "occ_calibrator.pt"
+CHECKPOINT_DONE = "occctl_checkpoint.json"  # written last: a TRL checkpoint without it is incomplete
 
 
-class CalibratorCheckpoint(TrainerCallback):
-    """Saves the OCC calibrator's state beside each TRL checkpoint (the trainer restores the rest)."""
+class CheckpointSaved(TrainerCallback):
+    """Completes each TRL checkpoint once the trainer has written it: the OCC calibrator's state beside it (when
+    there is one), then the ``CHECKPOINT_DONE`` marker, then ``commit(step)`` (the runner publishes metrics up to
+    it). A kill at any moment before the marker leaves a checkpoint that resume skips (``last_checkpoint``): the
+    trainer's own last file (``trainer_state.json``) is written before the calibrator's state, so it cannot be the
+    mark. Must be the last callback with an ``on_save``."""
 
-    def __init__(self, calibrator: Calibrator) -> None:
-        self.calibrator = calibrator
-
-    def on_save(self, args, state, control, **kwargs):
-        path = f"{args.output_dir}/checkpoint-{state.global_step}/{CALIBRATOR_STATE}"
-        torch.save(self.calibrator.state_dict(), path)
-
-
-class OnSave(TrainerCallback):
-    """Calls ``commit(step)`` once a checkpoint is on disk (the runner then publishes metrics up to it)."""
-
-    def __init__(self, commit: Callable[[int], None]) -> None:
-        self.commit = commit
+    def __init__(self, commit: Callable[[int], None], calibrator: Calibrator | None = None) -> None:
+        self.commit, self.calibrator = commit, calibrator
 
     def on_save(self, args, state, control, **kwargs):
+        from occctl.rundir import write_json_atomic
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.calibrator is not None:
+            torch.save(self.calibrator.state_dict(), folder / CALIBRATOR_STATE)
+        write_json_atomic(folder / CHECKPOINT_DONE, {"step": state.global_step})
         self.commit(state.global_step)
 
 

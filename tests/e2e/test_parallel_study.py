@@ -109,6 +109,7 @@ def test_a_killed_and_a_failing_cell_do_not_stop_the_study_and_resume(results_di
     broken = runs / "three.seed-2" / "trl" / "checkpoint-4"  # a corrupt checkpoint: resuming from it fails
     broken.mkdir(parents=True)
     (broken / "trainer_state.json").write_text("not json")
+    (broken / "occctl_checkpoint.json").write_text('{"step": 4}')  # marked complete: resume takes it
 
     env = {**os.environ, "OCCCTL_RESULTS_DIR": str(results_dir)}
     proc = subprocess.Popen([sys.executable, "-m", "occctl", "run", str(spec), "--launcher", "local", "--jobs", "2"],
@@ -128,6 +129,7 @@ def test_a_killed_and_a_failing_cell_do_not_stop_the_study_and_resume(results_di
     assert RunDir(runs / "three.seed-1").is_finished() and not killed.is_finished()
 
     (broken / "trainer_state.json").unlink()
+    (broken / "occctl_checkpoint.json").unlink()  # no longer complete: skipped
     finished_stamp = (runs / "three.seed-1" / "summary.json").stat().st_mtime_ns
     again = _occctl(results_dir, str(spec), "--launcher", "local", "--jobs", "2")
     assert again.returncode == 0, again.stderr[-3000:]
