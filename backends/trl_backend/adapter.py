@@ -85,8 +85,15 @@ class TrlBackend:
                                hint="rerun with --fresh to start the run over")
             settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
         callbacks.append(CheckpointSaved(sink.commit, settings.calibrator if settings is not None else None))
-        trainer = build_trainer(spec, plan.native_config, loaded, settings, callbacks)
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if resume is not None and int(resume.name.split("-")[-1]) >= spec.train.steps:
+            # killed after its last checkpoint: the checkpoint is the trained model (HF's loop would take one more
+            # optimizer step before it checks max_steps)
+            from occctl.models import load_checkpoint
+
+            loaded = load_checkpoint(resume, new_head_if_missing=False)
+        else:
+            trainer = build_trainer(spec, plan.native_config, loaded, settings, callbacks)
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         detach_head(loaded)
         after = evaluate()
         sink(spec.train.steps, _eval_metrics(spec, after))

@@ -109,3 +109,26 @@ def test_a_nan_loss_stops_the_run_and_the_rerun_resumes(results_dir, monkeypatch
     summary = run_spec(spec)
     assert summary["steps"] == 8
     assert [r["step"] for r in _rows(run) if "loss" in r] == list(range(1, 9))
+
+
+def test_killed_after_its_last_checkpoint_the_rerun_takes_no_extra_step(results_dir):
+    """Killed between the last checkpoint and the summary (e.g. in the final eval): the rerun resumes at the last
+    step, and must not train on (HF's loop checks max_steps only after a step)."""
+    import shutil
+
+    from occctl.runner import run_spec
+    from occctl.spec import load_spec
+
+    spec = load_spec(SPEC, ["name=late", "train.steps=8", "train.save_every=4", "train.prompts_per_generation=8",
+                            "eval.samples_per_problem=1"])
+    run_spec(spec)
+    run = results_dir / "runs" / "late"
+    before = {f: load_file(str(run / "checkpoints" / "final" / f)) for f in ("model.safetensors", "model-mtp.safetensors")}
+    (run / "summary.json").unlink()
+    shutil.rmtree(run / "checkpoints" / "final")
+    summary = run_spec(spec)
+    assert summary["steps"] == 8
+    assert [r["step"] for r in _rows(run) if "loss" in r] == list(range(1, 9))
+    for file, a in before.items():
+        b = load_file(str(run / "checkpoints" / "final" / file))
+        assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), file
