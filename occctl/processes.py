@@ -11,7 +11,7 @@ from typing import Protocol
 
 class Child(Protocol):
     """A child process that leads its own process group: a ``subprocess.Popen`` started with
-    ``start_new_session=True``, or anything with its ``pid`` and a ``poll()`` that reaps it."""
+    ``start_new_session=True`` (whose ``poll()`` reaps it), or anything with its ``pid`` and a ``poll()``."""
 
     pid: int
 

@@ -41,7 +41,7 @@ class TrlBackend:
     def resume_step(self, plan: Plan) -> int:
         """The optimizer step of the newest complete TRL checkpoint; 0 = from the start."""
         checkpoint = last_checkpoint(plan.run_dir)
-        return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+        return checkpoint_step(checkpoint) if checkpoint else 0
 
     def train(self, plan: Plan, sink: MetricSink, progress: Progress | None = None) -> TrainResult:
         from occctl.eval.heldout import evaluate_heldout
@@ -79,19 +79,19 @@ class TrlBackend:
                                           lambda step: sink(step, _eval_metrics(spec, evaluate()))))
         settings = mtp_settings(spec)
         resume = last_checkpoint(plan.run_dir)
-        if settings is not None and resume is not None:
-            if not (resume / CALIBRATOR_STATE).is_file():
-                raise RunError(f"checkpoint {resume} has no {CALIBRATOR_STATE}: cannot resume the OCC calibrator",
-                               hint="rerun with --fresh to start the run over")
-            settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
-        callbacks.append(CheckpointSaved(sink.commit, settings.calibrator if settings is not None else None))
-        if resume is not None and int(resume.name.split("-")[-1]) >= spec.train.steps:
+        if resume is not None and checkpoint_step(resume) >= spec.train.steps:
             # killed after its last checkpoint: the checkpoint is the trained model (HF's loop would take one more
             # optimizer step before it checks max_steps)
             from occctl.models import load_checkpoint
 
             loaded = load_checkpoint(resume, new_head_if_missing=False)
         else:
+            if settings is not None and resume is not None:
+                if not (resume / CALIBRATOR_STATE).is_file():
+                    raise RunError(f"checkpoint {resume} has no {CALIBRATOR_STATE}: cannot resume the OCC calibrator",
+                                   hint="rerun with --fresh to start the run over")
+                settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
+            callbacks.append(CheckpointSaved(sink.commit, settings.calibrator if settings is not None else None))
             trainer = build_trainer(spec, plan.native_config, loaded, settings, callbacks)
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         detach_head(loaded)
@@ -153,7 +153,12 @@ def last_checkpoint(run_dir: RunDir | Path) -> Path | None:
 
     found = [p for p in (run_dir / "trl").glob("checkpoint-*")
              if p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_DONE).is_file()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    return max(found, key=checkpoint_step, default=None)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step of a TRL checkpoint folder (``checkpoint-N``)."""
+    return int(checkpoint.name.split("-")[-1])
 
 
 def _eval_metrics(spec: Spec, result: dict[str, float]) -> dict[str, float]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from occctl.errors import RunError
+from occctl.rundir import write_json_atomic
 from occctl.occ.calibration import ESTIMATORS, Calibrator, lambda_from_sums, oracle_geometry, proxy_sums
 from occctl.occ.mtp_head import draft_acceptance, mtp_logits
 from occctl.occ.objective import deltas, mtp_objective
@@ -329,8 +330,6 @@ class CheckpointSaved(TrainerCallback):
         self.commit, self.calibrator = commit, calibrator
 
     def on_save(self, args, state, control, **kwargs):
-        from occctl.rundir import write_json_atomic
-
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if self.calibrator is not None:
             torch.save(self.calibrator.state_dict(), folder / CALIBRATOR_STATE)

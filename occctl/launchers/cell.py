@@ -2,7 +2,7 @@
 
 The worker writes its run folder (metrics.jsonl, checkpoints, summary.json) and its log, never MLflow: the parent
 opened the cell's MLflow run and publishes the folder once the worker has ended (``occctl.runner.publish_run``).
-The local launcher's forked processes call ``main`` (``occctl.launchers.local.cell_process``); Ray and submitit call
+The local launcher's forked processes call ``run_reporting`` (``occctl.launchers.local.cell_process``); Ray and submitit call
 ``run_cell``; ``OCCCTL_RESULTS_DIR=R OMP_NUM_THREADS=T python -m occctl.launchers.cell NAME LOG`` runs one by hand.
 """
 
@@ -33,12 +33,17 @@ def run_cell(name: str, results: str, threads: int, log: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    name, log = argv
+    return run_reporting(name, os.environ["OCCCTL_RESULTS_DIR"], int(os.environ["OMP_NUM_THREADS"]), log)
+
+
+def run_reporting(name: str, results: str, threads: int, log: str) -> int:
+    """``run_cell``, with an occctl error printed as one line (the parent reports the log's last line). -> exit code"""
     from occctl.errors import OccError
 
-    name, log = argv
     try:
-        run_cell(name, os.environ["OCCCTL_RESULTS_DIR"], int(os.environ["OMP_NUM_THREADS"]), log)
-    except OccError as e:  # the parent reports the last line of the log
+        run_cell(name, results, threads, log)
+    except OccError as e:
         print(f"error: {e.message}", file=sys.stderr, flush=True)
         return e.exit_code
     return 0

@@ -41,12 +41,11 @@ def cell_process(name: str, log: str, results: str, threads: int) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     print(f"cell {name}: pid {os.getpid()}", flush=True)
-    os.environ.update(OCCCTL_RESULTS_DIR=results, OMP_NUM_THREADS=str(threads))
     code = 1
     try:
-        from occctl.launchers.cell import main
+        from occctl.launchers.cell import run_reporting
 
-        code = main([name, log])
+        code = run_reporting(name, log=log, results=results, threads=threads)
     except BaseException:  # noqa: BLE001 - what a fresh interpreter would print before exiting with 1
         traceback.print_exc()
     finally:
