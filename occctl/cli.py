@@ -154,10 +154,12 @@ def bench_rollout(
 @app.command()
 def report(
     compare: str = typer.Option("detach,occ", "--compare", help="rows to compare, comma-separated (first = "
-                                "reference of the paired differences); empty = every row found"),
+                                "reference of the paired differences; with several --rows keys an entry may name "
+                                "the first key's value: detach/none,detach,occ); empty = every row found"),
     group: Optional[str] = typer.Option(None, "--group", help="matrix group(s), comma-separated, e.g. tiny_study"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment to read"),
-    rows: str = typer.Option("regime", "--rows", help="what a row is: regime, or a matrix key (variant, mtp.coef)"),
+    rows: str = typer.Option("regime", "--rows", help="what a row is: regime, or a matrix key (variant, mtp.coef), "
+                             "or several, comma-separated (mtp.regime,mtp.draft_loss: rows such as occ/soft_ce)"),
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="metric key as a column (repeatable); "
                                                "default: math6 benchmarks when evaluated, else the tiny set"),
     output: Optional[str] = typer.Option(None, "--out", help="output directory, anywhere (default "
@@ -166,6 +168,8 @@ def report(
     name: Optional[str] = typer.Option(None, "--name", help="report name"),
     smooth: int = typer.Option(10, "--smooth", min=1, help="moving-mean window of the training curves"),
     regime: Optional[str] = typer.Option(None, "--regime", help="only runs of this regime (for sweeps with --rows)"),
+    at_step: Optional[list[int]] = typer.Option(None, "--at-step", help="one table per step (repeatable): each "
+                                                "--metric read from its history at that step, not its last value"),
     fidelity: bool = typer.Option(False, "--fidelity", help="instead: proxy fidelity (r of c_hat, v_hat2, lambda_t "
                                   "against the oracle) per cell of the --group studies run with oracle mode"),
 ) -> None:
@@ -187,7 +191,8 @@ def report(
         return
     with exits_on_error():
         result = write_report([c for c in compare.split(",") if c], group.split(",") if group else None,
-                              experiment, rows, metric, output, name, smooth=smooth, regime=regime, force=force)
+                              experiment, rows, metric, output, name, smooth=smooth, regime=regime, force=force,
+                              at_steps=at_step or None)
     out.print(Markdown(result["markdown"]))
     err.print(f"wrote {len(result['files'])} files to {result['directory']}"
               + (f"; MLflow report run {result['mlflow_run_id']}" if result["mlflow_run_id"] else ""))

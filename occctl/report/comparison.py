@@ -69,12 +69,32 @@ def estimate(values: list[float]) -> Estimate:
     return Estimate(mean, half, len(values))
 
 
+LABEL_SEPARATOR = "/"  # rows of several keys (``--rows mtp.regime,mtp.draft_loss``) are labelled ``occ/soft_ce``
+
+
 def row_label(run: dict[str, Any], rows: str) -> str:
-    """The row a run belongs to: a tag (``regime``), a matrix key (``variant``, ``mtp.coef``) or a param."""
+    """The row a run belongs to: a tag (``regime``), a matrix key (``variant``, ``mtp.coef``) or a param; with
+    several comma-separated keys, their values joined by ``/``."""
+    return LABEL_SEPARATOR.join(_key_value(run, key.strip()) for key in rows.split(","))
+
+
+def _key_value(run: dict[str, Any], key: str) -> str:
     tags, params = run["tags"], run["params"]
-    if rows in ("regime", "mtp.regime"):
+    if key in ("regime", "mtp.regime"):
         return tags.get("occctl.regime", params.get("mtp.regime", "?"))
-    return tags.get(f"occctl.cell.{rows}", params.get(rows, "default"))  # not varied: the spec's setting
+    return tags.get(f"occctl.cell.{key}", params.get(key, "default"))  # not varied: the spec's setting
+
+
+def row_key_title(rows: str) -> str:
+    return " / ".join("regime" if k.strip() == "mtp.regime" else k.strip() for k in rows.split(","))
+
+
+def compare_index(label: str, compare: list[str]) -> int | None:
+    """Where a row comes in ``compare``: the first entry that is its label or, for rows of several keys, its first
+    value (``--compare detach/none,detach,occ``: detach/none first, then the other detach rows, then occ's);
+    None when it is not compared."""
+    hits = [i for i, entry in enumerate(compare) if entry in (label, label.split(LABEL_SEPARATOR)[0])]
+    return min(hits) if hits else None
 
 
 def seed_of(run: dict[str, Any]) -> str:
@@ -121,13 +141,13 @@ def display_labels(runs: list[dict[str, Any]], rows: str) -> dict[str, str]:
 def build_comparison(runs: list[dict[str, Any]], compare: list[str], rows: str = "regime",
                      metrics: list[str] | None = None) -> Comparison:
     """Group runs into rows (in the order of ``compare``, then of the groups; all rows when it is empty)."""
-    runs = [run for run in runs if not compare or row_label(run, rows) in compare]
+    runs = [run for run in runs if not compare or compare_index(row_label(run, rows), compare) is not None]
     columns = choose_columns(runs, metrics)
     labels = display_labels(runs, rows)
     by_row: dict[str, dict[str, dict[str, Any]]] = {}
     for run in runs:
         by_row.setdefault(labels[run["run_id"]], {})[seed_of(run)] = run  # one run per (row, seed)
-    order = sorted(by_row, key=lambda label: (compare.index(label.split(" (")[0]) if compare else 0, label))
+    order = sorted(by_row, key=lambda label: (compare_index(label.split(" (")[0], compare) if compare else 0, label))
     with_avg = len(columns) > 1 and all(m.key.startswith("eval/") for m in columns)
     titles = [m.title for m in columns] + (["Avg"] if with_avg else [])
     higher = {m.title: m.higher_is_better for m in columns} | ({"Avg": True} if with_avg else {})
@@ -149,7 +169,16 @@ def build_comparison(runs: list[dict[str, Any]], compare: list[str], rows: str =
                 paired[(label, title)] = estimate([value(by_row[label][s], title) - value(by_row[reference][s], title)
                                                    for s in common])
     return Comparison(titles, higher, order, cells, paired, reference, {r: sorted(by_row[r]) for r in order},
-                      "regime" if rows == "mtp.regime" else rows, {r: list(by_row[r].values()) for r in order})
+                      row_key_title(rows), {r: list(by_row[r].values()) for r in order})
+
+
+def value_at_step(history: list[tuple[int, float]], step: int) -> float:
+    """A metric's value at ``step``: the last one logged at or before it (a rollout metric is logged once per
+    generation); NaN when the history ends before ``step`` (the run never got there) or starts after it."""
+    if not history or max(s for s, _ in history) < step:
+        return float("nan")
+    before = [(s, v) for s, v in history if s <= step]
+    return max(before, key=lambda sv: sv[0])[1] if before else float("nan")
 
 
 def ranks_by_column(comp: Comparison) -> dict[tuple[str, str], int]:

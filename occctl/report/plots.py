@@ -25,6 +25,7 @@ CURVES: dict[str, tuple[str, str, Callable[[float], float] | None]] = {
     "occ/v_hat2": ("fig2_v_hat2", "v̂² (Fig. 2)", None),
     "occ/lambda": ("fig4_lambda", "λ_t (Fig. 4)", None),
     "mtp/acc": ("mtp_acceptance", "MTP draft acceptance on training rollouts", None),
+    "spec/mean_accept_len": ("spec_mean_accept_len", "Tokens per main-model forward, speculative rollouts", None),
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from occctl.errors import SpecError
-from occctl.report.comparison import Comparison, build_comparison, to_markdown, to_rows
+from occctl.report.comparison import Comparison, build_comparison, to_markdown, to_rows, value_at_step
 from occctl.report.plots import CURVES, plot_curves, plot_fidelity
 from occctl.rundir import results_root, write_text_atomic
 from occctl.tracking import Store, resolve_store
@@ -38,7 +38,15 @@ def report_dir(name: str, out: str | Path | None = None, force: bool = False) ->
 
 def write_report(compare: list[str], groups: list[str] | None, experiment: str | None, rows: str,
                  metrics: list[str] | None, out: str | None, name: str | None, uri: str | None = None,
-                 smooth: int = 10, regime: str | None = None, force: bool = False) -> dict[str, Any]:
+                 smooth: int = 10, regime: str | None = None, force: bool = False,
+                 at_steps: list[int] | None = None) -> dict[str, Any]:
+    """The comparison of the finished runs (their latest metric values), or with ``at_steps`` one comparison per
+    step, each metric read from its history at that step (``value_at_step``)."""
+    if at_steps is not None and (not at_steps or any(step < 1 for step in at_steps)):
+        raise SpecError(f"--at-step {at_steps}: give optimizer steps ≥ 1, e.g. --at-step 200 --at-step 1000")
+    if at_steps and not metrics:
+        raise SpecError("--at-step reads each metric's history: name the metrics with --metric",
+                        hint="e.g. --metric eval/tiny/avg_at_k --metric spec/mean_accept_len (summary/* has no history)")
     store = resolve_store(uri)
     runs = store.find_runs(groups, experiment)
     if regime:
@@ -52,9 +60,16 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
     directory = report_dir(name, out, force)
     directory.mkdir(parents=True, exist_ok=True)
     title = f"{', '.join(comp.rows)} on {', '.join(groups or [experiment or 'all runs'])}"
-    markdown = to_markdown(comp, title)
-    records = to_rows(comp)
-    files = [_write(directory / "table.md", markdown + _provenance(compare, groups, experiment, rows, metrics, regime)),
+    if at_steps:
+        compared = [run for r in comp.rows for run in (comp.members or {})[r]]
+        tables = [(step, build_comparison(_at_step(compared, store, metrics or [], step), compare, rows, metrics))
+                  for step in at_steps]
+        markdown = "\n".join(to_markdown(c, f"{title}, at step {step}") for step, c in tables)
+        records = [{"step": step, **record} for step, c in tables for record in to_rows(c)]
+    else:
+        markdown, records = to_markdown(comp, title), to_rows(comp)
+    files = [_write(directory / "table.md",
+                    markdown + _provenance(compare, groups, experiment, rows, metrics, regime, at_steps)),
              _write(directory / "table.csv", _csv(records))]
     files += _figures(comp, directory, store, smooth)
     try:
@@ -68,13 +83,20 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
             "mlflow_run_id": report_run}
 
 
-def _provenance(compare, groups, experiment, rows, metrics, regime) -> str:
+def _at_step(runs: list[dict[str, Any]], store: Store, metrics: list[str], step: int) -> list[dict[str, Any]]:
+    """The runs with each metric replaced by its value at ``step``."""
+    return [{**run, "metrics": {key: value_at_step(store.metric_history(run["run_id"], key), step) for key in metrics}}
+            for run in runs]
+
+
+def _provenance(compare, groups, experiment, rows, metrics, regime, at_steps=None) -> str:
     args = [f"--compare {','.join(compare)}"] if compare else ['--compare ""']
     args += [f"--group {','.join(groups)}"] if groups else []
     args += [f"--experiment {experiment}"] if experiment else []
     args += [f"--rows {rows}"] if rows != "regime" else []
     args += [f"--regime {regime}"] if regime else []
     args += [f"--metric {m}" for m in metrics or []]
+    args += [f"--at-step {step}" for step in at_steps or []]
     return f"\nProduced by `occctl report {' '.join(args)}`.\n"
 
 

@@ -123,6 +123,9 @@ def test_report_tables(store):
         "report_math6": ["report", "--group", "study", "--compare", "detach,occ", "--name", "m6"],
         "report_variant": ["report", "--experiment", "tiny", "--rows", "variant", "--compare", "",
                            "--regime", "detach", "--metric", "summary/heldout_acc_after"],
+        "report_at_step": ["report", "--group", "study", "--rows", "mtp.regime,variant", "--compare",
+                           "detach/v1,detach,occ", "--metric", "reward", "--metric", "occ/lambda",
+                           "--at-step", "2", "--at-step", "4"],
     }
     for case, args in cases.items():
         result = runner.invoke(app, args, env={"COLUMNS": "120"})

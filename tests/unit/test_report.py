@@ -5,7 +5,8 @@ import math
 import pytest
 from scipy import stats
 
-from occctl.report.comparison import build_comparison, estimate, ranks_by_column, to_markdown, to_rows
+from occctl.report.comparison import (build_comparison, estimate, ranks_by_column, to_markdown, to_rows,
+                                      value_at_step)
 
 
 def _run(regime, seed, acc, accept, variant=None):
@@ -79,3 +80,18 @@ def test_benchmark_columns_come_from_the_suite_registry():
     run = {"run_id": "x", "tags": {"occctl.regime": "occ", "occctl.seed": "0"}, "params": {}, "metrics": metrics}
     comp = build_comparison([run], ["occ"])
     assert comp.columns == [*SUITES["math6"].benchmarks, "Avg"], "the suite's order; optional benchmarks left out"
+
+
+def test_rows_of_two_keys_and_compare_by_the_first_value():
+    runs = [_run(r, s, 0.5 + s / 10, 0.7, variant=v) for r in ("occ", "detach") for s in range(2) for v in ("b", "a")]
+    comp = build_comparison(runs, ["detach/b", "detach", "occ"], rows="mtp.regime,variant")
+    assert comp.rows == ["detach/b", "detach/a", "occ/a", "occ/b"]  # the named row first, then by first value
+    assert comp.reference == "detach/b" and comp.row_key == "regime / variant"
+    assert build_comparison(runs, ["occ/a"], rows="regime,variant").rows == ["occ/a"]
+
+
+def test_value_at_step_is_the_last_value_logged_at_or_before_it():
+    history = [(4, 0.4), (8, 0.8), (12, 1.2)]
+    assert value_at_step(history, 8) == 0.8 and value_at_step(history, 11) == 0.8 and value_at_step(history, 12) == 1.2
+    assert math.isnan(value_at_step(history, 13)), "the run never reached the step"
+    assert math.isnan(value_at_step(history, 3)) and math.isnan(value_at_step([], 1))
