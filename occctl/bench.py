@@ -49,36 +49,92 @@ def run_overhead_bench(spec: Spec, steps: int, out: Path | None = None, force: b
 
 
 def run_rollout_bench(spec: Spec, rounds: int, out: Path | None = None, force: bool = False,
-                      console: Console | None = None) -> dict[str, Any]:
+                      console: Console | None = None, checkpoints: list[Path] | None = None,
+                      markdown: Path | None = None) -> dict[str, Any]:
     """Plain vs speculative generation of one rollout batch of the spec, alternating in one process (the
-    backend's ``bench_rollout``); with ``out``, also write the result there as JSON."""
+    backend's ``bench_rollout``), from the spec's start or from each of ``checkpoints`` in turn (then the result is
+    ``{"spec", "checkpoints": [one result per checkpoint]}``); with ``out`` / ``markdown``, also written there as
+    JSON / a markdown table."""
     if not spec.mtp.enabled:
         raise SpecError("bench rollout drafts with the MTP head: the spec has mtp.enabled=false (no head)")
-    target = _target(out, force)
+    target, table_target = _target(out, force), _target(markdown, force)
+    starts = [checkpoint_spec(spec, c) for c in checkpoints or []] or [spec]
     backend = get_backend(spec.backend)
+    results = []
     with progress_bar(console or Console(stderr=True)) as progress:
-        result = backend.bench_rollout(backend.prepare(spec, RunDir.named(spec.name)), rounds, progress)
-    result["goal"] = {"min": SPEEDUP_GOAL, "met": result["spec_speedup"] >= SPEEDUP_GOAL}
+        for start in starts:
+            result = backend.bench_rollout(backend.prepare(start, RunDir.named(spec.name)), rounds, progress)
+            result["goal"] = {"min": SPEEDUP_GOAL, "met": result["spec_speedup"] >= SPEEDUP_GOAL}
+            results.append({"checkpoint": start.model.path, **result} if checkpoints else result)
+    final = {"spec": spec.name, "checkpoints": results} if checkpoints else results[0]
     if target is not None:
-        write_text_atomic(target, json.dumps(result, indent=2) + "\n")
-    return result
+        write_text_atomic(target, json.dumps(final, indent=2) + "\n")
+    if table_target is not None:
+        write_text_atomic(table_target, rollout_markdown(final))
+    return final
+
+
+def checkpoint_spec(spec: Spec, checkpoint: Path) -> Spec:
+    """The spec starting from a saved checkpoint (``checkpoints/final`` of a run) instead of its own start."""
+    from occctl.models import has_mtp_head
+    from occctl.spec import ModelSpec
+
+    path = Path(checkpoint).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise SpecError(f"--checkpoint {checkpoint}: not a model directory (no config.json)",
+                        hint="pass a run's checkpoints/final (or a checkpoint-N) folder")
+    if not has_mtp_head(path):
+        raise SpecError(f"--checkpoint {checkpoint}: the checkpoint has no MTP head to draft with",
+                        hint="bench a checkpoint of a run with mtp.enabled=true")
+    return spec.model_copy(update={"model": ModelSpec(path=str(path), dtype=spec.model.dtype)})
+
+
+def _label(result: dict[str, Any]) -> str:
+    """A checkpoint's run name (``results/runs/<name>/checkpoints/final``), else its path; the spec's start."""
+    path = result.get("checkpoint")
+    if path is None:
+        return f"{result.get('spec', 'the spec')}'s start"
+    p = Path(path)
+    return p.parents[1].name if p.parent.name == "checkpoints" else str(p)
+
+
+def _results(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return result["checkpoints"] if "checkpoints" in result else [result]
+
+
+def rollout_markdown(result: dict[str, Any]) -> str:
+    """One row per start: tokens/s of both generations, the speed-up with its interval, the acceptance."""
+    lines = ["| start | plain tokens/s | speculative tokens/s | spec_speedup [95% CI] | accept_rate | "
+             "mean_accept_len |", "|---|---|---|---|---|---|"]
+    for r in _results(result):
+        low, high = r["spec_speedup_ci95"]
+        lines.append(f"| {_label(r)} | {r['tokens_per_s']['plain']:.0f} | {r['tokens_per_s']['speculative']:.0f} | "
+                     f"{r['spec_speedup']:.3f} [{low:.3f}, {high:.3f}] | {r['accept_rate']:.3f} | "
+                     f"{r['mean_accept_len']:.3f} |")
+    first = _results(result)[0]
+    return "\n".join(lines) + (f"\n\n{first['rounds_timed']} interleaved rounds of {first['completions_per_round']} "
+                               f"completions (≤{first['max_new_tokens']} tokens) per start; torch threads "
+                               f"{first.get('torch_threads', '?')}.\n")
 
 
 def rollout_table(result: dict[str, Any]) -> Table:
-    """Tokens per second of plain and speculative generation; the caption holds the speed-up with its interval,
-    the acceptance and the machine's load."""
-    table = Table(title=f"rollout generation, {result['rounds_timed']} interleaved rounds of "
-                        f"{result['completions_per_round']} completions (≤{result['max_new_tokens']} tokens)")
-    table.add_column("generation")
-    table.add_column("median tokens/s", justify="right")
-    for name, value in result["tokens_per_s"].items():
-        table.add_row(name, f"{value:.0f}")
-    low, high = result["spec_speedup_ci95"]
-    goal = result["goal"]
-    table.caption = (f"spec_speedup {result['spec_speedup']:.3f} [{low:.3f}, {high:.3f}] "
-                     f"(≥{goal['min']} {'[green]met[/]' if goal['met'] else '[red]missed[/]'})  "
-                     f"accept_rate {result['accept_rate']:.3f}  mean_accept_len {result['mean_accept_len']:.3f}  "
-                     f"load {result['load_average_1min'][0]:.1f}→{result['load_average_1min'][1]:.1f}")
+    """Tokens per second of plain and speculative generation, a row per start (the spec's, or each checkpoint);
+    the caption holds the goal and the machine's load."""
+    runs = _results(result)
+    first = runs[0]
+    table = Table(title=f"rollout generation, {first['rounds_timed']} interleaved rounds of "
+                        f"{first['completions_per_round']} completions (≤{first['max_new_tokens']} tokens)")
+    for column in ("start", "plain tokens/s", "speculative tokens/s", "spec_speedup [95% CI]", "accept_rate",
+                   "mean_accept_len"):
+        table.add_column(column, justify="left" if column == "start" else "right")
+    for r in runs:
+        low, high = r["spec_speedup_ci95"]
+        met = "green" if r["goal"]["met"] else "red"
+        table.add_row(_label(r), f"{r['tokens_per_s']['plain']:.0f}", f"{r['tokens_per_s']['speculative']:.0f}",
+                      f"[{met}]{r['spec_speedup']:.3f}[/] [{low:.3f}, {high:.3f}]", f"{r['accept_rate']:.3f}",
+                      f"{r['mean_accept_len']:.3f}")
+    table.caption = (f"goal spec_speedup ≥{first['goal']['min']} (green: met)  "
+                     f"load {first['load_average_1min'][0]:.1f}→{runs[-1]['load_average_1min'][1]:.1f}")
     return table
 
 

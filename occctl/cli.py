@@ -141,13 +141,20 @@ def bench_rollout(
     output: Optional[Path] = BENCH_OUT_OPT,
     force: bool = BENCH_FORCE_OPT,
     overrides: Optional[list[str]] = SET_OPT,
+    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", help="start from this saved checkpoint "
+                                                    "(a run's checkpoints/final) instead of the spec's start; "
+                                                    "repeatable: each is benched in turn"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the table as markdown to this "
+                                            "file (an existing file needs --force)"),
 ) -> None:
-    """Tokens/s of plain vs MTP-speculative rollout generation from the spec's start, interleaved in one process."""
+    """Tokens/s of plain vs MTP-speculative rollout generation from the spec's start (or each --checkpoint),
+    interleaved in one process."""
     from occctl.bench import rollout_table, run_rollout_bench
     from occctl.spec import load_spec
 
     with exits_on_error():
-        result = run_rollout_bench(load_spec(spec, overrides or []), rounds, output, force, console=err)
+        result = run_rollout_bench(load_spec(spec, overrides or []), rounds, output, force, console=err,
+                                   checkpoints=checkpoint or None, markdown=markdown)
     out.print(rollout_table(result))
 
 

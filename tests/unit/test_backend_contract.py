@@ -75,7 +75,7 @@ class FakeBackend:
         return {"rounds_timed": rounds, "completions_per_round": 4, "max_new_tokens": 8,
                 "tokens_per_s": {"plain": 100.0, "speculative": 150.0}, "spec_speedup": 1.5,
                 "spec_speedup_ci95": [1.4, 1.6], "accept_rate": 0.8, "mean_accept_len": 1.8,
-                "load_average_1min": [1.0, 1.0]}
+                "load_average_1min": [1.0, 1.0], "model": plan.spec.model.path}
 
 
 @pytest.fixture
@@ -155,4 +155,26 @@ def test_bench_rollout_goes_through_the_registry(fake, tmp_path):
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())
-    assert saved["rounds_timed"] == 3 and saved["goal"]["met"] and "spec_speedup 1.500" in result.output
+    assert saved["rounds_timed"] == 3 and saved["goal"]["met"] and "1.500 [1.400, 1.600]" in result.output
+
+
+def test_bench_rollout_from_each_checkpoint_in_turn(fake, tmp_path):
+    from occctl.models import build_tiny, save_checkpoint
+    from occctl.spec import TinyModelSpec
+
+    tiny = build_tiny(TinyModelSpec(), seed=0)
+    starts = [save_checkpoint(tmp_path / "runs" / f"study.{name}" / "checkpoints" / "final", tiny) for name in "ab"]
+    out, table = tmp_path / "rollout.json", tmp_path / "rollout.md"
+    result = CliRunner().invoke(app, ["bench", "rollout", str(fake), "--rounds", "2", "--out", str(out),
+                                      "--markdown", str(table), *(a for c in starts for a in ("--checkpoint", str(c)))])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert [r["checkpoint"] for r in saved["checkpoints"]] == [str(c) for c in starts]
+    assert [r["model"] for r in saved["checkpoints"]] == [str(c) for c in starts], "the backend got each start"
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| study.")]
+    assert [row.split(" | ")[0] for row in rows] == ["| study.a", "| study.b"] and "1.500 [1.400, 1.600]" in rows[0]
+    headless = tmp_path / "plain"
+    headless.mkdir()
+    (headless / "config.json").write_text("{}")
+    refused = CliRunner().invoke(app, ["bench", "rollout", str(fake), "--checkpoint", str(headless)])
+    assert refused.exit_code == 2 and "no MTP head" in refused.output
