@@ -95,3 +95,14 @@ def test_value_at_step_is_the_last_value_logged_at_or_before_it():
     assert value_at_step(history, 8) == 0.8 and value_at_step(history, 11) == 0.8 and value_at_step(history, 12) == 1.2
     assert math.isnan(value_at_step(history, 13)), "the run never reached the step"
     assert math.isnan(value_at_step(history, 3)) and math.isnan(value_at_step([], 1))
+
+
+@pytest.mark.parametrize("args, message", [(["--at-step", "200"], "name the metrics with --metric"),
+                                           (["--at-step", "0", "--metric", "reward"], "optimizer steps ≥ 1")])
+def test_at_step_needs_metrics_with_a_history_and_positive_steps(args, message, results_dir):
+    from typer.testing import CliRunner
+
+    from occctl.cli import app
+
+    result = CliRunner().invoke(app, ["report", "--group", "g", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
