@@ -95,7 +95,9 @@ def _label(result: dict[str, Any]) -> str:
     if path is None:
         return f"{result.get('spec', 'the spec')}'s start"
     p = Path(path)
-    return p.parents[1].name if p.parent.name == "checkpoints" else str(p)
+    if p.parent.name == "checkpoints":
+        return p.parents[1].name
+    return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
 
 
 def _results(result: dict[str, Any]) -> list[dict[str, Any]]:
