@@ -2,11 +2,13 @@
 
 RL from a random model on the arithmetic task plateaus at "emit a digit"; a short CE warm-up on the
 answer tokens gives RL a model with headroom. The result is an ordinary occctl checkpoint under
-``<cache>/warmup/<hash>/``; every run with the same model/task/warm-up config reuses it.
+``<cache>/warmup/<hash>/``; every run with the same model/task/warm-up config reuses it. Concurrent runs
+(a study's cells on ``--jobs N``) train it once: the first takes ``<hash>.lock``, the others wait for it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -42,6 +44,21 @@ def ensure_warm_start(spec: Spec, progress=None) -> Path:
     final = warm_start_dir(spec)
     if (final / DONE).is_file():
         return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with final.with_name(f"{final.name}.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another run is training this warm-up: wait for it rather than train it twice
+            if progress:
+                progress.console.print(f"warm-up {final.name}: another run is training it, waiting for it",
+                                       markup=False, highlight=False)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / DONE).is_file():  # the lock is released when the file closes
+            _train_warm_start(spec, final, progress)
+    return final
+
+
+def _train_warm_start(spec: Spec, final: Path, progress) -> None:
     start = time.perf_counter()
     loaded = build_tiny(spec.model.tiny, spec.warmup.seed)
     model, head, tok, w = loaded.model, loaded.mtp_head, loaded.tokenizer, spec.warmup
@@ -82,9 +99,5 @@ def ensure_warm_start(spec: Spec, progress=None) -> Path:
     save_checkpoint(tmp, loaded)
     write_json_atomic(tmp / DONE, {"key": warmup_key(spec), "steps": w.steps, "wall_s": time.perf_counter() - start,
                                    "heldout": heldout})
-    if (final / DONE).is_file():  # another process finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    return final
+    shutil.rmtree(final, ignore_errors=True)  # a torn earlier attempt (no warmup.json)
+    tmp.rename(final)
