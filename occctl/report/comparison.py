@@ -172,10 +172,11 @@ def build_comparison(runs: list[dict[str, Any]], compare: list[str], rows: str =
                       row_key_title(rows), {r: list(by_row[r].values()) for r in order})
 
 
-def value_at_step(history: list[tuple[int, float]], step: int) -> float:
+def value_at_step(history: list[tuple[int, float]], step: int, reached: int | None = None) -> float:
     """A metric's value at ``step``: the last one logged at or before it (a rollout metric is logged once per
-    generation); NaN when the history ends before ``step`` (the run never got there) or starts after it."""
-    if not history or max(s for s, _ in history) < step:
+    generation, so its last value may sit a few steps before the run's end); NaN when the run never got to
+    ``step`` (``reached``: the run's last step, default the history's own last step) or the history starts after it."""
+    if not history or (reached if reached is not None else max(s for s, _ in history)) < step:
         return float("nan")
     before = [(s, v) for s, v in history if s <= step]
     return max(before, key=lambda sv: sv[0])[1] if before else float("nan")

@@ -84,9 +84,21 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
 
 
 def _at_step(runs: list[dict[str, Any]], store: Store, metrics: list[str], step: int) -> list[dict[str, Any]]:
-    """The runs with each metric replaced by its value at ``step``."""
-    return [{**run, "metrics": {key: value_at_step(store.metric_history(run["run_id"], key), step) for key in metrics}}
-            for run in runs]
+    """The runs with each metric replaced by its value at ``step``. A run reached the last step any of its
+    metrics was logged at, or its ``train.steps`` (the runs read are finished)."""
+    out = []
+    for run in runs:
+        histories = {key: store.metric_history(run["run_id"], key) for key in metrics}
+        reached = max([s for h in histories.values() for s, _ in h] + [_int(run.get("params", {}).get("train.steps"))])
+        out.append({**run, "metrics": {key: value_at_step(h, step, reached) for key, h in histories.items()}})
+    return out
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _provenance(compare, groups, experiment, rows, metrics, regime, at_steps=None) -> str:

@@ -95,6 +95,8 @@ def test_value_at_step_is_the_last_value_logged_at_or_before_it():
     assert value_at_step(history, 8) == 0.8 and value_at_step(history, 11) == 0.8 and value_at_step(history, 12) == 1.2
     assert math.isnan(value_at_step(history, 13)), "the run never reached the step"
     assert math.isnan(value_at_step(history, 3)) and math.isnan(value_at_step([], 1))
+    assert value_at_step(history, 14, reached=14) == 1.2, "a rollout metric's last value holds to the run's end"
+    assert math.isnan(value_at_step(history, 15, reached=14))
 
 
 @pytest.mark.parametrize("args, message", [(["--at-step", "200"], "name the metrics with --metric"),
@@ -106,3 +108,18 @@ def test_at_step_needs_metrics_with_a_history_and_positive_steps(args, message, 
 
     result = CliRunner().invoke(app, ["report", "--group", "g", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_at_step_holds_a_rollout_metric_to_the_end_of_a_finished_run():
+    from occctl.report.writer import _at_step
+
+    class Store:  # spec/* logged once per generation (steps 1, 5, 9), loss every step up to 12
+        def metric_history(self, run_id, key):
+            return {"spec": [(1, 0.1), (5, 0.5), (9, 0.9)], "loss": [(s, float(s)) for s in range(1, 13)]}[key]
+
+    run = {"run_id": "r", "params": {}}
+    assert _at_step([run], Store(), ["spec", "loss"], 12)[0]["metrics"] == {"spec": 0.9, "loss": 12.0}
+    assert math.isnan(_at_step([run], Store(), ["spec"], 12)[0]["metrics"]["spec"]), "reach unknown: 9 < 12"
+    finished = {**run, "params": {"train.steps": "12"}}
+    assert _at_step([finished], Store(), ["spec"], 12)[0]["metrics"] == {"spec": 0.9}
+    assert math.isnan(_at_step([finished], Store(), ["spec"], 13)[0]["metrics"]["spec"])
