@@ -104,15 +104,20 @@ def _results(result: dict[str, Any]) -> list[dict[str, Any]]:
     return result["checkpoints"] if "checkpoints" in result else [result]
 
 
+def _row(r: dict[str, Any], colour: str | None = None) -> list[str]:
+    """One start's cells: label, both tokens/s, the speed-up [95 % CI] (in rich ``colour`` if given), acceptance."""
+    low, high = r["spec_speedup_ci95"]
+    speedup = f"{r['spec_speedup']:.3f}"
+    return [_label(r), f"{r['tokens_per_s']['plain']:.0f}", f"{r['tokens_per_s']['speculative']:.0f}",
+            (f"[{colour}]{speedup}[/]" if colour else speedup) + f" [{low:.3f}, {high:.3f}]",
+            f"{r['accept_rate']:.3f}", f"{r['mean_accept_len']:.3f}"]
+
+
 def rollout_markdown(result: dict[str, Any]) -> str:
     """One row per start: tokens/s of both generations, the speed-up with its interval, the acceptance."""
     lines = ["| start | plain tokens/s | speculative tokens/s | spec_speedup [95% CI] | accept_rate | "
              "mean_accept_len |", "|---|---|---|---|---|---|"]
-    for r in _results(result):
-        low, high = r["spec_speedup_ci95"]
-        lines.append(f"| {_label(r)} | {r['tokens_per_s']['plain']:.0f} | {r['tokens_per_s']['speculative']:.0f} | "
-                     f"{r['spec_speedup']:.3f} [{low:.3f}, {high:.3f}] | {r['accept_rate']:.3f} | "
-                     f"{r['mean_accept_len']:.3f} |")
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in _results(result)]
     first = _results(result)[0]
     return "\n".join(lines) + (f"\n\n{first['rounds_timed']} interleaved rounds of {first['completions_per_round']} "
                                f"completions (≤{first['max_new_tokens']} tokens) per start; torch threads "
@@ -130,11 +135,7 @@ def rollout_table(result: dict[str, Any]) -> Table:
                    "mean_accept_len"):
         table.add_column(column, justify="left" if column == "start" else "right")
     for r in runs:
-        low, high = r["spec_speedup_ci95"]
-        met = "green" if r["goal"]["met"] else "red"
-        table.add_row(_label(r), f"{r['tokens_per_s']['plain']:.0f}", f"{r['tokens_per_s']['speculative']:.0f}",
-                      f"[{met}]{r['spec_speedup']:.3f}[/] [{low:.3f}, {high:.3f}]", f"{r['accept_rate']:.3f}",
-                      f"{r['mean_accept_len']:.3f}")
+        table.add_row(*_row(r, colour="green" if r["goal"]["met"] else "red"))
     table.caption = (f"goal spec_speedup ≥{first['goal']['min']} (green: met)  "
                      f"load {first['load_average_1min'][0]:.1f}→{runs[-1]['load_average_1min'][1]:.1f}")
     return table
