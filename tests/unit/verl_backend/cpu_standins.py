@@ -27,10 +27,6 @@ STANDINS = [
      "the detected device"),
     ("a gloo process group (world size 1) created before the worker", "initialize_global_process_group_ray's "
      "'cpu:gloo,cuda:nccl' group started by Ray", "the Ray worker's NCCL group"),
-    ("CudaRNGStatesTracker.fork -> nullcontext", "Megatron's CUDA RNG tracker (seeded by "
-     "model_parallel_cuda_manual_seed, which veRL skips without a device)", "the seeded tracker"),
-    ("GlobalMemoryBuffer.get_tensor -> torch.empty on CPU", "Megatron's buffer on torch.cuda.current_device()",
-     "the global memory buffer"),
     ("torch.zeros(device='cuda') in megatron.core.pipeline_parallel.schedules -> CPU", "the per-token loss "
      "counter of forward_backward_no_pipelining", "a CUDA tensor"),
     ("torch.cuda.current_device() -> 'cpu' (MTP loss tracker, CP roll buffers)", "multi_token_prediction.py's "
@@ -231,16 +227,11 @@ def tiny_gpt(engine, hf_config, initial_state: dict | None):
 def install(hf_config_of, initial_state_of) -> None:
     """Install every stand-in of ``STANDINS``; ``hf_config_of(engine)`` / ``initial_state_of()`` feed the model."""
     import megatron.core.pipeline_parallel.schedules as schedules
-    import megatron.core.tensor_parallel.random as random_
-    import megatron.core.utils as mutils
     import verl.workers.engine.megatron.transformer_impl as impl
     from verl.utils.megatron_utils import check_mtp_config
 
     set_platform(CpuPlatform())
     os.environ.update(VERL_ENGINE_DEVICE="cuda", VERL_ENGINE_VENDOR="nvidia")
-    random_.CudaRNGStatesTracker.fork = lambda self, *a, **k: contextlib.nullcontext()
-    mutils.GlobalMemoryBuffer.get_tensor = lambda self, shape, dtype, name, *a, **k: torch.empty(tuple(shape),
-                                                                                                   dtype=dtype)
     schedules.torch = _TorchOnCpu()
     torch.cuda.current_device = lambda: "cpu"
 
