@@ -151,25 +151,31 @@ def test_which_parameter_groups_the_mtp_term_reaches(runs, fmt):
         assert runs["detach_dapo_bshd"]["metrics"]["grad_norm"] != off["metrics"]["grad_norm"]
 
 
-@pytest.mark.parametrize("regime", ["detach", "off", "ce", "policy", "occ"])
-def test_packed_thd_equals_padded_bshd(runs, regime):
+@pytest.mark.parametrize("case", ["detach_dapo", "off_dapo", "ce_dapo", "policy_dapo", "occ_dapo", "occ_gspo"])
+def test_packed_thd_equals_padded_bshd(runs, case):
     """``use_remove_padding: true`` (thd, the shipped specs) and bshd give the same losses, lambda_t and weights."""
-    bshd, thd = runs[f"{regime}_dapo_bshd"], runs[f"{regime}_dapo_thd"]
+    bshd, thd = runs[f"{case}_bshd"], runs[f"{case}_thd"]
     for key in ("loss", "actor/pg_loss", "mtp/loss", "occ/lambda", "grad_norm"):
         for a, b in zip(bshd["metrics"].get(key, []), thd["metrics"].get(key, []), strict=True):
-            assert abs(a - b) <= TOL, (regime, key, a, b)
+            assert abs(a - b) <= TOL, (case, key, a, b)
     for k, v in bshd["after"].items():
-        assert torch.allclose(v, thd["after"][k], atol=TOL, rtol=0), (regime, k, (v - thd["after"][k]).abs().max())
-    if regime in ("occ", "policy"):
-        assert bshd["metrics"]["mtp/loss"][1] != 0.0
+        assert torch.allclose(v, thd["after"][k], atol=TOL, rtol=0), (case, k, (v - thd["after"][k]).abs().max())
+    if case.startswith(("occ", "policy")):
+        assert bshd["metrics"]["mtp/loss"][1] != 0.0 and any(lam != 0 for lam in bshd["metrics"]["occ/lambda"])
 
 
-def test_packed_thd_equals_padded_bshd_for_gspo(runs):
-    bshd, thd = runs["occ_gspo_bshd"], runs["occ_gspo_thd"]
-    for key in ("loss", "actor/pg_loss", "mtp/loss", "occ/lambda"):
-        for a, b in zip(bshd["metrics"][key], thd["metrics"][key], strict=True):
-            assert abs(a - b) <= TOL, (key, a, b)
-    assert any(lam != 0 for lam in bshd["metrics"]["occ/lambda"])
+def response_logprobs(call: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mask, main head's log-probs, MTP head's log-probs), [B, R] float64, of the response tokens of a recorded
+    micro-batch (veRL's layout: main at P + j - 1, MTP at P + j - 2)."""
+    from backends.verl_backend.hooks import response_values, sequence_lengths
+
+    nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
+    p, r = sequence_lengths({"prompts": call["prompts"], "responses": call["responses"],
+                             "attention_mask": call["attention_mask"]})
+    width = call["response_mask"].shape[1]
+    main, _ = response_values(nested(call["log_probs"]), p, r, width, lag=1)
+    mtp, _ = response_values(nested(call["mtp_log_probs"]), p, r, width, lag=2)
+    return call["response_mask"].double(), main.double(), mtp.double()
 
 
 def trl_terms(spec, calls) -> tuple[list[float], list[float]]:
@@ -177,7 +183,6 @@ def trl_terms(spec, calls) -> tuple[list[float], list[float]]:
     veRL's actor loss received: (MTP term per micro-batch, lambda_t per micro-batch)."""
     from backends.trl_backend.adapter import mtp_settings
     from backends.trl_backend.hooks import MtpGRPOTrainer
-    from backends.verl_backend.hooks import response_values, sequence_lengths
 
     settings, ga = mtp_settings(spec), 2
     current = {}
@@ -190,20 +195,15 @@ def trl_terms(spec, calls) -> tuple[list[float], list[float]]:
     terms = []
     for n, c in enumerate(calls):
         stub.state.global_step = n // ga
-        nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
-        p, r = sequence_lengths({"prompts": c["prompts"], "responses": c["responses"],
-                                 "attention_mask": c["attention_mask"]})
-        width = c["response_mask"].shape[1]
-        logp_main, _ = response_values(nested(c["log_probs"]), p, r, width, lag=1)  # [B, R]
-        logp_mtp, _ = response_values(nested(c["mtp_log_probs"]), p, r, width, lag=2)  # [B, R]
-        current["logits"] = logits_for(logp_mtp.double(), c["responses"][:, :width], spec.train.temperature)
-        mask = c["response_mask"].double()
+        mask, logp_main, logp_mtp = response_logprobs(c)  # [B, R] each
+        width = mask.shape[1]
+        current["logits"] = logits_for(logp_mtp, c["responses"][:, :width], spec.train.temperature)
         inputs = {"prompt_ids": c["prompts"], "prompt_mask": torch.ones_like(c["prompts"]),
                   "completion_ids": c["responses"][:, :width], "completion_mask": mask,
                   "old_per_token_logps": c["old_log_probs"].double(), "advantages": c["advantages"][:, 0].double(),
                   "num_items_in_batch": torch.tensor(float(c["batch_num_tokens"]))}
         terms.append(float(MtpGRPOTrainer._mtp_term(stub, None, inputs, {"hidden": None, "position_ids": None},
-                                                    logp_main.double() * mask, None)))
+                                                    logp_main * mask, None)))
     return terms, stub._metrics["train"]["occ/lambda"]
 
 
@@ -237,20 +237,12 @@ def test_lambda_and_term_equal_the_trl_backends_on_the_same_batch(runs, name, sp
 def test_reference_preset_forms_the_authors_lambda_per_micro_batch(runs):
     """``mtp.occ.preset: reference``: each micro-batch alone, lambda = 0.1 x the mean over the padded
     [B, max_new_tokens] batch of dRL dMTP / (dMTP^2 + eps), from the log-probs of veRL's real forward."""
-    from backends.verl_backend.hooks import response_values, sequence_lengths
-
     width_padded = load_spec(REPO / "specs" / "mimo7b_dapo_occ.yaml").train.max_new_tokens
     lambdas = []
     for c in runs["reference_dapo_thd"]["calls"]:
-        nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
-        p, r = sequence_lengths({"prompts": c["prompts"], "responses": c["responses"],
-                                 "attention_mask": c["attention_mask"]})
-        width = c["response_mask"].shape[1]
-        mask = c["response_mask"].double()
-        main, _ = response_values(nested(c["log_probs"]), p, r, width, lag=1)
-        mtp, _ = response_values(nested(c["mtp_log_probs"]), p, r, width, lag=2)
-        d_rl = (main.double() - c["old_log_probs"].double()) * mask  # [B, R]
-        d_mtp = (mtp.double() - c["old_log_probs"].double()) * mask
+        mask, main, mtp = response_logprobs(c)  # [B, R] each
+        d_rl = (main - c["old_log_probs"].double()) * mask  # [B, R]
+        d_mtp = (mtp - c["old_log_probs"].double()) * mask
         theirs = 0.1 * float((d_rl * d_mtp / (d_mtp ** 2 + 1e-8)).sum()) / (mask.shape[0] * width_padded)
         assert c["metrics"]["occ/lambda"] == pytest.approx(theirs, rel=1e-4, abs=1e-9)
         lambdas.append(c["metrics"]["occ/lambda"])
