@@ -224,8 +224,9 @@ def tiny_gpt(engine, hf_config, initial_state: dict | None):
     return config, model
 
 
-def install(hf_config_of, initial_state_of) -> None:
-    """Install every stand-in of ``STANDINS``; ``hf_config_of(engine)`` / ``initial_state_of()`` feed the model."""
+def install(initial_state_of) -> None:
+    """Install every stand-in of ``STANDINS``; ``initial_state_of()``: the weights every model starts from (None:
+    random)."""
     import megatron.core.pipeline_parallel.schedules as schedules
     import verl.workers.engine.megatron.transformer_impl as impl
     from verl.utils.megatron_utils import check_mtp_config
@@ -244,7 +245,7 @@ def install(hf_config_of, initial_state_of) -> None:
         engine.tf_config = None
 
     def build_module(engine):
-        engine.tf_config, model = tiny_gpt(engine, hf_config_of(engine), initial_state_of())
+        engine.tf_config, model = tiny_gpt(engine, engine.model_config.hf_config, initial_state_of())
         return [model]
 
     def build_optimizer(engine):

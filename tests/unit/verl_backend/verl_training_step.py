@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -156,17 +155,10 @@ def main(cases_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     cases = json.loads(Path(cases_file).read_text())
-    model_dir = tiny_model_dir(Path(tempfile.mkdtemp()) / "tiny")
-    hf = {}
+    model_dir = tiny_model_dir(Path(out_dir).parent / "tiny_model")
     state = {}
 
-    def hf_config_of(engine):
-        return engine.model_config.hf_config
-
-    def initial_state_of():
-        return state.get("initial")
-
-    cpu_standins.install(hf_config_of, initial_state_of)
+    cpu_standins.install(initial_state_of=lambda: state.get("initial"))
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29517")
     dist.init_process_group("gloo", rank=0, world_size=1)
@@ -175,7 +167,6 @@ def main(cases_file: str, out_dir: str) -> None:
         result = run_case(case, model_dir, state.get("initial"))
         if "initial" not in state:  # every later case starts from the first case's weights
             state["initial"] = result["before"]
-            hf["first"] = case["name"]
         torch.save(result, Path(out_dir) / f"{case['name']}.pt")
         print(f"case {case['name']}: done", flush=True)
 
