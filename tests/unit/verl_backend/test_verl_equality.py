@@ -205,7 +205,8 @@ def test_logged_mtp_loss_is_the_steps_mtp_term_on_both_backends(spec_name, regim
     config = actor_config(spec, tmp_path)
     micro = make_step(seed=13, n_micro=3)
     tokens, sequences = int(sum(float(m["mask"].sum()) for m in micro)), sum(m["mask"].shape[0] for m in micro)
-    for name, value in (("calibrators", {}), ("engine_patched", True), ("regime", overrides[0].split("=")[1]), ("step", 1)):
+    regime_name = overrides[0].split("=")[1]
+    for name, value in (("calibrators", {}), ("engine_patched", True), ("regime", regime_name), ("step", 1)):
         monkeypatch.setattr(plugin._State, name, value)
     terms, logged = [], []
     for n, m in enumerate(micro):

@@ -65,9 +65,11 @@ def main():
     dist.init_process_group("gloo", rank=0, world_size=1)
     case = json.load(open(sys.argv[1]))[-1]
     case["actor"]["megatron"]["vanilla_mbridge"] = os.environ.get("VANILLA", "1") == "1"
-    case["actor"]["megatron"]["override_transformer_config"].update(use_cpu_initialization=True, attention_backend="local")
+    case["actor"]["megatron"]["override_transformer_config"].update(use_cpu_initialization=True,
+                                                                    attention_backend="local")
     root = mimo_dir(Path(tempfile.mkdtemp()) / "mimo")
-    model_config = omega_conf_to_dataclass(OmegaConf.create({**case["model"], "path": str(root), "use_remove_padding": True}))
+    model_config = omega_conf_to_dataclass(OmegaConf.create({**case["model"], "path": str(root),
+                                                             "use_remove_padding": True}))
     actor = omega_conf_to_dataclass(OmegaConf.create(case["actor"]))
     actor.model_config = model_config
     engine = actor.engine
