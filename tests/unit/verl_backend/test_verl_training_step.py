@@ -52,6 +52,9 @@ CASES = {
     "occ_dapo_thd": ("mimo7b_dapo_occ", ["mtp.regime=occ"], True, 1.0),
     "occ_gspo_thd": ("mimo7b_gspo_occ", ["mtp.regime=occ"], True, 1.0),
     "reference_dapo_thd": ("mimo7b_dapo_occ", ["mtp.regime=occ", "mtp.occ={preset: reference}"], True, 1.0),
+    "detach_gspo_thd": ("mimo7b_gspo_occ", ["mtp.regime=detach"], True, 1.0),
+    "ce_gspo_thd": ("mimo7b_gspo_occ", ["mtp.regime=ce"], True, 1.0),
+    "policy_gspo_thd": ("mimo7b_gspo_occ", ["mtp.regime=policy"], True, 1.0),
 }
 PLUGIN_TERM = [n for n in CASES if n.split("_")[0] in ("ce", "policy", "occ", "reference")]
 
@@ -216,13 +219,12 @@ def logits_for(logp: torch.Tensor, ids: torch.Tensor, temperature: float, vocab:
     return z * temperature
 
 
-@pytest.mark.parametrize("name,spec_name,sets", [
-    ("occ_dapo_thd", "mimo7b_dapo_occ", ["mtp.regime=occ"]),
-    ("policy_dapo_thd", "mimo7b_dapo_occ", ["mtp.regime=policy"]),
-    ("occ_gspo_thd", "mimo7b_gspo_occ", ["mtp.regime=occ"])])
-def test_lambda_and_term_equal_the_trl_backends_on_the_same_batch(runs, name, spec_name, sets):
+@pytest.mark.parametrize("name", ["occ_dapo_thd", "policy_dapo_thd", "occ_gspo_thd", "policy_gspo_thd",
+                                  "occ_dapo_bshd"])
+def test_lambda_and_term_equal_the_trl_backends_on_the_same_batch(runs, name):
     """The log-probs veRL's real forward produced, fed to the TRL backend's hook: same MTP term and lambda_t per
     micro-batch (lambda 0 on the first optimizer step after the generation, as on TRL)."""
+    spec_name, sets, _, _ = CASES[name]
     spec = load_spec(REPO / "specs" / f"{spec_name}.yaml", sets)
     calls = runs[name]["calls"]
     trl, trl_lams = trl_terms(spec, calls)
