@@ -217,7 +217,8 @@ class MtpGRPOTrainer(GRPOTrainer):
             metrics["mtp/draft_loss"].append(draft.item())
             loss = loss + mtp.draft_coef * draft
 
-        metrics["mtp/loss"].append(out.loss.item())
+        metrics["mtp/loss"].append(out.loss.item() * scale * ga)  # logged as the mean over the step's ga micro-batches:
+        # the step's MTP term (the sum of what each micro-batch adds), whatever the aggregation (as on veRL)
         metrics["mtp/coef"].append(out.coef)
         metrics["mtp/nll"].append(-masked_mean(logp_mtp.detach(), mask).item())
         metrics["mtp/acc"].append(draft_acceptance(logits.detach(), completion_ids, mask))

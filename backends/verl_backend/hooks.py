@@ -122,6 +122,12 @@ def response_values(
     return torch.stack(rows), torch.stack(valid_rows)
 
 
+# Metrics whose per-micro-batch values are shares of the optimizer step's value (veRL's normalisation), so they are
+# summed over the step's micro-batches, as veRL sums its own ``pg_loss`` (``Metric(aggregation=SUM)``): ``mtp/loss``
+# is then the step's MTP term, the same quantity for every algorithm and regime and on both backends.
+SUMMED_METRICS = frozenset({"mtp/loss"})
+
+
 @dataclass(frozen=True)
 class MtpTerm:
     loss: torch.Tensor  # scalar, veRL's normalisation (the actor loss it is added to)
@@ -177,7 +183,7 @@ def mtp_term(settings: OccSettings, calibrator: Calibrator, actor_config: Any, m
         loss = loss * (mask.shape[0] * dp_size / float(data["global_batch_size"]))
     stats = out.stats
     metrics = {
-        "mtp/loss": float(out.loss.detach()),
+        "mtp/loss": float(loss.detach()),  # this micro-batch's share of the step's term: SUMMED_METRICS
         "mtp/coef": out.coef,
         "mtp/nll": float(-masked_mean(logp_mtp.detach(), mask)),
         "occ/lambda": stats.lam,

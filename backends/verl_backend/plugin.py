@@ -97,12 +97,21 @@ def wrap_actor_loss() -> None:
         if _State.regime is None:  # a loss outside a training step (e.g. an evaluation pass): no MTP term
             return loss, metrics
         term = hooks.mtp_term(settings, _State.calibrator(settings, dp_group), config, model_output, data)
-        metrics.update(term.metrics)
+        metrics.update(_verl_metrics(term.metrics))
         return loss + term.loss, metrics
 
     ppo_loss._occctl = True
     ppo_loss.__wrapped__ = original
     losses.ppo_loss = ppo_loss
+
+
+def _verl_metrics(metrics: dict[str, float]) -> dict[str, Any]:
+    """The term's metrics as veRL aggregates them: shares of the step's value (``hooks.SUMMED_METRICS``) summed over
+    the step's micro-batches (then averaged over data-parallel ranks), like veRL's ``pg_loss``; the rest averaged."""
+    from verl.utils.metric import AggregationType, Metric
+
+    return {key: Metric(value=value, aggregation=AggregationType.SUM) if key in hooks.SUMMED_METRICS else value
+            for key, value in metrics.items()}
 
 
 # --- 3. Megatron: expose the MTP head's log-probs -------------------------------------------------------------

@@ -66,15 +66,15 @@ def make_step(seed, n_micro=3, batch=4, max_prompt=5, max_resp=7):
 
 
 def trl_losses(spec, micro, temperature):
-    """(per-micro-batch MTP losses, lambdas) from ``MtpGRPOTrainer._mtp_term``: one process, one optimizer step
-    of len(micro) gradient-accumulation micro-batches generated together (steps_per_generation = ga)."""
+    """(per-micro-batch MTP losses, the trainer's metric lists) from ``MtpGRPOTrainer._mtp_term``: one process, one
+    optimizer step of len(micro) gradient-accumulation micro-batches generated together (steps_per_generation = ga)."""
     from backends.trl_backend.adapter import mtp_settings
     from backends.trl_backend.hooks import MtpGRPOTrainer
 
     settings = mtp_settings(spec)
     ga = len(micro)
     tokens = sum(float(m["mask"].sum()) for m in micro)
-    losses, lambdas, current = [], [], {}
+    losses, current = [], {}
     stub = SimpleNamespace(
         mtp=settings, model=SimpleNamespace(training=True), temperature=temperature,
         state=SimpleNamespace(global_step=0), _calibrated_step=-1, _probe_sums={},
@@ -89,8 +89,7 @@ def trl_losses(spec, micro, temperature):
                   "advantages": m["adv"], "num_items_in_batch": torch.tensor(tokens)}
         kept = {"hidden": None, "position_ids": None}
         losses.append(MtpGRPOTrainer._mtp_term(stub, None, inputs, kept, m["logp_main"], None))
-        lambdas.append(stub._metrics["train"]["occ/lambda"][-1])
-    return losses, lambdas
+    return losses, stub._metrics["train"]
 
 
 # --- veRL: the plugin's term on veRL's layout ---------------------------------------------------------------
@@ -157,7 +156,8 @@ def test_verl_mtp_term_and_lambda_equal_trl(spec_name, regime, tmp_path, results
     config = actor_config(spec, tmp_path)
     micro = make_step(seed=len(spec_name) + len(regime))
 
-    trl, trl_lams = trl_losses(spec, micro, spec.train.temperature)
+    trl, trl_metrics = trl_losses(spec, micro, spec.train.temperature)
+    trl_lams = trl_metrics["occ/lambda"]
     trl_grads = torch.autograd.grad(sum(trl), [m["logits"] for m in micro])
     verl, verl_lams = verl_losses(spec, config, micro, spec.train.temperature)
     verl_grads = torch.autograd.grad(sum(verl), [m["logits"] for m in micro])
@@ -170,6 +170,60 @@ def test_verl_mtp_term_and_lambda_equal_trl(spec_name, regime, tmp_path, results
     assert any(abs(a.item()) > 1e-4 for a in trl), "the synthetic losses must not be trivially zero"
     for a, b in zip(trl_grads, verl_grads):
         assert torch.allclose(a, b, atol=TOL, rtol=0), (a - b).abs().max()
+
+
+def verl_logged(micro_metrics: list[dict]) -> dict[str, float]:
+    """What veRL logs for one optimizer step from its micro-batches' loss metrics, one DP rank: the engine's
+    ``postprocess_batch_func`` (``append_to_dict``), ``TrainingWorker.train_mini_batch`` (``Metric.aggregate_dp``)
+    and the trainer's ``reduce_metrics``."""
+    from verl.utils.metric import Metric
+    from verl.utils.metric.utils import reduce_metrics
+    from verl.utils.py_functional import append_to_dict
+
+    step = {}
+    for metrics in micro_metrics:
+        append_to_dict(step, metrics)
+    step = {k: Metric.aggregate_dp([v]) if isinstance(v, Metric) else v for k, v in step.items()}
+    return reduce_metrics({k: v if isinstance(v, list) else [v] for k, v in step.items()})
+
+
+@pytest.mark.parametrize("spec_name,regime", [("mimo7b_dapo_occ", "occ"), ("mimo7b_dapo_occ", "policy"),
+                                              ("mimo7b_gspo_occ", "occ"), ("mimo7b_dapo_occ", "grpo-occ"),
+                                              ("mimo7b_dapo_occ", "ce"), ("mimo7b_gspo_occ", "ce")])
+def test_logged_mtp_loss_is_the_steps_mtp_term_on_both_backends(spec_name, regime, tmp_path, results_dir,
+                                                                 monkeypatch):
+    """``mtp/loss`` is the optimizer step's MTP term (the sum of what its micro-batches add to the loss), for
+    every algorithm and regime: on veRL summed over micro-batches as veRL sums its ``pg_loss`` (DAPO's token-mean
+    shares used to be averaged, i.e. divided by the micro-batch count), on TRL the mean of per-micro-batch values
+    over the step; both backends log the same number where their terms agree (policy / occ)."""
+    import verl.workers.utils.losses as losses
+
+    from backends.verl_backend import plugin
+
+    overrides = [f"mtp.regime={regime.removeprefix('grpo-')}"] + (["algorithm.name=grpo"] if "grpo" in regime else [])
+    spec = load_spec(REPO / "specs" / f"{spec_name}.yaml", overrides)
+    config = actor_config(spec, tmp_path)
+    micro = make_step(seed=13, n_micro=3)
+    tokens, sequences = int(sum(float(m["mask"].sum()) for m in micro)), sum(m["mask"].shape[0] for m in micro)
+    regime_name = overrides[0].split("=")[1]
+    for name, value in (("calibrators", {}), ("engine_patched", True), ("regime", regime_name), ("step", 1)):
+        monkeypatch.setattr(plugin._State, name, value)
+    terms, logged = [], []
+    for n, m in enumerate(micro):
+        model_output, data, _ = verl_batch(m, spec.train.temperature, 1, tokens, sequences, junk_seed=n)
+        base, _ = losses.ppo_loss.__wrapped__(config, model_output, data)
+        total, metrics = losses.ppo_loss(config, model_output, data)
+        terms.append((total - base).item())
+        logged.append(metrics)
+    verl = verl_logged(logged)["mtp/loss"]
+    assert abs(verl - sum(terms)) <= TOL, (verl, sum(terms), terms)
+    assert abs(verl) > 1e-4 and len(set(round(t, 9) for t in terms)) == len(micro)
+
+    trl, trl_metrics = trl_losses(spec, micro, spec.train.temperature)
+    trl_logged = sum(trl_metrics["mtp/loss"]) / len(trl_metrics["mtp/loss"])  # TRL's log(): the mean of the lists
+    assert abs(trl_logged - float(sum(trl))) <= TOL, (trl_logged, float(sum(trl)))
+    if regime != "ce":  # ce: veRL's token mean over the step, TRL's mean of micro-batch token means
+        assert abs(trl_logged - verl) <= TOL, (trl_logged, verl)
 
 
 @pytest.mark.parametrize("spec_name", ["mimo7b_dapo_occ", "mimo7b_gspo_occ"])

@@ -111,7 +111,7 @@ def test_values_keep_their_type_in_hydra_grammar():
     assert override_key("+a.b=1") == "a.b" and override_key("~a.b") == "a.b" and override_key("a.b") is None
 
 
-def test_check_reports_every_problem(results_dir):
+def test_check_reports_every_problem(results_dir, prompt_files):
     spec = spec_with("train.steps=802", "mtp.occ.baseline=mtp_old", "mtp.occ.oracle_every=5",
                      "backend_options.parallel.tp=3",
                      "backend_options.overrides=[actor_rollout_ref.actor.optim.lr=1, not an override, "
@@ -127,7 +127,7 @@ def test_check_reports_every_problem(results_dir):
     assert "ray_kwargs.ray_init.address is set by occctl" in text  # use backend_options.ray_address
 
 
-def test_what_veRL_cannot_honour_is_refused():
+def test_what_veRL_cannot_honour_is_refused(prompt_files):
     text = "\n".join(VerlBackend().check(spec_with("mtp.occ.estimator=oracle")))
     assert "mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only" in text
     text = "\n".join(VerlBackend().check(spec_with("mtp.policy_clip.dual_clip=null")))
