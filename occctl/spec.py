@@ -172,9 +172,10 @@ class TaskSpec(_Strict):
             if given:
                 raise ValueError(f"task.{given[0]} belongs to task.name: dataset (this task, {self.name}, "
                                  "generates its data)")
-        from occctl.tasks import check_grader  # the registry imports this module
+        if self.grader is not None:
+            from occctl.tasks import check_grader  # the registry imports this module
 
-        check_grader(self)
+            check_grader(self)
         return self
 
 
@@ -405,6 +406,10 @@ class Spec(_Strict):
         from occctl.tasks import get_task
 
         task = get_task(self.task)
+        if self.task.overlong.buffer_tokens >= self.train.max_new_tokens:
+            raise ValueError(f"task.overlong.buffer_tokens ({self.task.overlong.buffer_tokens}) must be below "
+                             f"train.max_new_tokens ({self.train.max_new_tokens}): the punishment starts at their "
+                             "difference")
         if task.answer_length is None:  # a dataset: free-form answers, the tiny model's context fits the task
             if self.model.preset == "tiny" and self.warmup.enabled:
                 raise ValueError("warmup.enabled: the warm-up trains the generated tasks' answers; set "
@@ -482,7 +487,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "warmup.enabled": False,
         "train.prompts_per_generation": 4, "train.optimizer_steps_per_generation": 2,
         "train.micro_batches_per_step": 1, "train.max_new_tokens": 32, "algorithm.samples_per_prompt": 4,
-        "task.max_prompt_tokens": 256, "eval.samples_per_problem": 2, "eval.every": 0,
+        "task.max_prompt_tokens": 256, "task.heldout_limit": 8, "task.overlong.buffer_tokens": 8,
+        "eval.samples_per_problem": 2, "eval.every": 0,
         "backend_options": {},
     },
 }
@@ -494,8 +500,8 @@ def expand_model_preset(raw: dict[str, Any], name: str, where: str) -> None:
         raise SpecError(f"{where}: unknown model preset {name!r}{did_you_mean(name, MODEL_PRESETS)}; valid: "
                         f"{', '.join(MODEL_PRESETS)} (or a mapping, e.g. model: {{path: Qwen/Qwen2.5-Math-1.5B}})")
     for key, value in MODEL_PRESETS[name].items():
-        if key == "task.max_prompt_tokens" and raw.get("task", {}).get("name") != "dataset":
-            continue  # a key of the dataset task only
+        if key.startswith("task.") and (raw.get("task") or {}).get("name") != "dataset":
+            continue  # keys of the dataset task only
         set_dotted(raw, key, copy.deepcopy(value), where=where)
 
 

@@ -68,6 +68,7 @@ def to_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
     """Rows -> problems; the first bad row is a SpecError naming the file, the row (1-based) and the field."""
     out = []
     for n, row in enumerate(rows, 1):
+        row = {k: v for k, v in row.items() if v is not None}  # `datasets` gives every row every column
         if "problem" not in row:
             raise SpecError(f"{source}: row {n}: no field 'problem' (it has {', '.join(sorted(row)) or 'none'})",
                             hint="rows need `problem` and `answer` or `answers`, as ../shared/data/math6/")
