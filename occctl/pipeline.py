@@ -67,6 +67,17 @@ def load_export(checkpoint: Path, spec: Spec):
     return loaded
 
 
+def on_accelerator(loaded) -> None:
+    """A model the runner loaded (the start, the export) goes to the GPU when there is one, as training's does
+    (a model already there, e.g. the trainer's during the periodic eval, stays). Untested on a GPU so far."""
+    import torch
+
+    if torch.cuda.is_available() and loaded.model.device.type == "cpu":
+        loaded.model.to("cuda")
+        if loaded.mtp_head is not None:
+            loaded.mtp_head.to("cuda")
+
+
 class HeldoutEval:
     """The held-out evaluation of a spec: avg@k, pass@k and greedy accuracy under the task's grader (through its
     reward, so a math grader runs in the grading pool), and the MTP head's draft acceptance."""
@@ -81,11 +92,31 @@ class HeldoutEval:
         self.label = spec.eval.suite if self.task.generated else "heldout"
 
     def __call__(self, loaded) -> dict[str, float]:
+        """The numbers over every held-out problem; a dataset task adds ``<benchmark>/avg_at_k`` (and pass@k,
+        greedy) per benchmark of ``task.heldout``."""
+        s = self.spec
+        on_accelerator(loaded)
+        if self.task.generated:
+            return self._evaluate(loaded, self.problems)
+        from occctl.tasks.dataset import heldout_benchmarks
+
+        parts = {name: (len(problems), self._evaluate(loaded, problems))
+                 for name, problems in heldout_benchmarks(s.task).items()}
+        total = sum(n for n, _ in parts.values())
+        result = {key: sum(n * r[key] for n, r in parts.values() if key in r) / total
+                  for key in ("avg_at_k", "pass_at_k", "greedy", "mtp_acceptance")
+                  if all(key in r for _, r in parts.values())}
+        result["grader_timeouts"] = sum(r.get("grader_timeouts", 0.0) for _, r in parts.values())
+        for name, (_, r) in parts.items():
+            result.update({f"{name}/{key}": r[key] for key in ("avg_at_k", "pass_at_k", "greedy")})
+        return result
+
+    def _evaluate(self, loaded, problems) -> dict[str, float]:
         from occctl.eval.heldout import evaluate_heldout
 
         s = self.spec
-        prompts = [self.task.prompt_text(s.task, loaded.tokenizer, p) for p in self.problems]
-        return evaluate_heldout(loaded, self.problems, s.eval.samples_per_problem, s.eval.temperature,
+        prompts = [self.task.prompt_text(s.task, loaded.tokenizer, p) for p in problems]
+        return evaluate_heldout(loaded, problems, s.eval.samples_per_problem, s.eval.temperature,
                                 s.train.max_new_tokens, seed=s.train.seed, reward=self.reward, prompts=prompts,
                                 problems_per_batch=None if self.task.generated else 16)
 

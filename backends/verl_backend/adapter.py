@@ -251,20 +251,13 @@ def data_problems(o: VerlOptions) -> list[str]:
 
 
 def data_file(ref: str) -> Path:
-    """A prompt file: an absolute path, or ``<dataset>/<file>`` under occctl's data root."""
-    from occctl.data import dataset_dir
+    """A prompt file: an absolute path, or ``<dataset>/<file>`` under occctl's data root (a relative parquet is
+    refused: relative paths name occctl JSONL data)."""
+    from occctl.tasks.dataset import resolve_file
 
-    path = Path(ref).expanduser()
-    if path.is_absolute():
-        if not path.is_file():
-            raise SpecError(f"no such file: {path}")
-        return path
-    if ref.endswith(".parquet"):
+    if ref.endswith(".parquet") and not Path(ref).expanduser().is_absolute():
         raise SpecError(f"{ref}: give a veRL parquet as an absolute path (relative paths name occctl JSONL data)")
-    name, _, rest = ref.partition("/")
-    if not rest:
-        raise SpecError(f"{ref}: expected <dataset>/<file>, e.g. math6/train/dapo_math_17k.jsonl")
-    return dataset_dir(name, [rest]) / rest
+    return resolve_file(ref)
 
 
 # --- launch ---------------------------------------------------------------------------------------------------

@@ -34,12 +34,12 @@ def resolve_file(ref: str) -> Path:
     path = Path(ref).expanduser()
     if path.is_absolute():
         if not path.is_file():
-            raise SpecError(f"task data {ref}: no such file")
+            raise SpecError(f"no such file: {path}")
         return path
     name, _, rest = ref.partition("/")
     if not rest:
-        raise SpecError(f"task data {ref}: expected <dataset>/<file>, e.g. math6/train/dapo_math_17k.jsonl, "
-                        "an absolute path or an HF dataset id")
+        raise SpecError(f"{ref}: expected <dataset>/<file>, e.g. math6/train/dapo_math_17k.jsonl, an absolute path "
+                        "or an HF dataset id")
     return dataset_dir(name, [rest]) / rest
 
 

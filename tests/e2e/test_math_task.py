@@ -28,5 +28,9 @@ def test_three_steps_of_math_rl_on_cpu(results_dir):
     assert all("occ/lambda" in r for r in rows if r["step"] in (1, 2, 3) and "loss" in r)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and 0.0 <= summary["heldout_acc_after"] <= 1.0 and summary["heldout_k"] == 2
-    assert rows[-1]["step"] == 3 and "eval/heldout/avg_at_k" in rows[-1]
+    final = rows[-1]
+    assert final["step"] == 3 and final["eval/heldout/avg_at_k"] == summary["heldout_acc_after"]
+    per_benchmark = [final[f"eval/heldout/{b}/avg_at_k"] for b in ("aime24", "math500")]
+    assert final["eval/heldout/avg_at_k"] == pytest.approx(sum(per_benchmark) / 2)  # 2 problems each
+    assert final["eval/heldout/grader_timeouts"] >= 0
     assert (run / "checkpoints" / "final" / "tokenizer.json").is_file()
