@@ -18,7 +18,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
     answers = tuple((extra_info or {}).get("answers") or [ground_truth])
     key = (grader, float(timeout_s))
     if key not in _POOLS:
-        _POOLS[key] = GradingPool(processes=1, timeout_s=float(timeout_s))
+        _POOLS[key] = GradingPool(processes=1, timeout_s=float(timeout_s), preload_main=False)  # a Ray worker
     [outcome] = _POOLS[key].grade([Job(grader, solution_str, tuple(str(a) for a in answers))])
     return {"score": 1.0 if outcome.correct else 0.0, "acc": float(outcome.correct),
             "timeout": float(outcome.status == "timeout")}

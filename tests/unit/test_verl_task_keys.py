@@ -62,3 +62,15 @@ def test_verls_reward_function_grades_with_the_occctl_grader():
     assert right == {"score": 1.0, "acc": 1.0, "timeout": 0.0} and wrong["score"] == 0.0
     hang = compute_score("math_dapo", "\\boxed{9^{9^{9^{9}}}}", "1", None, timeout_s=1.0)
     assert hang == {"score": 0.0, "acc": 0.0, "timeout": 1.0}
+
+
+def test_the_reward_file_loads_by_path_as_verl_loads_it():
+    """veRL imports ``reward.custom_reward_function.path`` as a fresh module of its own name (load_extern_object)."""
+    import importlib.util
+
+    from occctl.tasks import verl_reward
+
+    spec = importlib.util.spec_from_file_location("custom_module_test", verl_reward.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.compute_score("math_dapo", "Answer: \\boxed{7}", "7")["score"] == 1.0

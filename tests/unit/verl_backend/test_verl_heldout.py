@@ -10,7 +10,7 @@ from occctl.backend import Plan, TrainResult, get_backend
 from occctl.rundir import RunDir
 from occctl.spec import validate_spec
 
-from tests.unit.verl_backend.test_verl_checkpoints import hf_export
+from test_verl_checkpoints import hf_export  # this folder is on sys.path (pytest prepend import mode)
 
 
 def tiny_verl_host(tmp_path):
