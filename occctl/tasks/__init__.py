@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from occctl.errors import SpecError, did_you_mean
+from occctl.errors import did_you_mean
 from occctl.spec import TaskSpec
 from occctl.tasks import arith, chain, dataset
 from occctl.tasks.arith import Problem
@@ -86,4 +86,4 @@ def check_grader(task: TaskSpec) -> None:
                          f"{did_you_mean(task.grader, valid)}; valid: {', '.join(valid)}")
 
 
-__all__ = ["EMBEDDED_GRADERS", "Problem", "SpecError", "TASKS", "Task", "check_grader", "get_task", "grader_of"]
+__all__ = ["EMBEDDED_GRADERS", "Problem", "TASKS", "Task", "check_grader", "get_task", "grader_of"]
