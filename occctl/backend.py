@@ -8,14 +8,21 @@ Adding a backend
 2. Register it: ``BACKENDS["<name>"] = "backends.<name>_backend.adapter:<Class>"``. ``spec.backend`` accepts
    the registry's names; the module is imported only when a spec names it, so its heavy dependencies stay
    optional (an ImportError becomes an EnvError with an install hint, exit code 3).
-3. What the runner relies on:
+3. What the runner relies on (a backend only prepares, trains, resumes and exports; everything every backend would
+   do the same way is the runner's, ``occctl.pipeline``, so run folders look the same whatever the backend):
    - ``check`` is cheap (no GPU, no download) and returns every problem at once; backend-neutral rules belong in
      ``occctl.spec`` validation, not here.
    - ``prepare`` has no side effects: ``occctl run --dry-run`` prints its ``native_config`` and ``command``.
-   - ``train`` calls ``sink(step, metrics)`` once per optimizer step with ``area/name`` keys (``reward``,
-     ``occ/lambda``, ``mtp/loss``, ...) and ``sink.commit(step)`` after every checkpoint it writes, so MLflow
-     gets each step exactly once across a resume. It returns the exported final checkpoint (HF weights plus
-     ``mtp_head.safetensors``, as ``export`` writes them) and its own summary entries.
+   - Before ``train`` the runner trains (or reuses) the spec's warm-up and passes it as ``plan.warm_start`` (None:
+     start from the spec's model), then evaluates the held-out split on that start.
+   - ``train`` starts from ``plan.warm_start`` or the spec's model and calls ``sink(step, metrics)`` once per
+     optimizer step with ``area/name`` keys (``reward``, ``occ/lambda``, ``mtp/loss``, ...), ``sink.commit(step)``
+     after every checkpoint it writes, so MLflow gets each step exactly once across a resume, and, when it holds
+     the model in this process, ``sink.evaluate(step, loaded)`` every ``eval.every`` steps (the runner's held-out
+     evaluation). It returns a ``TrainResult`` whose ``checkpoint`` is the exported final model: an HF directory
+     (``config.json``, weights, tokenizer) with the MTP head beside it, as ``export`` writes it. ``summary`` holds
+     only the backend's own entries: the ``heldout_*`` and ``mtp_acceptance_*`` keys are the runner's, which
+     loads the checkpoint (a RunError and no ``summary.json`` when it does not load), evaluates it and writes them.
    - ``resume_step`` says where a rerun of an unfinished run continues (0: from the start, in place).
    - ``export`` turns one of the backend's native checkpoints into what ``occctl eval`` reads.
    - ``bench_overhead`` times the MTP regimes in one process (``occctl bench overhead``), ``bench_rollout`` plain
@@ -53,6 +60,10 @@ class MetricSink(Protocol):
     def commit(self, step: int | None = None) -> None:
         """A checkpoint including ``step`` is on disk: publish the steps up to it (None: all) to MLflow."""
 
+    def evaluate(self, step: int, loaded: Any) -> None:
+        """The runner's held-out evaluation of the model in memory (an ``occctl.models.LoadedModel``) at ``step``,
+        logged as ``eval/<suite>/*`` at that step (``eval.every``)."""
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -62,13 +73,14 @@ class Plan:
     command: tuple[str, ...] = ()  # the launch command, for backends that start a process (verl)
     mlflow_run_id: str | None = None  # set by the runner before ``train``: the run's MLflow run, for backends
     #                                   whose own processes log to it
+    warm_start: Path | None = None  # set by the runner before ``train``: the checkpoint to start from (the
+    #                                 spec's warm-up); None: the spec's model
 
 
 @dataclass(frozen=True)
 class TrainResult:
     checkpoint: Path  # the exported final checkpoint (HF weights + the MTP head beside them)
-    summary: dict[str, Any] = field(default_factory=dict)  # the backend's own summary.json entries
-    warm_start: Path | None = None  # the checkpoint training started from, when it was not the spec's model
+    summary: dict[str, Any] = field(default_factory=dict)  # the backend's own summary.json entries (not heldout_*)
 
 
 class Backend(Protocol):
@@ -84,7 +96,9 @@ class Backend(Protocol):
         """The optimizer step a rerun of this unfinished run continues from (its last checkpoint); 0 = start."""
 
     def train(self, plan: Plan, sink: MetricSink, progress: "Progress | None" = None) -> TrainResult:
-        """Train from ``resume_step(plan)``; checkpoints under the run folder, metrics to ``sink``."""
+        """Train from ``resume_step(plan)`` (from ``plan.warm_start`` or the spec's model at step 0); checkpoints
+        under the run folder, metrics to ``sink``; -> the exported final checkpoint and the backend's own summary
+        entries."""
 
     def export(self, checkpoint: Path, out_dir: Path) -> Path:
         """One of this backend's native checkpoints -> HF weights + the MTP head in ``out_dir``. -> out_dir"""

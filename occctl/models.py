@@ -51,14 +51,16 @@ def build_tokenizer():
                                    unk_token="<unk>", padding_side="left")
 
 
-def build_tiny(spec: TinyModelSpec, seed: int) -> LoadedModel:
+def build_tiny(spec: TinyModelSpec, seed: int, tokenizer: Any = None, context: int = TINY_CONTEXT) -> LoadedModel:
+    """The tiny preset: the character tokenizer and TINY_CONTEXT positions, or a given tokenizer and context (a
+    dataset task's tokenizer trained on its data, ``occctl.tasks.tokenizer``)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tok = build_tokenizer()
+    tok = tokenizer if tokenizer is not None else build_tokenizer()
     cfg = Qwen2Config(
         vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-        max_position_embeddings=TINY_CONTEXT, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+        max_position_embeddings=context, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation="sdpa",
     )
     torch.manual_seed(seed)

@@ -47,6 +47,7 @@ class MetricLog:
             published = run.tracking_state().published_step
             self._pending = [r for r in self.history if r["step"] > published]
         self._file = run.metrics_file.open("a", encoding="utf-8")
+        self.heldout: Any = None  # the run's occctl.pipeline.HeldoutEval while the pipeline runs
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
@@ -61,6 +62,11 @@ class MetricLog:
         ready = [r for r in self._pending if step is None or r["step"] <= step]
         self._pending = [r for r in self._pending if not (step is None or r["step"] <= step)]
         publish_rows(self.run, self.tracker, ready)
+
+    def evaluate(self, step: int, loaded: Any) -> None:
+        """The held-out eval of the model in memory at ``step`` (``eval.every``), logged as ``eval/<suite>/*``."""
+        if self.heldout is not None:
+            self(step, self.heldout.metrics(self.heldout(loaded)))
 
     def close(self) -> None:
         self._file.close()
@@ -112,7 +118,7 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None, pu
     status = "FAILED"
     try:
         with progress_bar(console) as progress:
-            result = backend.train(plan, log, progress)
+            plan, result, heldout = run_pipeline(backend, plan, log, progress)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -122,10 +128,32 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None, pu
         if status != "FINISHED":
             tracker.finish(status)
     log.commit()
-    summary = build_summary(spec, log.history, result, time.perf_counter() - start, tracker.run_id)
+    summary = build_summary(spec, log.history, result, time.perf_counter() - start, tracker.run_id,
+                            heldout, plan.warm_start)
     run.write_summary(summary)
     _publish_summary(spec, run, tracker, summary)
     return summary
+
+
+def run_pipeline(backend: Any, plan: Plan, log: "MetricLog", progress: Any) -> tuple[Plan, TrainResult,
+                                                                                  dict[str, Any]]:
+    """The run's pipeline, the same for every backend: warm-up, the held-out eval of the start, the backend's
+    training (with the periodic eval through ``log.evaluate``), the check that its export loads, and the held-out
+    eval of the export. -> (the plan trained, the backend's result, the held-out summary entries)"""
+    from occctl.pipeline import HeldoutEval, heldout_summary, load_export, start_model, warm_start
+
+    spec = plan.spec
+    plan = dataclasses.replace(plan, warm_start=warm_start(spec, progress))
+    heldout = log.heldout = HeldoutEval(spec)
+    try:
+        before = heldout(start_model(spec, plan.warm_start))
+        result = backend.train(plan, log, progress)
+        after = heldout(load_export(result.checkpoint, spec))
+        log(spec.train.steps, heldout.metrics(after))
+    finally:
+        log.heldout = None
+        heldout.close()
+    return plan, result, heldout_summary(spec, before, after)
 
 
 def _publish_summary(spec: Spec, run: RunDir, tracker: Tracker, summary: dict[str, Any]) -> None:
@@ -259,7 +287,10 @@ ROLLOUT_KEYS = ("rollout/tokens_per_s", "spec/accept_rate", "spec/mean_accept_le
 
 
 def build_summary(spec: Spec, history: list[dict[str, float]], result: TrainResult, wall_s: float,
-                  mlflow_run_id: str | None) -> dict[str, Any]:
+                  mlflow_run_id: str | None, heldout: dict[str, Any] | None = None,
+                  warm_start: Any = None) -> dict[str, Any]:
+    """``summary.json``: the trajectory's numbers, the backend's own entries, then the runner's held-out ones
+    (``occctl.pipeline.heldout_summary``: they win over a backend's entry of the same name)."""
     from occctl.fidelity import fidelity  # scipy: only when a summary is built, not for validate / --dry-run
 
     rewards, lambdas = _series(history, "reward"), _series(history, "occ/lambda")
@@ -277,12 +308,13 @@ def build_summary(spec: Spec, history: list[dict[str, float]], result: TrainResu
         "reward_last": rewards[-1] if rewards else float("nan"),
         "reward_mean": _mean(rewards),
         **result.summary,
+        **(heldout or {}),
         "lambda_mean": _mean(lambdas),
         "mtp_acc_last": (_series(history, "mtp/acc") or [float("nan")])[-1],
         **{key.replace("/", "_"): _mean(_series(history, key)) for key in ROLLOUT_KEYS
            if _series(history, key)},  # means over the generations
         "checkpoint": str(result.checkpoint),
-        "warm_start": str(result.warm_start) if result.warm_start else None,
+        "warm_start": str(warm_start) if warm_start else None,
         "mlflow_run_id": mlflow_run_id,
         **fidelity(history, spec.train.optimizer_steps_per_generation),
     }

@@ -111,21 +111,71 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or _exists(path)
 
 
+class OverlongSpec(_Strict):
+    """DAPO's soft overlong punishment (DAPO paper §3.4, veRL's ``overlong_buffer``): a completion longer than
+    ``train.max_new_tokens - buffer_tokens`` loses ``penalty_factor x (its excess / buffer_tokens)`` of reward,
+    linearly up to ``penalty_factor`` at the limit."""
+
+    buffer_tokens: int = Field(0, ge=0, description="the buffer before train.max_new_tokens; 0 = off")
+    penalty_factor: float = Field(1.0, ge=0)
+
+
+EMBEDDED_TASKS = ("arith", "chain")
+DATASET_KEYS = ("train", "heldout", "prompt", "max_prompt_tokens", "heldout_limit", "overlong")
+
+
 class TaskSpec(_Strict):
-    name: Literal["arith", "chain"] = Field(
-        "arith", description="built-in synthetic verifiable task: arith (a + b, 4-token answers) or chain (a chain "
-        "of additions written out as running sums, 20-60-token answers; reward on the final sum)")
-    digits: int = Field(3, ge=1, le=9, description="digits per operand (zero-padded)")
-    operands: int = Field(2, ge=2, le=32, description="numbers added; arith takes exactly 2")
-    reverse_answer: bool = Field(True, description="write the sums least-significant digit first")
-    heldout_problems: int = Field(200, ge=1)
+    name: Literal["arith", "chain", "dataset"] = Field(
+        "arith", description="arith (a + b, 4-token answers) and chain (a chain of additions written out as running "
+        "sums, 20-60-token answers; reward on the final sum) are generated; dataset: math problems from a file or "
+        "the HF hub (task.train, task.heldout)")
+    digits: int = Field(3, ge=1, le=9, description="arith / chain: digits per operand (zero-padded)")
+    operands: int = Field(2, ge=2, le=32, description="arith / chain: numbers added; arith takes exactly 2")
+    reverse_answer: bool = Field(True, description="arith / chain: write the sums least-significant digit first")
+    heldout_problems: int = Field(200, ge=1, description="arith / chain: size of the generated held-out split")
     heldout_seed: int = 12345
-    train_problems: int = Field(20000, ge=16)
+    train_problems: int = Field(20000, ge=16, description="arith / chain: generated training problems")
+    grader: str | None = Field(None, description="the check behind the reward and the held-out accuracy; default "
+                               "per task: arith exact_match@1, chain final_sum@1, dataset math_verify@1 "
+                               "(or deepscaler@2; verl also takes verl_math_dapo@1, veRL's own scorer)")
+    train: str | None = Field(None, description="dataset: JSONL or parquet under the data root (e.g. "
+                              "math6/train/dapo_math_17k.jsonl), an absolute path, or an HF dataset id; rows "
+                              "with `problem` and `answer` or `answers`")
+    heldout: list[str] = Field(default_factory=list, description="dataset: held-out benchmarks, each "
+                               "<suite>/<benchmark> (math6/aime24) or a JSONL file like task.train")
+    heldout_limit: int | None = Field(None, ge=1, description="dataset: the first N problems of each held-out "
+                                      "benchmark (null: all)")
+    prompt: Literal["dapo", "deepscaler", "raw"] = Field(
+        "dapo", description="dataset: the prompt format (occctl.eval.prompts), through the tokenizer's chat "
+        "template when it has one: dapo ('Answer: $Answer' line), deepscaler ('\\boxed{}'), raw (the problem)")
+    max_prompt_tokens: int = Field(1024, ge=8, description="dataset: prompts longer than this are dropped (DAPO's "
+                                   "filter_overlong_prompts), with their count logged")
+    overlong: OverlongSpec = OverlongSpec()
 
     @model_validator(mode="after")
     def _arith_has_two_operands(self) -> "TaskSpec":
         if self.name == "arith" and self.operands != 2:
             raise ValueError(f"task.operands: arith adds exactly 2 numbers (got {self.operands}); use task.name: chain")
+        return self
+
+    @model_validator(mode="after")
+    def _dataset_keys_match_the_task(self) -> "TaskSpec":
+        if self.name == "dataset":
+            if not self.train:
+                raise ValueError("task.train: the dataset task needs its training data, e.g. "
+                                 "math6/train/dapo_math_17k.jsonl")
+            if not self.heldout:
+                raise ValueError("task.heldout: the dataset task needs held-out benchmarks, e.g. [math6/aime24]")
+        else:
+            given = [k for k in DATASET_KEYS if getattr(self, k) != TaskSpec.model_fields[k].get_default(
+                call_default_factory=True)]  # a resolved spec.yaml writes every key, at its default
+            if given:
+                raise ValueError(f"task.{given[0]} belongs to task.name: dataset (this task, {self.name}, "
+                                 "generates its data)")
+        if self.grader is not None:
+            from occctl.tasks import check_grader  # the registry imports this module
+
+            check_grader(self)
         return self
 
 
@@ -356,6 +406,15 @@ class Spec(_Strict):
         from occctl.tasks import get_task
 
         task = get_task(self.task)
+        if self.task.overlong.buffer_tokens >= self.train.max_new_tokens:
+            raise ValueError(f"task.overlong.buffer_tokens ({self.task.overlong.buffer_tokens}) must be below "
+                             f"train.max_new_tokens ({self.train.max_new_tokens}): the punishment starts at their "
+                             "difference")
+        if task.answer_length is None:  # a dataset: free-form answers, the tiny model's context fits the task
+            if self.model.preset == "tiny" and self.warmup.enabled:
+                raise ValueError("warmup.enabled: the warm-up trains the generated tasks' answers; set "
+                                 f"warmup.enabled: false for task.name: {self.task.name}")
+            return self
         needed = task.answer_length(self.task) + 1  # + EOS
         if self.train.max_new_tokens < needed:
             raise ValueError(f"train.max_new_tokens ({self.train.max_new_tokens}) is shorter than the task's answers "
@@ -415,6 +474,37 @@ def validate_launcher(raw: Any, source: str) -> LauncherSpec:
 # --- loading -------------------------------------------------------------------------------------
 
 
+# `--set model=<name>` (or `model: <name>` in a file): a named model preset, expanded into the explicit keys it
+# sets (printed by --dry-run, recorded in the run's spec.yaml). A later --set still overrides any of them.
+# `tiny_cpu` runs any spec's task on a config-built tiny model within a 2-core budget: on a dataset task the
+# tokenizer is trained on the task's data (occctl.tasks.tokenizer), so e.g. the math specs' 3-step CPU check is
+#   occctl run specs/qwen25_math_1p5b_occ.yaml --set model=tiny_cpu --set train.steps=3
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"model": {"preset": "tiny"}},
+    "tiny_cpu": {
+        "model": {"preset": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2,
+                                             "intermediate_size": 128}},  # 2 heads of 32 (vLLM's CPU attention)
+        "warmup.enabled": False,
+        "train.prompts_per_generation": 4, "train.optimizer_steps_per_generation": 2,
+        "train.micro_batches_per_step": 1, "train.max_new_tokens": 32, "algorithm.samples_per_prompt": 4,
+        "task.max_prompt_tokens": 256, "task.heldout_limit": 8, "task.overlong.buffer_tokens": 8,
+        "eval.samples_per_problem": 2, "eval.every": 0,
+        "backend_options": {},
+    },
+}
+
+
+def expand_model_preset(raw: dict[str, Any], name: str, where: str) -> None:
+    """``model: <name>`` -> the preset's keys set in ``raw`` (``MODEL_PRESETS``)."""
+    if name not in MODEL_PRESETS:
+        raise SpecError(f"{where}: unknown model preset {name!r}{did_you_mean(name, MODEL_PRESETS)}; valid: "
+                        f"{', '.join(MODEL_PRESETS)} (or a mapping, e.g. model: {{path: Qwen/Qwen2.5-Math-1.5B}})")
+    for key, value in MODEL_PRESETS[name].items():
+        if key.startswith("task.") and (raw.get("task") or {}).get("name") != "dataset":
+            continue  # keys of the dataset task only
+        set_dotted(raw, key, copy.deepcopy(value), where=where)
+
+
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
     """Read, override (``key.path=value``, values parsed as YAML) and validate a spec file of one run."""
     specs = load_specs(path, overrides)
@@ -440,10 +530,15 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     path = Path(path)
     raw = read_spec_file(path)
     matrix = raw.pop("matrix", None)
+    if isinstance(raw.get("model"), str):
+        expand_model_preset(raw, raw["model"], f"{path}: model")
     for item in overrides:
         key, value = parse_override(item)
         if matrix and key in matrix:
             raise SpecError(f"--set {item}: {key} is varied by the matrix of {path}")
+        if key == "model" and isinstance(value, str):
+            expand_model_preset(raw, value, f"--set {item}")
+            continue
         set_dotted(raw, key, value, where=f"--set {item}")
     raw.setdefault("name", path.stem)
     launcher = validate_launcher(raw.pop("launcher", {}), str(path))

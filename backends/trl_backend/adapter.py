@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from occctl.backend import MetricSink, Plan, TrainResult
+from occctl.errors import RunError
 from occctl.rundir import RunDir
 from occctl.spec import Spec
 
@@ -23,9 +24,17 @@ class TrlBackend:
     name: ClassVar[str] = "trl"
 
     def check(self, spec: Spec) -> list[str]:
+        from occctl.tasks import grader_of
+        from occctl.tasks.dataset import VERL_ONLY_GRADERS, data_problems
+
         problems = []
-        if spec.backend_options:
-            problems.append(f"backend_options: the trl backend takes none; got {sorted(spec.backend_options)}")
+        extra = sorted(set(spec.backend_options) - {"model_shape"})
+        if extra:
+            problems.append(f"backend_options: the trl backend takes only model_shape; got {extra}")
+        problems += shape_problems(spec) + data_problems(spec.task)
+        if grader_of(spec.task) in VERL_ONLY_GRADERS:
+            problems.append(f"task.grader: {grader_of(spec.task)} is veRL's own scorer; the trl backend grades with "
+                            "occctl's graders (math_verify@1, deepscaler@2)")
         if spec.train.save_every % spec.train.optimizer_steps_per_generation:
             problems.append(f"train.save_every ({spec.train.save_every}) must be a multiple of "
                             f"train.optimizer_steps_per_generation ({spec.train.optimizer_steps_per_generation}): "
@@ -44,9 +53,11 @@ class TrlBackend:
         return checkpoint_step(checkpoint) if checkpoint else 0
 
     def train(self, plan: Plan, sink: MetricSink, progress: Progress | None = None) -> TrainResult:
-        from occctl.eval.heldout import evaluate_heldout
+        """GRPO from ``plan.warm_start`` (or the spec's model) with the task's reward; the final model exported to
+        ``checkpoints/final``. The held-out evaluations are the runner's (``sink.evaluate`` in between)."""
         from occctl.models import save_checkpoint
-        from occctl.tasks import get_task
+        from occctl.pipeline import start_model
+        from occctl.tasks.rewards import STAT_KEYS, TaskReward
 
         import torch
 
@@ -54,18 +65,16 @@ class TrlBackend:
 
         spec = plan.spec
         default_threads(spec)
-        loaded, warm = load_start(spec, progress)
-        task = get_task(spec.task)
-        heldout = task.heldout_problems(spec.task)
-        evaluate = lambda: evaluate_heldout(loaded, heldout, spec.eval.samples_per_problem,  # noqa: E731
-                                            spec.eval.temperature, spec.train.max_new_tokens, seed=spec.train.seed,
-                                            correct=task.is_correct)
-        before = evaluate()
+        quiet_libraries()
+        loaded = start_model(spec, plan.warm_start)
         task_id = progress.add_task("RL", total=spec.train.steps, unit="step") if progress else None
         state = {"reward": float("nan"), "lambda": float("nan")}
         label = spec.mtp.regime if spec.mtp.enabled else "no-mtp"
+        reward = TaskReward(spec.task, spec.train.max_new_tokens)
 
         def on_metrics(step: int, metrics: dict[str, float]) -> None:
+            if reward.in_pool and "reward" in metrics:  # steps without a grading graded nothing
+                metrics = {**metrics, **{key: metrics.get(key, 0.0) for key in STAT_KEYS}}
             sink(step, metrics)
             state["reward"] = metrics.get("reward", state["reward"])
             state["lambda"] = metrics.get("occ/lambda", state["lambda"])
@@ -75,30 +84,32 @@ class TrlBackend:
 
         callbacks = [MetricsCallback(on_metrics)]
         if spec.eval.every:
-            callbacks.append(PeriodicEval(spec.eval.every, spec.train.steps,
-                                          lambda step: sink(step, _eval_metrics(spec, evaluate()))))
+            callbacks.append(PeriodicEval(spec.eval.every, spec.train.steps, lambda step: sink.evaluate(step, loaded)))
         settings = mtp_settings(spec)
         resume = last_checkpoint(plan.run_dir)
-        if resume is not None and checkpoint_step(resume) >= spec.train.steps:
-            # killed after its last checkpoint: the checkpoint is the trained model (HF's loop would take one more
-            # optimizer step before it checks max_steps)
-            from occctl.models import load_checkpoint
+        try:
+            if resume is not None and checkpoint_step(resume) >= spec.train.steps:
+                # killed after its last checkpoint: the checkpoint is the trained model (HF's loop would take one
+                # more optimizer step before it checks max_steps)
+                from occctl.models import load_checkpoint
 
-            loaded = load_checkpoint(resume, new_head_if_missing=False)
-        else:
-            if settings is not None and resume is not None:
-                if not (resume / CALIBRATOR_STATE).is_file():
-                    raise RunError(f"checkpoint {resume} has no {CALIBRATOR_STATE}: cannot resume the OCC calibrator",
-                                   hint="rerun with --fresh to start the run over")
-                settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
-            callbacks.append(CheckpointSaved(sink.commit, settings.calibrator if settings is not None else None))
-            trainer = build_trainer(spec, plan.native_config, loaded, settings, callbacks)
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+                loaded = load_checkpoint(resume, new_head_if_missing=False)
+            else:
+                if settings is not None and resume is not None:
+                    if not (resume / CALIBRATOR_STATE).is_file():
+                        raise RunError(f"checkpoint {resume} has no {CALIBRATOR_STATE}: cannot resume the OCC "
+                                       "calibrator", hint="rerun with --fresh to start the run over")
+                    settings.calibrator.load_state_dict(torch.load(resume / CALIBRATOR_STATE))
+                callbacks.append(CheckpointSaved(sink.commit, settings.calibrator if settings is not None else None))
+                trainer = build_trainer(spec, plan.native_config, loaded, settings, callbacks, reward, progress)
+                trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            reward.close()
         detach_head(loaded)
-        after = evaluate()
-        sink(spec.train.steps, _eval_metrics(spec, after))
+        if not spec.mtp.enabled:
+            loaded.mtp_head = None
         checkpoint = save_checkpoint(plan.run_dir.final_checkpoint, loaded)
-        return TrainResult(checkpoint=checkpoint, summary=heldout_summary(spec, before, after), warm_start=warm)
+        return TrainResult(checkpoint=checkpoint)
 
     def export(self, checkpoint: Path, out_dir: Path) -> Path:
         """A TRL checkpoint (``trl/checkpoint-N``: the model with the MTP head as its ``mtp_head`` submodule) ->
@@ -123,6 +134,48 @@ class TrlBackend:
         return measure_rollout(plan.spec, rounds, progress)
 
 
+def shape_problems(spec: Spec) -> list[str]:
+    """The model's config (``model.path``'s config.json when it is here, a local directory or the HF cache; else
+    ``backend_options.model_shape``, the config.json keys the spec was written against) against the spec: the
+    prompt + answer room fits its positions; a declared shape that disagrees with the real config is refused."""
+    declared = spec.backend_options.get("model_shape")
+    if declared is not None and not isinstance(declared, dict):
+        return [f"backend_options.model_shape must map config.json keys to values; got {declared!r}"[:200]]
+    if spec.model.path is None:
+        return []
+    config, where = dict(declared or {}), "backend_options.model_shape"
+    actual = _local_config(spec.model.path)
+    if actual is not None:
+        bad = [f"backend_options.model_shape.{k} = {v!r} but {spec.model.path}/config.json says {actual[k]!r}"
+               for k, v in (declared or {}).items() if k in actual and actual[k] != v]
+        if bad:
+            return bad
+        config, where = actual, f"{spec.model.path}/config.json"
+    positions = config.get("max_position_embeddings")
+    from occctl.tasks import get_task
+
+    if positions and not get_task(spec.task).generated:
+        needed = spec.task.max_prompt_tokens + spec.train.max_new_tokens
+        if needed > positions:
+            return [f"task.max_prompt_tokens + train.max_new_tokens = {needed} exceed the model's "
+                    f"max_position_embeddings = {positions} ({where})"]
+    return []
+
+
+def _local_config(path: str) -> dict[str, Any] | None:
+    """config.json of a local model directory or of a hub id in the HF cache (nothing is downloaded)."""
+    import json
+
+    local = Path(path).expanduser()
+    if local.is_dir():
+        file = local / "config.json"
+        return json.loads(file.read_text()) if file.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, "config.json")
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
 def default_threads(spec: Spec) -> None:
     """The tiny preset's matrices are too small to gain from many threads, and torch's default (one per core)
     oversubscribes the machine beside other jobs (a tiny run was 4-5x slower): use ``TINY_THREADS`` unless
@@ -131,19 +184,6 @@ def default_threads(spec: Spec) -> None:
 
     if spec.model.preset == "tiny" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, min(TINY_THREADS, os.cpu_count() or 1)))
-
-
-def heldout_summary(spec: Spec, before: dict[str, float], after: dict[str, float]) -> dict[str, float | int]:
-    """The summary entries of the held-out eval before and after RL (``summary.json``)."""
-    return {
-        "heldout_acc_before": before.get("avg_at_k", float("nan")),
-        "heldout_acc_after": after.get("avg_at_k", float("nan")),
-        "heldout_greedy_before": before.get("greedy", float("nan")),
-        "heldout_greedy_after": after.get("greedy", float("nan")),
-        "mtp_acceptance_before": before.get("mtp_acceptance", float("nan")),
-        "mtp_acceptance_after": after.get("mtp_acceptance", float("nan")),
-        "heldout_k": spec.eval.samples_per_problem,
-    }
 
 
 def last_checkpoint(run_dir: RunDir | Path) -> Path | None:
@@ -161,12 +201,6 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[-1])
 
 
-def _eval_metrics(spec: Spec, result: dict[str, float]) -> dict[str, float]:
-    from occctl.eval.suites import training_eval_key
-
-    return {training_eval_key(spec.eval.suite, key): value for key, value in result.items()}
-
-
 def quiet_libraries() -> None:
     """No HF progress bars, telemetry or FutureWarnings; MLflow is ours, not the HF integration's."""
     for key, value in (("HF_HUB_DISABLE_TELEMETRY", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
@@ -179,23 +213,6 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-
-
-def load_start(spec: Spec, progress: Any = None):
-    """The starting model: the cached CE warm-up of the tiny preset, or the spec's model. -> (LoadedModel, warm dir)"""
-    from occctl.models import load_checkpoint, load_model
-    from occctl.warmup import ensure_warm_start
-
-    quiet_libraries()
-    warm = None
-    if spec.model.preset == "tiny" and spec.warmup.enabled:
-        warm = ensure_warm_start(spec, progress)
-        loaded = load_checkpoint(warm)
-    else:
-        loaded = load_model(spec.model, spec.train.seed)
-    if not spec.mtp.enabled:
-        loaded.mtp_head = None
-    return loaded, warm
 
 
 def mtp_settings(spec: Spec, oracle_every: int | None = None):
@@ -215,30 +232,56 @@ def mtp_settings(spec: Spec, oracle_every: int | None = None):
                        draft_coef=spec.mtp.draft_coef)
 
 
-def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callbacks: list[Any]):
-    """An MtpGRPOTrainer on the task's training prompts; the MTP head becomes a submodule of the model so
-    TRL's optimizer and device placement include it (``detach_head`` undoes that before saving)."""
+def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callbacks: list[Any], reward: Any = None,
+                  progress: Any = None):
+    """An MtpGRPOTrainer on the task's training prompts, rewarded by the task's grader (``reward``: a
+    ``TaskReward``, built here when not given); the MTP head becomes a submodule of the model so TRL's optimizer
+    and device placement include it (``detach_head`` undoes that before saving)."""
     import torch
-    from datasets import Dataset
     from transformers import PrinterCallback
     from trl import GRPOConfig
 
-    from occctl.tasks import get_task
+    from occctl.tasks.rewards import TaskReward
 
     from backends.trl_backend.hooks import MtpGRPOTrainer
 
     model = loaded.model
     if loaded.mtp_head is not None and mtp is not None:
         model.mtp_head = loaded.mtp_head
-    task = get_task(spec.task)
-    problems = task.train_problems(spec.task, seed=spec.train.seed)
-    dataset = Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
+    dataset = train_dataset(spec, loaded.tokenizer, progress)
     config = GRPOConfig(**{**native_config, "use_cpu": not torch.cuda.is_available()})
-    trainer = MtpGRPOTrainer(model=model, reward_funcs=task.reward, args=config, train_dataset=dataset,
-                             processing_class=loaded.tokenizer, callbacks=callbacks, mtp=mtp,
-                             speculative=spec.train.speculative)
+    trainer = MtpGRPOTrainer(model=model, reward_funcs=reward or TaskReward(spec.task, spec.train.max_new_tokens),
+                             args=config, train_dataset=dataset, processing_class=loaded.tokenizer,
+                             callbacks=callbacks, mtp=mtp, speculative=spec.train.speculative)
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def train_dataset(spec: Spec, tokenizer: Any, progress: Any = None):
+    """The task's training rows as TRL's ``prompt`` (rendered in the task's format) and ``answer`` columns (a
+    dataset row: its list of answers). Prompts over ``task.max_prompt_tokens`` are dropped (DAPO's
+    filter_overlong_prompts) and counted; when none is left that is a RunError."""
+    from datasets import Dataset
+
+    from occctl.tasks import get_task
+
+    task = get_task(spec.task)
+    problems = task.train_problems(spec.task, seed=spec.train.seed)
+    prompts = [task.prompt_text(spec.task, tokenizer, p) for p in problems]
+    answers: list[Any] = [p.answer for p in problems]
+    if not task.generated:
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        keep = [i for i, n in enumerate(lengths) if n <= spec.task.max_prompt_tokens]
+        if not keep:
+            raise RunError(f"task.train {spec.task.train}: every prompt is longer than task.max_prompt_tokens = "
+                           f"{spec.task.max_prompt_tokens} tokens (the shortest has {min(lengths)})")
+        if progress is not None and len(keep) < len(prompts):
+            progress.console.print(f"task.train: {len(prompts) - len(keep)} of {len(prompts)} prompts are longer "
+                                   f"than task.max_prompt_tokens = {spec.task.max_prompt_tokens}: dropped",
+                                   markup=False, highlight=False)
+        prompts = [prompts[i] for i in keep]
+        answers = [list(problems[i].answers) for i in keep]
+    return Dataset.from_dict({"prompt": prompts, "answer": answers})
 
 
 def detach_head(loaded) -> None:

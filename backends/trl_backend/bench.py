@@ -120,9 +120,12 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
                      resolve: float = 0.0) -> dict[str, Any]:
     """Seconds per optimizer step of each variant and the paired ratios with 95 % intervals (first round excluded).
     ``steps`` timed rounds at most; with ``resolve`` > 0, fewer once occ/policy is resolved to ±``resolve``."""
-    from backends.trl_backend.adapter import build_trainer, load_start, mtp_settings
+    from occctl.pipeline import start_model, warm_start
 
-    loaded, _ = load_start(spec, progress)
+    from backends.trl_backend.adapter import build_trainer, mtp_settings, quiet_libraries
+
+    quiet_libraries()
+    loaded = start_model(spec, warm_start(spec, progress))
     config = {**native_config, "max_steps": steps + 1, "output_dir": native_config["output_dir"] + "-bench"}
 
     def with_regime(regime: str) -> Spec:
@@ -200,12 +203,14 @@ def measure_rollout(spec: Spec, rounds: int, progress: Any = None) -> dict[str, 
     import torch
     from transformers import GenerationConfig
 
+    from occctl.pipeline import start_model, warm_start
     from occctl.speculative import SpecStats, sampling_from, speculative_generate
     from occctl.tasks import get_task
 
-    from backends.trl_backend.adapter import load_start
+    from backends.trl_backend.adapter import quiet_libraries
 
-    loaded, _ = load_start(spec, progress)
+    quiet_libraries()
+    loaded = start_model(spec, warm_start(spec, progress))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, head, tok = loaded.model.to(device).eval(), loaded.mtp_head.to(device).eval(), loaded.tokenizer
     problems = get_task(spec.task).train_problems(spec.task, seed=spec.train.seed)[:spec.train.prompts_per_generation]

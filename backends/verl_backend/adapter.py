@@ -37,7 +37,7 @@ class VerlBackend:
 
     def check(self, spec: Spec) -> list[str]:
         try:
-            options = parse_options(spec.backend_options)
+            options = verl_options(spec)
         except SpecError as e:
             return e.message.splitlines()
         return (spec_problems(spec, options) + override_problems(spec, options) + layout_problems(spec, options)
@@ -48,7 +48,7 @@ class VerlBackend:
 
         from backends.verl_backend.validation import validate_overrides
 
-        options = parse_options(spec.backend_options)
+        options = verl_options(spec)
         uri = tracking_uri(spec.tracking.uri) if spec.tracking.mlflow else None
         overrides = verl_overrides(spec, options, run_dir, uri)
         env = launch_env(spec, uri)
@@ -87,7 +87,7 @@ class VerlBackend:
         if not plan.native_config.get("verl_version"):
             raise EnvError("the verl backend cannot train: veRL is not installed in this environment",
                            hint=INSTALL_HINT)
-        options = parse_options(spec.backend_options)
+        options = verl_options(spec)
         write_prompts(options, run_dir)
         command = launch_command(plan)
         (run_dir / "verl").mkdir(parents=True, exist_ok=True)
@@ -127,6 +127,29 @@ class VerlBackend:
     def bench_rollout(self, plan: Plan, rounds: int, progress: Any = None) -> dict[str, Any]:
         raise EnvError("occctl bench rollout runs on the trl backend only; the veRL backend's rollouts are SGLang's "
                        "(its own speculative decoding)", hint="use a copy of the spec with backend: trl")
+
+
+def verl_options(spec: Spec) -> VerlOptions:
+    """The spec's backend_options, with a dataset task's keys (``task.train``, the first of ``task.heldout`` as
+    veRL's validation set, ``task.prompt``, ``task.max_prompt_tokens``, ``task.overlong``) as veRL's data and
+    overlong options, so one spec trains the same task on either backend (the runner evaluates every held-out
+    benchmark before and after)."""
+    raw = dict(spec.backend_options)
+    task = spec.task
+    if task.name != "dataset":
+        return parse_options(raw)
+    for key, what in (("data", "task.train / task.heldout / task.prompt"), ("overlong_buffer", "task.overlong")):
+        if key in raw and (key == "data" or task.overlong.buffer_tokens):
+            raise SpecError(f"backend_options.{key} and {what} both set it for task.name: dataset; drop "
+                            f"backend_options.{key}")
+    val = task.heldout[0] if task.heldout[0].endswith(".jsonl") or task.heldout[0].startswith("/") \
+        else f"{task.heldout[0]}.jsonl"  # <suite>/<benchmark>: the suite's file
+    raw["data"] = {"train": task.train, "val": val, "prompt_template": task.prompt,
+                   "max_prompt_tokens": task.max_prompt_tokens}
+    if task.overlong.buffer_tokens:
+        raw["overlong_buffer"] = {"enabled": True, "tokens": task.overlong.buffer_tokens,
+                                  "penalty_factor": task.overlong.penalty_factor}
+    return parse_options(raw)
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -228,20 +251,13 @@ def data_problems(o: VerlOptions) -> list[str]:
 
 
 def data_file(ref: str) -> Path:
-    """A prompt file: an absolute path, or ``<dataset>/<file>`` under occctl's data root."""
-    from occctl.data import dataset_dir
+    """A prompt file: an absolute path, or ``<dataset>/<file>`` under occctl's data root (a relative parquet is
+    refused: relative paths name occctl JSONL data)."""
+    from occctl.tasks.dataset import resolve_file
 
-    path = Path(ref).expanduser()
-    if path.is_absolute():
-        if not path.is_file():
-            raise SpecError(f"no such file: {path}")
-        return path
-    if ref.endswith(".parquet"):
+    if ref.endswith(".parquet") and not Path(ref).expanduser().is_absolute():
         raise SpecError(f"{ref}: give a veRL parquet as an absolute path (relative paths name occctl JSONL data)")
-    name, _, rest = ref.partition("/")
-    if not rest:
-        raise SpecError(f"{ref}: expected <dataset>/<file>, e.g. math6/train/dapo_math_17k.jsonl")
-    return dataset_dir(name, [rest]) / rest
+    return resolve_file(ref)
 
 
 # --- launch ---------------------------------------------------------------------------------------------------

@@ -12,14 +12,10 @@ from typing import Any
 
 from occctl.data import read_jsonl
 from occctl.errors import SpecError
+from occctl.eval.prompts import TEMPLATES  # one copy of the prompt formats: the TRL backend and occctl eval use it
 
 from backends.verl_backend.translate import TEMPLATE_SOURCES
 
-DAPO_TEMPLATE = ("Solve the following math problem step by step. The last line of your response should be of the "
-                 "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
-                 "Remember to put your answer on its own line after \"Answer:\".")
-DEEPSCALER_TEMPLATE = "{problem} Let's think step by step and output the final answer within \\boxed{{}}."
-TEMPLATES = {"dapo": DAPO_TEMPLATE, "deepscaler": DEEPSCALER_TEMPLATE}
 
 
 def verl_rows(rows: list[dict[str, Any]], template: str, split: str, source: str) -> list[dict[str, Any]]:
@@ -32,7 +28,8 @@ def verl_rows(rows: list[dict[str, Any]], template: str, split: str, source: str
             "prompt": [{"role": "user", "content": TEMPLATES[template].format(problem=row["problem"])}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": str(row["answer"])},
-            "extra_info": {"split": split, "index": n, "id": str(row.get("id", n))},
+            "extra_info": {"split": split, "index": n, "id": str(row.get("id", n)),
+                           "answers": [str(a) for a in row.get("answers") or [row["answer"]]]},
         })
     return out
 

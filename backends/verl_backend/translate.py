@@ -226,6 +226,26 @@ def micro_batch_sequences(spec: Spec, options: VerlOptions) -> int:
 
 
 def reward_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
+    """veRL's reward manager (naive, or dapo with the overlong buffer) and, for a dataset task graded by an occctl
+    grader, veRL's custom reward function calling it (``occctl.tasks.verl_reward``); ``verl_math_dapo@1`` keeps
+    veRL's own math_dapo scorer."""
+    return {**manager_items(spec, options), **grader_items(spec)}
+
+
+def grader_items(spec: Spec) -> dict[str, Any]:
+    from occctl.tasks import grader_of
+
+    grader = grader_of(spec.task)
+    if spec.task.name != "dataset" or grader.startswith("verl_"):
+        return {}
+    from occctl.tasks import verl_reward
+
+    return {"reward.custom_reward_function.path": verl_reward.__file__,
+            "reward.custom_reward_function.name": "compute_score",
+            "+reward.custom_reward_function.reward_kwargs.grader": grader}
+
+
+def manager_items(spec: Spec, options: VerlOptions) -> dict[str, Any]:
     ob = options.overlong_buffer
     if not ob.enabled:
         return {"reward.reward_manager.name": "naive"}

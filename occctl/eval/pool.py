@@ -20,6 +20,8 @@ from typing import Callable, Iterable, Sequence
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_MB = 4096
+STARTUP_TIMEOUT_S = 120.0  # a worker's imports (sympy, math-verify), before it takes answers
+READY = "ready"
 _PRELOAD = ["__main__", "occctl.eval.graders", "occctl.eval.pool", "math_verify", "sympy"]  # imported once
 
 
@@ -48,6 +50,10 @@ def _worker_main(conn: Connection, memory_mb: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from occctl.eval.graders import grade_answer
 
+    try:
+        conn.send(READY)  # the imports are done: the parent's per-answer deadline starts only now
+    except (OSError, ValueError):
+        return
     while True:
         try:
             msg = conn.recv()
@@ -75,6 +81,14 @@ class _Worker:
         self.process.start()
         child.close()  # the parent keeps only its end, so a dead worker reads as EOF
         self.conn = parent
+        # a cold forkserver imports the graders first (seconds on a busy machine): not part of any deadline
+        try:
+            ready = parent.recv() if parent.poll(STARTUP_TIMEOUT_S) else None
+        except (EOFError, OSError):
+            ready = None
+        if ready != READY:
+            self.kill()
+            raise RuntimeError(f"a grading worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
         self.job: int | None = None
         self.deadline = 0.0
         self.started = 0.0
@@ -90,7 +104,9 @@ class GradingPool:
     """``with GradingPool(timeout_s=5) as pool: outcomes = pool.grade(jobs)``."""
 
     def __init__(self, processes: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 memory_mb: int | None = DEFAULT_MEMORY_MB) -> None:
+                 memory_mb: int | None = DEFAULT_MEMORY_MB, preload_main: bool = True) -> None:
+        """``preload_main=False``: the forkserver does not import ``__main__`` (a process whose main is not an
+        importable file, e.g. a Ray worker grading veRL's rewards)."""
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         self.timeout_s = timeout_s
@@ -99,7 +115,7 @@ class GradingPool:
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         self._ctx = mp.get_context(method)
         if method == "forkserver":
-            self._ctx.set_forkserver_preload(_PRELOAD)
+            self._ctx.set_forkserver_preload(_PRELOAD if preload_main else [m for m in _PRELOAD if m != "__main__"])
         self.spawned_pids: list[int] = []
         self.replaced = 0
         self._workers: list[_Worker] = []

@@ -22,6 +22,21 @@ def resolve_mode(tokenizer: Any, mode: str) -> str:
     return mode
 
 
+# Training prompt formats (``task.prompt``): the user message around a problem. ``deepscaler`` is what ``occctl
+# eval`` asks (the problem, a space, INSTRUCTION); ``dapo`` is DAPO-Math-17k's (veRL's DAPO recipe, the authors'
+# script), graded on its last "Answer:" line by veRL's math_dapo and by math-verify.
+DAPO_TEMPLATE = ("Solve the following math problem step by step. The last line of your response should be of the "
+                 "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
+                 "Remember to put your answer on its own line after \"Answer:\".")
+TEMPLATES = {"dapo": DAPO_TEMPLATE, "deepscaler": "{problem} " + INSTRUCTION.replace("{}", "{{}}"), "raw": "{problem}"}
+
+
+def render_task_prompt(tokenizer: Any, problem: str, template: str, mode: str = "auto") -> str:
+    """A training prompt in the format ``template`` (``TEMPLATES``), through the chat template when it has one."""
+    return render_prompt(tokenizer, TEMPLATES[template].format(problem=problem), resolve_mode(tokenizer, mode),
+                         instruction="")
+
+
 def render_prompt(tokenizer: Any, problem: str, mode: str, instruction: str = INSTRUCTION) -> str:
     """The prompt text; ``mode`` is a resolved mode (``chat`` or ``plain``)."""
     content = f"{problem} {instruction}" if instruction else problem

@@ -32,7 +32,7 @@ from occctl.eval.suites import INSTRUCTION, Problem, Sampling, Suite, get_suite,
 from occctl.report.progress import progress_bar as _progress
 from occctl.eval.targets import Target
 
-TASK_GRADER = "exact_match@1"  # the embedded task's own check (arith: the whole answer, chain: the final sum)
+TASK_GRADER = "exact_match@1"  # the default task's (arith) check; a run's task names its own (occctl.tasks.grader_of)
 __all__ = ["EvalJob", "EvalOptions", "evaluate", "plan_job", "plan_lengths", "score", "suite_label", "suite_mean"]
 
 
@@ -132,13 +132,16 @@ def _task_job(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
     if opts.speculative:
         raise SpecError(f"--speculative applies to the math suites' hf engine; the {suite.name} suite generates "
                         "through the training run's held-out eval", hint="drop --speculative")
-    if any(g not in (TASK_GRADER, "exact_match") for g in opts.graders):
-        raise SpecError(f"the {suite.name} suite is graded by the task's reward ({TASK_GRADER}); drop --grader")
+    from occctl.tasks import grader_of
+
+    grader = grader_of(target.spec.task) if target.spec else TASK_GRADER  # chain: final_sum@1
+    if any(g not in (grader, grader.split("@")[0]) for g in opts.graders):
+        raise SpecError(f"the {suite.name} suite is graded by the task's reward ({grader}); drop --grader")
     ev, train = (target.spec.eval, target.spec.train) if target.spec else (EvalSpec(), TrainSpec())
     sampling = Sampling(k=opts.k or ev.samples_per_problem, temperature=_pick(opts.temperature, ev.temperature),
                         top_p=1.0, max_new_tokens=opts.max_new_tokens or train.max_new_tokens,
                         seed=_pick(opts.seed, train.seed))
-    return EvalJob(target, suite, opts, (TASK_GRADER,), suite.benchmarks, sampling,
+    return EvalJob(target, suite, opts, (grader,), suite.benchmarks, sampling,
                    suite_label(suite.name, opts.limit), {})
 
 
@@ -484,7 +487,7 @@ def score_task(job: EvalJob, console: Console) -> Scores:
         same_k = target.summary.get("heldout_k") == sampling.k
         run_summary = {"heldout_acc_after": ref, "heldout_k": target.summary.get("heldout_k"),
                        "matches": same_k and ref == res["avg_at_k"]}
-    return Scores({TASK_GRADER: {name: heldout}}, target.base_dir / "eval" / job.suite.name, run_summary=run_summary)
+    return Scores({job.graders[0]: {name: heldout}}, target.base_dir / "eval" / job.suite.name, run_summary=run_summary)
 
 
 SCORERS: dict[str, Callable[[EvalJob, Console], Scores]] = {"math": score_math, "task": score_task}

@@ -1,44 +1,89 @@
-"""The embedded verifiable tasks, by ``task.name``: problems, the reward and the held-out check.
+"""Tasks, by ``task.name``: every task is data + a grader + a prompt format; the reward is derived from the grader.
 
-* ``arith`` — one 2-operand addition, a 4-token answer (`tasks/arith.py`);
-* ``chain`` — a chain of additions written out as running sums, 20-60-token answers (`tasks/chain.py`).
+* ``arith`` — one 2-operand addition, a 4-token answer, graded ``exact_match@1`` (`tasks/arith.py`);
+* ``chain`` — a chain of additions written out as running sums, 20-60-token answers, graded ``final_sum@1`` on the
+  last field (`tasks/chain.py`);
+* ``dataset`` — math problems from a JSONL / parquet file or an HF dataset (``task.train``), held out on suite
+  benchmarks or files (``task.heldout``), graded by a math grader of ``occctl.eval.graders`` in the grading pool
+  (`tasks/dataset.py`).
+
+Adding a task: one module with ``train_problems(task, seed, count=None)`` and ``heldout_problems(task)`` returning
+``Problem`` rows, its grader(s), and one ``Task`` entry in ``TASKS`` (the README's "Adding a task").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from occctl.errors import did_you_mean
 from occctl.spec import TaskSpec
-from occctl.tasks import arith, chain
+from occctl.tasks import arith, chain, dataset
 from occctl.tasks.arith import Problem
 
-Reward = Callable[..., list[float]]  # TRL reward function: (completions, answer, **columns) -> rewards
+Check = Callable[[str, str], float]  # an embedded grader: (completion, answer) -> 1.0 / 0.0
+
+# The generated tasks' graders: cheap string checks, run in-process. Versioned like the math graders: a change of
+# behaviour is a new key, so scores of different checks never share a column.
+EMBEDDED_GRADERS: dict[str, Check] = {
+    "exact_match@1": arith.exact_match,  # the whole completion (stripped) is the answer
+    "final_sum@1": chain.final_answer_match,  # the last `=`-field is the chain's final sum
+}
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
+    graders: tuple[str, ...]  # the grader keys this task accepts, its default first
+    train_problems: Callable[..., list[Problem]]  # (task, seed, count=None), disjoint from the held-out split
     heldout_problems: Callable[[TaskSpec], list[Problem]]
-    train_problems: Callable[..., list[Problem]]  # (task, seed, count=None)
-    is_correct: Callable[[str, str], float]  # (completion, answer) -> 1.0 / 0.0
-    reward: Reward  # the same check over a batch, for TRL (its __name__ names TRL's reward metric)
-    answer_length: Callable[[TaskSpec], int]  # tokens of every answer, without the EOS
-    prompt_length: Callable[[TaskSpec], int]  # tokens of every prompt, without the BOS
+    prompt_text: Callable[[TaskSpec, Any, Problem], str]  # (task, tokenizer, problem) -> the text the policy sees
+    answer_length: Callable[[TaskSpec], int] | None = None  # generated tasks: tokens of every answer, no EOS
+    prompt_length: Callable[[TaskSpec], int] | None = None  # generated tasks: tokens of every prompt, no BOS
+
+    @property
+    def generated(self) -> bool:
+        return self.answer_length is not None
+
+    @property
+    def is_correct(self) -> Check:
+        """The in-process check of a generated task (its only grader); dataset tasks grade in the pool."""
+        if not self.generated:
+            raise TypeError(f"task {self.name} grades in the grading pool: use occctl.tasks.rewards")
+        return EMBEDDED_GRADERS[self.graders[0]]
 
 
-def final_answer_reward(completions: list[str], answer: list[str], **_: object) -> list[float]:
-    """TRL reward function: 1 when the final sum is right, else 0."""
-    return [chain.final_answer_match(c, a) for c, a in zip(completions, answer)]
+def _as_is(task: TaskSpec, tokenizer: Any, problem: Problem) -> str:
+    return problem.prompt
 
 
-TASKS = {
-    "arith": Task("arith", arith.heldout_problems, arith.train_problems, arith.exact_match,
-                  arith.exact_match_reward, lambda t: t.digits + 1, lambda t: 2 * t.digits + 2),
-    "chain": Task("chain", chain.heldout_problems, chain.train_problems, chain.final_answer_match,
-                  final_answer_reward, chain.answer_length, chain.prompt_length),
+TASKS: dict[str, Task] = {
+    "arith": Task("arith", ("exact_match@1",), arith.train_problems, arith.heldout_problems, _as_is,
+                  lambda t: t.digits + 1, lambda t: 2 * t.digits + 2),
+    "chain": Task("chain", ("final_sum@1",), chain.train_problems, chain.heldout_problems, _as_is,
+                  chain.answer_length, chain.prompt_length),
+    "dataset": Task("dataset", dataset.GRADERS, dataset.train_problems, dataset.heldout_problems,
+                    dataset.prompt_text),
 }
 
 
 def get_task(task: TaskSpec) -> Task:
     return TASKS[task.name]
+
+
+def grader_of(task: TaskSpec) -> str:
+    """The grader key of a task spec: ``task.grader`` or the task's default."""
+    return task.grader or TASKS[task.name].graders[0]
+
+
+def check_grader(task: TaskSpec) -> None:
+    """``task.grader`` must be one of the task's graders (ValueError: the spec validator reports it)."""
+    if task.grader is None:
+        return
+    valid = TASKS[task.name].graders
+    if task.grader not in valid:
+        raise ValueError(f"task.grader: {task.grader!r} does not grade task {task.name}"
+                         f"{did_you_mean(task.grader, valid)}; valid: {', '.join(valid)}")
+
+
+__all__ = ["EMBEDDED_GRADERS", "Problem", "TASKS", "Task", "check_grader", "get_task", "grader_of"]

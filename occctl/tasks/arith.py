@@ -11,7 +11,9 @@ from occctl.spec import TaskSpec
 @dataclass(frozen=True)
 class Problem:
     prompt: str  # e.g. "347+586="
-    answer: str  # e.g. "3390" (0933 reversed)
+    answer: str  # e.g. "3390" (0933 reversed); a dataset row's main answer
+    answers: tuple[str, ...] = ()  # a dataset row: every acceptable reference (main answer first)
+    id: str = ""  # a dataset row's id (for messages)
 
 
 def make_problem(a: int, b: int, digits: int, reverse: bool) -> Problem:
@@ -50,7 +52,3 @@ def train_problems(task: TaskSpec, seed: int, count: int | None = None) -> list[
 def exact_match(completion: str, answer: str) -> float:
     return 1.0 if completion.strip() == answer else 0.0
 
-
-def exact_match_reward(completions: list[str], answer: list[str], **_: object) -> list[float]:
-    """TRL reward function: 1 for the exact answer, else 0."""
-    return [exact_match(c, a) for c, a in zip(completions, answer)]

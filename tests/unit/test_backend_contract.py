@@ -1,6 +1,7 @@
 """The Backend protocol is enough to add a backend: a fake third one, registered in a test, runs through
 `occctl run` (killed half-way, then resumed), `occctl ls`, `occctl bench overhead` and the export of one of
-its native checkpoints for `occctl eval`. Copy ``FakeBackend`` to start a real one."""
+its native checkpoints for `occctl eval`; its held-out numbers come from the runner, which evaluates the
+exported checkpoint (the fake reports none of them). Copy ``FakeBackend`` to start a real one."""
 
 from __future__ import annotations
 
@@ -21,15 +22,19 @@ from occctl.spec import Spec
 SPEC = """# a fake backend's run: 8 steps, a checkpoint every 2
 name: fake_run
 backend: fake
+task: {heldout_problems: 16}
+warmup: {enabled: false}
 train: {steps: 8, save_every: 2}
 mtp: {regime: occ}
+eval: {samples_per_problem: 2}
 tracking: {experiment: fake}
 """
 KILL_AT: dict[str, int] = {}  # run name -> the step at which train() dies (as a killed process would)
+BROKEN_EXPORT: set[str] = set()  # run names whose export is not a loadable model
 
 
 class FakeBackend:
-    """Writes a checkpoint folder every ``save_every`` steps; reward = step / 10."""
+    """Writes a checkpoint folder (the untrained start model) every ``save_every`` steps; reward = step / 10."""
 
     name: ClassVar[str] = "fake"
 
@@ -45,7 +50,12 @@ class FakeBackend:
         return max(steps, default=0)
 
     def train(self, plan: Plan, sink: MetricSink, progress: Any = None) -> TrainResult:
+        from occctl.models import save_checkpoint
+        from occctl.pipeline import start_model
+
         spec = plan.spec
+        assert plan.warm_start is None, "warmup.enabled is false: the runner passes no warm start"
+        loaded = start_model(spec, plan.warm_start)
         task = progress.add_task("fake", total=spec.train.steps, unit="step") if progress else None
         for step in range(self.resume_step(plan) + 1, spec.train.steps + 1):
             if KILL_AT.get(spec.name) == step:
@@ -54,16 +64,16 @@ class FakeBackend:
             if progress:
                 progress.update(task, completed=step)
             if spec.train.save_every and step % spec.train.save_every == 0:
-                native = plan.run_dir / "fake" / f"checkpoint-{step}"
-                native.mkdir(parents=True)
-                (native / "config.json").write_text(json.dumps({"step": step, "mlflow": plan.mlflow_run_id}))
+                native = save_checkpoint(plan.run_dir / "fake" / f"checkpoint-{step}", loaded)
+                (native / "fake_state.json").write_text(json.dumps({"step": step, "mlflow": plan.mlflow_run_id}))
                 sink.commit(step)
         final = self.export(plan.run_dir / "fake" / f"checkpoint-{spec.train.steps}", plan.run_dir.final_checkpoint)
-        return TrainResult(checkpoint=final, summary={"heldout_acc_after": 0.75})
+        return TrainResult(checkpoint=final, summary={"fake_note": 1.0})
 
     def export(self, checkpoint: Path, out_dir: Path) -> Path:
         shutil.copytree(checkpoint, out_dir)
-        (out_dir / "mtp_head.json").write_text("{}")
+        if any(part in BROKEN_EXPORT for part in out_dir.parts):
+            (out_dir / "config.json").unlink()
         return out_dir
 
     def bench_overhead(self, plan: Plan, steps: int, progress: Any = None, resolve: float = 0.0) -> dict[str, Any]:
@@ -105,18 +115,47 @@ def test_a_fake_backend_runs_resumes_and_is_listed(fake, results_dir):
     assert "resuming run 'fake_run' from step 4" in resumed.stderr
     assert "step 8/8" in resumed.stderr, "plain progress lines when the console is not a terminal"
     summary = run.read_summary()
-    assert summary["steps"] == 8 and summary["heldout_acc_after"] == 0.75 and summary["reward_last"] == 0.8
+    assert summary["steps"] == 8 and summary["reward_last"] == 0.8 and summary["fake_note"] == 1.0
     assert Path(summary["checkpoint"]) == run.final_checkpoint
+    expected = _heldout_of(run.final_checkpoint, fake)
+    assert summary["heldout_acc_after"] == expected["avg_at_k"] and summary["heldout_k"] == 2
+    assert summary["heldout_greedy_after"] == expected["greedy"]
+    assert summary["mtp_acceptance_after"] == expected["mtp_acceptance"]
+    assert summary["heldout_acc_before"] == summary["heldout_acc_after"], "the fake never moves the start model"
+    assert run.read_metrics()[-1] == {"step": 8, **{f"eval/tiny/{k}": v for k, v in expected.items()}}
     state = run.tracking_state()
     assert state.mlflow_run_id == summary["mlflow_run_id"] and state.published_step == 8
-    native = json.loads((run.final_checkpoint / "config.json").read_text())
+    native = json.loads((run.final_checkpoint / "fake_state.json").read_text())
     assert native["mlflow"] == summary["mlflow_run_id"], "the Plan carried the run's MLflow run id"
     history = resolve_store().metric_history(summary["mlflow_run_id"], "reward")
     assert sorted(step for step, _ in history) == list(range(1, 9)), "every step reaches MLflow exactly once"
 
     table = cli.invoke(app, ["ls", "--no-mlflow"], env={"COLUMNS": "160"})
     assert "fake_run" in table.stdout and "finished" in table.stdout and "8/8" in table.stdout
-    assert "0.750" in table.stdout
+    assert f"{expected['avg_at_k']:.3f}" in table.stdout
+
+
+def _heldout_of(checkpoint: Path, spec_file: Path) -> dict[str, float]:
+    """The runner's held-out evaluation, redone here on the checkpoint."""
+    from occctl.pipeline import HeldoutEval, load_export
+    from occctl.spec import load_spec
+
+    spec = load_spec(spec_file)
+    evaluate = HeldoutEval(spec)
+    try:
+        return evaluate(load_export(checkpoint, spec))
+    finally:
+        evaluate.close()
+
+
+def test_an_export_that_does_not_load_writes_no_summary(fake, results_dir):
+    BROKEN_EXPORT.add("fake_run")
+    try:
+        result = CliRunner().invoke(app, ["run", str(fake)])
+    finally:
+        BROKEN_EXPORT.discard("fake_run")
+    assert result.exit_code == 1 and "not an HF model directory" in result.output
+    assert not RunDir(results_dir / "runs" / "fake_run").is_finished()
 
 
 def test_a_native_checkpoint_is_exported_for_eval(fake, results_dir):
@@ -126,7 +165,9 @@ def test_a_native_checkpoint_is_exported_for_eval(fake, results_dir):
     run = RunDir(results_dir / "runs" / "fake_run")
     target = resolve_target(None, str(run / "fake" / "checkpoint-4"), None)
     assert Path(target.model) == run.checkpoints / "step-4" and target.step == 4 and target.run_name == "fake_run"
-    assert (run.checkpoints / "step-4" / "mtp_head.json").is_file()
+    from occctl.models import has_mtp_head
+
+    assert has_mtp_head(run.checkpoints / "step-4")
     final = resolve_target(None, str(run.final_checkpoint), None)
     assert Path(final.model) == run.final_checkpoint and final.step == 8
 

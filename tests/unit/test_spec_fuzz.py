@@ -228,7 +228,7 @@ def file_cases() -> list[Case]:
         # anchors / aliases: a bomb that stays in unknown keys or backend_options costs nothing
         Case("bomb-in-unknown-key", ("lols:\n" + _bomb(5)).encode(), field="lols", mentions=("unknown key",)),
         Case("bomb-in-backend-options", ("backend_options:\n" + _bomb(5)).encode(), field="backend_options",
-             mentions=("trl backend takes none",)),
+             mentions=("trl backend takes only model_shape",)),
         Case("small-bomb-in-typed-field", ("backend_options:\n" + _bomb(4) + "name: *a3\n").encode(),
              field="name", mentions=("valid string",)),
         Case("alias-of-wrong-section", b"defaults: &d {steps: -1}\ntrain: *d\n", lines=2,

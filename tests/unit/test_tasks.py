@@ -1,11 +1,14 @@
-"""The built-in tasks: problem format, the reward's check, splits, and the spec's length checks."""
+"""The tasks: problem format, the grader behind the reward, splits, and the spec's length checks. Every task of
+the registry is picked up by the parametrized tests (``TASKS``), not by a hand-written list."""
 
 import pytest
 
 from occctl.errors import SpecError
+from occctl.eval.graders import GRADERS
 from occctl.spec import Spec, TaskSpec, validate_spec
-from occctl.tasks import TASKS, get_task
+from occctl.tasks import EMBEDDED_GRADERS, TASKS, get_task, grader_of
 from occctl.tasks.chain import final_answer_match, make_problem
+from occctl.tasks.rewards import TaskReward
 
 CHAIN = TaskSpec(name="chain", digits=1, operands=10, heldout_problems=50, train_problems=200)
 
@@ -24,13 +27,35 @@ def test_reward_checks_only_the_final_sum():
     assert final_answer_match("99=99=71 ", answer) == 1.0  # wrong working, right final sum
     assert final_answer_match("21=61=72", answer) == 0.0
     assert final_answer_match("", answer) == 0.0
-    reward = TASKS["chain"].reward(["21=61=71", "21=61"], answer=[answer, answer])
-    assert reward == [1.0, 0.0]
+    reward = TaskReward(CHAIN, max_new_tokens=28)
+    assert reward(["21=61=71", "21=61"], answer=[answer, answer]) == [1.0, 0.0]
+    assert reward.__name__ == "final_sum_v1" and not reward.in_pool  # its own key, not exact_match's
 
 
-@pytest.mark.parametrize("name, task", [("arith", TaskSpec(heldout_problems=50, train_problems=300)),
-                                        ("chain", CHAIN)])
-def test_splits_are_disjoint_deterministic_and_equal_length(name, task):
+GENERATED = {"arith": TaskSpec(heldout_problems=50, train_problems=300), "chain": CHAIN}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_has_its_own_graders(name):
+    task = TASKS[name]
+    assert task.graders and len(set(task.graders)) == len(task.graders)
+    for key in task.graders:
+        assert "@" in key and (key in EMBEDDED_GRADERS or key in GRADERS or key.startswith("verl_")), key
+    if task.generated:  # a string check of its own: scores of different checks never share a column
+        others = {g for n, t in TASKS.items() if n != name for g in t.graders}
+        assert not set(task.graders) & others
+        assert GENERATED[name].name == name  # a new generated task needs an entry in GENERATED
+
+
+def test_a_grader_of_another_task_is_refused():
+    with pytest.raises(SpecError, match="does not grade task chain"):
+        validate_spec({"name": "t", "task": {"name": "chain", "grader": "exact_match@1"}}, "s.yaml")
+    assert grader_of(CHAIN) == "final_sum@1" and grader_of(TaskSpec()) == "exact_match@1"
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(TASKS) if TASKS[n].generated])
+def test_splits_are_disjoint_deterministic_and_equal_length(name):
+    task = GENERATED[name]
     t = TASKS[name]
     held, train = t.heldout_problems(task), t.train_problems(task, seed=3)
     assert not {p.prompt for p in held} & {p.prompt for p in train}
