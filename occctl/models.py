@@ -171,6 +171,7 @@ def local_directory(path: str | Path) -> Path:
 def has_mtp_head(path: str | Path) -> bool:
     """Whether a local checkpoint carries an MTP head (occctl's format or a native MTP layer); no tensor is read."""
     directory = Path(path)
+    check_weights(directory)  # its headers are read below: a damaged file is one line naming it
     if (directory / MTP_WEIGHTS).is_file():
         return True
     if not (directory / "config.json").is_file():
