@@ -23,6 +23,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,7 @@ class WallClock:
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self._start = time.perf_counter()
-        self._key = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        self._key = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._earlier = sum(v for k, v in self._segments().items() if k != self._key)
 
     def checkpoint(self) -> None:
