@@ -70,6 +70,15 @@ def log_runs(uri: str, cells: list[tuple[str, int, str]], group: str = "g") -> N
         client.set_terminated(run.info.run_id, status)
 
 
+def invoke(args: list[str], **env: str):
+    """``occctl ARGS`` in-process (CliRunner), stderr apart, lines unwrapped."""
+    from typer.testing import CliRunner
+
+    from occctl.cli import app
+
+    return CliRunner().invoke(app, args, env={"COLUMNS": "300", **env})
+
+
 def error_lines(result) -> list[str]:
     """The ``error:`` lines of a CliRunner result's stderr."""
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]

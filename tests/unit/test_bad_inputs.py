@@ -10,16 +10,12 @@ import shutil
 import socket
 
 import pytest
-from typer.testing import CliRunner
-
-from occctl.cli import app
 from occctl.runlock import hold_run
 from occctl.rundir import RunDir
 from occctl.spec import load_spec
 from occctl.warmup import DONE, warmup_key
-from reliability import SPEC, assert_one_line_error, damage, fake_run, log_runs, tiny_checkpoint
+from reliability import SPEC, assert_one_line_error, damage, fake_run, invoke, log_runs, tiny_checkpoint
 
-runner = CliRunner()
 SETS = ["name=r", "train.steps=2", "tracking.mlflow=false"]  # no MLflow store to create: these fail before it
 RUN_ARGS = ["run", str(SPEC), *(arg for s in SETS for arg in ("--set", s))]
 
@@ -33,10 +29,6 @@ def checkpoint(tmp_path_factory):
 def copy(checkpoint, tmp_path):
     """A private copy of the tiny checkpoint (the case may damage it)."""
     return shutil.copytree(checkpoint, tmp_path / "copy")
-
-
-def invoke(args, **env):
-    return runner.invoke(app, args, env={"COLUMNS": "300", **env})
 
 
 # ---- damaged weights: eval --checkpoint, bench rollout --checkpoint, the warm-up cache -------------------------

@@ -11,19 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from occctl.oserrors import environment_error
-from reliability import SPEC, assert_one_line_error, log_runs, tiny_checkpoint
+from reliability import SPEC, assert_one_line_error, invoke, log_runs, tiny_checkpoint
 
-runner = CliRunner()
 RUN_ARGS = ["run", str(SPEC), "--set", "name=r", "--set", "train.steps=2", "--set", "tracking.mlflow=false"]
-
-
-def invoke(args, **env):
-    from occctl.cli import app
-
-    return runner.invoke(app, args, env={"COLUMNS": "300", **env})
 
 
 # ---- how libraries report a full disk --------------------------------------------------------------------------
