@@ -43,8 +43,10 @@ def require_complete(directory: Path, what: str) -> None:
     if found:
         raise IncompleteCheckpointError(f"{what}: checkpoint {directory} is incomplete ({found}); refusing to "
                                         "evaluate it",
-                                        hint="rerun the run with `occctl run` (--fresh when it is finished) to "
-                                             "export it again, or pass a native checkpoint (trl/checkpoint-N)")
+                                        hint="rerun it with `occctl run` to export it again (a folder written "
+                                             "by an occctl older than the marker: --fresh, or evaluate a native "
+                                             "checkpoint, --checkpoint <run>/trl/checkpoint-N, which is exported "
+                                             "and marked)")
 
 
 def problem(directory: Path) -> str | None:

@@ -106,6 +106,8 @@ def _path_target(path: Path) -> Target:
         name = path.relative_to(runs).parts[0]
         if RunDir(runs / name).is_finished():
             return _run_target(name, checkpoint=path)
+        if path.parent == RunDir(runs / name).checkpoints:  # an unfinished run's export: complete ones only
+            require_complete(path, f"run {name!r} (unfinished)")
     slug = _slug(f"{path.parent.name}_{path.name}", str(path))
     return Target(model=str(path), label=slug, base_dir=results_root() / "evals" / slug)
 

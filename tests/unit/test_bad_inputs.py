@@ -116,6 +116,15 @@ def test_eval_of_the_final_checkpoint_by_path_needs_the_marker_too(checkpoint, r
     assert_one_line_error(result, 2, "is incomplete")
 
 
+def test_eval_of_an_unfinished_runs_half_export_by_path(checkpoint, results_dir):
+    """The export died (a full disk): no summary.json, no marker; by path it is still the run's, and refused."""
+    run = fake_run(results_dir, "r", checkpoint, marker=False)
+    (run / "summary.json").unlink()
+    (run / "checkpoints" / "final" / "model-mtp.safetensors").unlink()
+    result = invoke(["eval", "--suite", "tiny", "--checkpoint", str(run / "checkpoints" / "final")])
+    assert_one_line_error(result, 2, "run 'r' (unfinished): checkpoint")
+
+
 def test_eval_of_a_missing_run(results_dir):
     assert_one_line_error(invoke(["eval", "--suite", "tiny", "--run", "nope"]), 2, "no run named 'nope'")
 
