@@ -288,3 +288,41 @@ def test_ui_on_a_busy_port_exits_3(results_dir, monkeypatch):
         busy.listen()
         result = invoke(["ui", "--port", str(busy.getsockname()[1])])
     assert_one_line_error(result, 3, "cannot serve the MLflow UI")
+
+
+# ---- more of what a user mistypes: each already one line, kept so it stays so -----------------------------------
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["run", "nowhere.yaml"], 2, "nowhere.yaml"),
+    (["run", str(SPEC), "--set", "train.steps=0"], 2, "train.steps"),
+    (["run", str(SPEC), "--set", "name=../escape"], 2, "name"),
+    (["run", str(SPEC), "--launcher", "cloud"], 2, "launcher"),
+    (["validate", "nowhere.yaml"], 2, "nowhere.yaml"),
+    (["eval", "--suite", "tiny", "--run", "r", "--model", "m"], 2, "exactly one of"),
+    (["eval", "--suite", "tiny", "--checkpoint", "/nonexistent/ckpt"], 2, "not an HF model directory"),
+    (["eval", "--suite", "tiny9", "--model", "/nonexistent"], 2, "/nonexistent"),
+    (["eval", "--suite", "math6", "--model", "{ckpt}", "--grader", "bogus@1"], 2, "bogus@1"),
+    (["eval", "--suite", "math6", "--model", "{ckpt}", "--limit", "0"], 2, "--limit must be >= 1"),
+    (["eval", "--suite", "math6", "--model", "{ckpt}", "--temperature", "-1"], 2, "--temperature must be >= 0"),
+    (["eval", "--suite", "math6", "--model", "{ckpt}", "--top-p", "2"], 2, "--top-p must be in (0, 1]"),
+    (["eval", "--suite", "tiny", "--model", "{ckpt}", "--grade-timeout", "0"], 2, "--grade-timeout must be > 0"),
+    (["bench", "rollout", str(SPEC), "--checkpoint", "/nonexistent/ckpt"], 2, "not a model directory"),
+    (["bench", "rollout", str(SPEC), "--set", "mtp.enabled=false"], 2, "mtp.enabled=false"),
+    (["ls", "--status", "bogus"], 2, "bogus"),
+    (["report", "--fidelity"], 2, "--fidelity needs --group"),
+], ids=lambda v: "_".join(v)[:60] if isinstance(v, list) else None)
+def test_more_mistakes_are_one_line(checkpoint, results_dir, args, code, fragment):
+    args = [a.replace("{ckpt}", str(checkpoint)) for a in args]
+    assert_one_line_error(invoke(args), code, fragment)
+
+
+def test_eval_of_a_run_with_a_damaged_summary(checkpoint, results_dir):
+    run = fake_run(results_dir, "r", checkpoint)
+    (run / "summary.json").write_bytes(b"\xff\xfe{")
+    assert_one_line_error(invoke(["eval", "--suite", "tiny", "--run", "r"]), 2, "summary.json: unreadable")
+
+
+def test_report_out_is_a_file(study_store, tmp_path):
+    (tmp_path / "f").write_text("x")
+    result = invoke(["report", "--group", "g", "--compare", "occ", "--out", str(tmp_path / "f")])
+    assert_one_line_error(result, 2, "is a file, not a directory")
