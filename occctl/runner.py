@@ -250,6 +250,9 @@ def _run_in_turn(specs: list[Spec], fresh: bool, console: Console) -> dict[str, 
     failed: dict[str, str] = {}
     for i, spec in enumerate(specs, 1):
         if RunDir.named(spec.name).is_finished() and not fresh:
+            from occctl.launchers.study import publish_unpublished
+
+            publish_unpublished(spec)  # a cell that finished after its study was killed
             continue
         done = sum(1 for s in specs if RunDir.named(s.name).is_finished())
         console.rule(f"cell {i}/{len(specs)}: {spec.name}  ({done} done, {len(specs) - done} left)")
