@@ -36,10 +36,8 @@ def run_parallel(specs: list[Spec], launcher: LauncherSpec, fresh: bool, console
     failed: dict[str, str] = {}
     for spec in specs:
         run = RunDir.named(spec.name)
-        try:
-            refuse_if_held(run, "not dispatched")
-        except OccError as e:
-            failed[spec.name] = e.message
+        if (held := _held(spec)) is not None:
+            failed[spec.name] = held
             continue
         if fresh and run.exists():
             console.print(f"moved the old run aside: {move_aside(run.path)}", markup=False, highlight=False)
@@ -63,6 +61,10 @@ def run_parallel(specs: list[Spec], launcher: LauncherSpec, fresh: bool, console
                     del running[spec.name]
                 while todo and len(running) < launcher.jobs:  # refill first: publishing takes a moment
                     spec = todo.popleft()
+                    if (held := _held(spec)) is not None:  # taken by another process since the study started
+                        failed[spec.name] = held
+                        view.set_state(spec.name, "failed", held)
+                        continue
                     open_run(spec)
                     running[spec.name] = (spec, pool.submit(spec.name))
                     view.set_state(spec.name, "running")
@@ -78,6 +80,15 @@ def run_parallel(specs: list[Spec], launcher: LauncherSpec, fresh: bool, console
     finally:
         pool.close()
     return failed
+
+
+def _held(spec: Spec) -> str | None:
+    """Why the cell is not dispatched (another live process writes its folder), or None."""
+    try:
+        refuse_if_held(RunDir.named(spec.name), "not dispatched")
+    except OccError as e:
+        return e.message
+    return None
 
 
 def failure(handle) -> str | None:
