@@ -162,7 +162,7 @@ def bench_rollout(
 def report(
     compare: str = typer.Option("detach,occ", "--compare", help="rows to compare, comma-separated (first = "
                                 "reference of the paired differences; with several --rows keys an entry may name "
-                                "the first key's value: detach/none,detach,occ); empty = every row found"),
+                                "the first key's value: detach/none,detach,occ); all = every row found"),
     group: Optional[str] = typer.Option(None, "--group", help="matrix group(s), comma-separated, e.g. tiny_study"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment to read"),
     rows: str = typer.Option("regime", "--rows", help="what a row is: regime, or a matrix key (variant, mtp.coef), "
@@ -183,6 +183,7 @@ def report(
     """Compare regimes: Table-1 layout (mean ± 95% CI over seeds, paired differences), curves, MLflow."""
     from rich.markdown import Markdown
 
+    from occctl.report.selection import parse_compare
     from occctl.report.writer import report_dir, write_report
 
     if fidelity:
@@ -197,10 +198,12 @@ def report(
         err.print(f"wrote table.md and fidelity_vs_factor.png to {directory}")
         return
     with exits_on_error():
-        result = write_report([c for c in compare.split(",") if c], group.split(",") if group else None,
+        result = write_report(parse_compare(compare), group.split(",") if group else None,
                               experiment, rows, metric, output, name, smooth=smooth, regime=regime, force=force,
                               at_steps=at_step or None)
     out.print(Markdown(result["markdown"]))
+    for warning in result["warnings"]:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     err.print(f"wrote {len(result['files'])} files to {result['directory']}"
               + (f"; MLflow report run {result['mlflow_run_id']}" if result["mlflow_run_id"] else ""))
 

@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from occctl.errors import OccError
+from occctl.oserrors import environment_error
 
 err = Console(stderr=True)
 out = Console()
@@ -42,7 +44,8 @@ def fail_all(errors: list[OccError]) -> NoReturn:
 @contextmanager
 def exits_on_error(interrupted: str = "interrupted") -> Iterator[None]:
     """The body of a command: an OccError becomes its message and exit code, Ctrl-C exit code 130 (after
-    printing ``interrupted``); anything else is a bug and keeps its traceback."""
+    printing ``interrupted``), a full disk or a read-only or unwritable results directory one EnvError line
+    (``occctl.oserrors``, exit 3); anything else is a bug and keeps its traceback."""
     try:
         yield
     except OccError as e:
@@ -50,3 +53,10 @@ def exits_on_error(interrupted: str = "interrupted") -> Iterator[None]:
     except KeyboardInterrupt:
         err.print(interrupted, highlight=False, markup=False)
         raise typer.Exit(130) from None
+    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        raise
+    except Exception as e:  # noqa: BLE001 - only a full disk or a read-only/unwritable results dir is mapped
+        found = environment_error(e)
+        if found is None:
+            raise  # a bug: it keeps its traceback
+        fail(found)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from occctl.errors import EnvError, SpecError
+from occctl.errors import DataMissingError, EnvError, SpecError
 
 DATA_ENV = "OCCCTL_DATA_DIR"
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def default_roots() -> list[Path]:
 
 
 def dataset_dir(name: str, required: list[str], data_dir: str | Path | None = None) -> Path:
-    """The directory holding dataset ``name``'s files ``required``; one clear SpecError (exit 2) when absent."""
+    """The directory holding dataset ``name``'s files ``required``; one clear DataMissingError (exit 3) when absent."""
     if data_dir is not None:
         origins = [(Path(data_dir).expanduser(), "--data-dir")]
     elif os.environ.get(DATA_ENV):
@@ -58,7 +58,7 @@ def dataset_dir(name: str, required: list[str], data_dir: str | Path | None = No
     base, origin = origins[0]
     where = " or ".join(str(b) for b, _ in origins) if len(origins) > 1 else str(base)
     missing = [f for f in required if not (base / name / f).is_file() and not (base / f).is_file()]
-    raise SpecError(f"{name} data not found: {', '.join(missing)} missing in {where} ({origin}, also tried "
+    raise DataMissingError(f"{name} data not found: {', '.join(missing)} missing in {where} ({origin}, also tried "
                     f"<dir>/{name}/); pass --data-dir DIR, set ${DATA_ENV}, or use --from-hub with network access")
 
 

@@ -6,7 +6,8 @@ Status, from the files first (results/ is the truth), MLflow only to tell a cras
 - ``broken``: ``summary.json`` is unreadable, or ``spec.yaml`` (written first by `occctl run`) is missing or
   unreadable, so the directory is not a run occctl can resume or report;
 - ``failed``: no summary and the run's MLflow run says FAILED;
-- ``running``: no summary, MLflow does not say otherwise and a file changed in the last ``RUNNING_WINDOW_S``;
+- ``running``: no summary and a live process holds the folder's lock (``occctl.runlock``; folders of an occctl
+  without locks: MLflow does not say otherwise and a file changed in the last ``RUNNING_WINDOW_S``);
 - ``unfinished``: anything else without a summary (killed, interrupted, crashed): rerun the spec to resume.
 """
 
@@ -30,9 +31,10 @@ from rich.table import Table
 from rich.text import Text
 
 from occctl.console import err, exits_on_error, out
-from occctl.errors import SpecError, did_you_mean
+from occctl.errors import OccError, SpecError, did_you_mean
 from occctl.report.progress import format_duration
 from occctl.rundir import RunDir, RunFileError, results_root
+from occctl.runlock import holder, lock_path
 
 STATUSES = ("finished", "running", "unfinished", "failed", "broken")
 RUNNING_WINDOW_S = 300.0
@@ -126,6 +128,8 @@ def read_run(directory: Path, now: float | None = None) -> RunRow:
         row.algorithm = row.algorithm or _text(summary.get("algorithm"))
         row.group = row.group or _text(summary.get("group"))
         row.seed = row.seed if row.seed is not None else _count(summary.get("seed"))
+        if spec is None:  # a summary beside a broken spec.yaml: not a run occctl can report, resume or evaluate
+            row.status, row.problem = "broken", spec_problem
         return row
     activity = _last_activity(run)
     started = _mtime(run.spec_file) or _mtime(directory)
@@ -135,6 +139,10 @@ def read_run(directory: Path, now: float | None = None) -> RunRow:
         row.status, row.problem = "broken", summary_problem
     elif spec is None:
         row.status, row.problem = "broken", spec_problem
+    elif (writer := holder(run)) is not None:
+        row.status, row.problem = "running", f"written by {writer}"
+    elif lock_path(run).is_file():  # written by an occctl that locks: nobody holds it, so nobody runs it
+        row.status = "unfinished"
     elif activity is not None and now - activity < RUNNING_WINDOW_S:
         row.status = "running"
     else:
@@ -191,7 +199,11 @@ def apply_mlflow_statuses(rows: list[RunRow]) -> None:
     wanted: dict[tuple[Any, str], list[RunRow]] = {}
     for row in rows:
         if row.mirror is not None and row.status in ("running", "unfinished"):
-            wanted.setdefault((resolve_store(row.mirror.uri), row.mirror.experiment), []).append(row)
+            try:
+                store = resolve_store(row.mirror.uri)
+            except OccError:  # its tracking.uri names no directory: nothing to ask
+                continue
+            wanted.setdefault((store, row.mirror.experiment), []).append(row)
     for (store, experiment), group in wanted.items():
         statuses = store.latest_statuses(experiment, [r.name for r in group])
         for row in group:
@@ -213,7 +225,15 @@ def filter_rows(rows: list[RunRow], groups: list[str] | None = None,
         if status not in STATUSES:
             raise SpecError(f"--status {status}: unknown status{did_you_mean(status, STATUSES)}",
                             hint=f"one of: {', '.join(STATUSES)}")
-    return [r for r in rows if (not groups or r.group in groups) and (not statuses or r.status in statuses)]
+    return [r for r in rows if (not groups or _in_groups(r, groups)) and (not statuses or r.status in statuses)]
+
+
+def _in_groups(row: RunRow, groups: list[str]) -> bool:
+    """A row of one of ``groups``; a broken row whose spec.yaml cannot say is matched by its cell name
+    (``<group>.<cell>``), so a damaged cell stays in its study's listing."""
+    if row.group is not None:
+        return row.group in groups
+    return row.status == "broken" and any(row.name.startswith(f"{g}.") for g in groups)
 
 
 def public_rows(rows: list[RunRow]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from torch import nn
 
 from occctl import mtp_layouts
 from occctl.errors import EnvError, SpecError
+from occctl.safetensors_files import check_weights
 from occctl.occ.mtp_head import MtpHead
 from occctl.spec import TINY_CONTEXT, ModelSpec, TinyModelSpec
 
@@ -107,6 +108,7 @@ def load_checkpoint(path: str | Path, dtype: str = "float32", trust_remote_code:
     layer, else (``new_head_if_missing``) a new head built from a copy of the trunk's last layer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_weights(path)  # a truncated or damaged .safetensors: one line naming it, not a safetensors panic
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype],
                                                      trust_remote_code=trust_remote_code)
@@ -171,6 +173,7 @@ def local_directory(path: str | Path) -> Path:
 def has_mtp_head(path: str | Path) -> bool:
     """Whether a local checkpoint carries an MTP head (occctl's format or a native MTP layer); no tensor is read."""
     directory = Path(path)
+    check_weights(directory)  # its headers are read below: a damaged file is one line naming it
     if (directory / MTP_WEIGHTS).is_file():
         return True
     if not (directory / "config.json").is_file():

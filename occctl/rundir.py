@@ -8,8 +8,10 @@ A run folder::
       native_config.json   what the backend was given (a TRL config, veRL overrides)
       env.json             git SHA, Python, package versions
       tracking.json        the MLflow run id and the last step published to MLflow
+      run.lock             held by the process writing the folder (``occctl.runlock``), naming its pid and host
+      wall.json            each process's training seconds up to its last checkpoint (``WallClock``)
       metrics.jsonl        one JSON object per optimizer step: {"step": n, "area/name": value, ...}
-      checkpoints/final/   HF weights + mtp_head.safetensors (what `occctl eval` reads)
+      checkpoints/final/   HF weights + the MTP head, and occctl_complete.json last (what `occctl eval` reads)
       eval/<suite>/        cached generations and scores of `occctl eval`
       summary.json         written last: the run is finished
 """
@@ -21,6 +23,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,10 +69,20 @@ def move_aside(path: Path) -> Path:
     return target
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: results/ may be shared with a group (mkstemp gives 0600)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -125,6 +138,7 @@ class RunDir:
     summary_file = property(lambda self: self.path / "summary.json")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     tracking_file = property(lambda self: self.path / "tracking.json")
+    wall_file = property(lambda self: self.path / "wall.json")
     native_config_file = property(lambda self: self.path / "native_config.json")
     env_file = property(lambda self: self.path / "env.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -146,12 +160,17 @@ class RunDir:
             return validate_spec(read_spec_file(self.spec_file), "spec.yaml")
         except SpecError as e:
             raise RunFileError(f"spec.yaml: invalid ({e.message.splitlines()[0]})") from None
-        except (OSError, RecursionError) as e:
+        except (OSError, RecursionError, UnicodeDecodeError) as e:
             raise RunFileError(f"spec.yaml: unreadable ({_first_line(e)})") from None
 
     def spec_text(self) -> str | None:
         """The saved spec's text (None before the first start), to compare with ``dump_spec`` of a rerun."""
-        return self.spec_file.read_text(encoding="utf-8") if self.spec_file.is_file() else None
+        if not self.spec_file.is_file():
+            return None
+        try:
+            return self.spec_file.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise RunFileError(f"spec.yaml: unreadable ({_first_line(e)})") from None
 
     def read_summary(self) -> dict[str, Any]:
         """``summary.json``; RunFileError ``summary.json: missing`` / ``unreadable (...)`` / ``not a JSON object``."""
@@ -169,7 +188,20 @@ class RunDir:
         """The rows of metrics.jsonl (those with ``step <= until`` when given); [] when there is none."""
         if not self.metrics_file.is_file():
             return []
-        rows = [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(self.metrics_file.read_bytes().splitlines(), 1) if line.strip()]
+        rows = []
+        for i, (n, line) in enumerate(lines):
+            try:
+                row = json.loads(line)  # bytes: json decodes UTF-8 itself
+            except (ValueError, RecursionError) as e:
+                if i == len(lines) - 1:
+                    break  # a torn last line (the process died mid-write): its step is redone on resume
+                raise RunFileError(f"metrics.jsonl:{n}: not a JSON line ({_first_line(e)})",
+                                   hint="the file was damaged; --fresh starts the run over") from None
+            if _step_of(line) is None:
+                raise RunFileError(f"metrics.jsonl:{n}: not a metrics row (no integer 'step')",
+                                   hint="the file was damaged; --fresh starts the run over")
+            rows.append(row)
         return [r for r in rows if until is None or r["step"] <= until]
 
     def last_step(self) -> int | None:
@@ -192,8 +224,13 @@ class RunDir:
     def tracking_state(self) -> TrackingState:
         if not self.tracking_file.is_file():
             return TrackingState()
-        data = json.loads(self.tracking_file.read_text(encoding="utf-8"))
-        return TrackingState(data.get("mlflow_run_id"), int(data.get("published_step", 0)))
+        try:
+            data = json.loads(self.tracking_file.read_bytes())
+            return TrackingState(data.get("mlflow_run_id"), int(data.get("published_step", 0)))
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
+            raise RunFileError(f"tracking.json: unreadable ({_first_line(e)})",
+                               hint="it names the run's MLflow run; restore it, or --fresh starts the run over "
+                                    "in a new MLflow run") from None
 
     # ---- writing ----
 
@@ -206,6 +243,38 @@ class RunDir:
     def write_tracking_state(self, state: TrackingState) -> None:
         write_json_atomic(self.tracking_file, {"mlflow_run_id": state.mlflow_run_id,
                                                "published_step": state.published_step})
+
+
+class WallClock:
+    """A run's training time across resumes: each process adds its own segment to ``wall.json``, brought up to date
+    at every checkpoint, so a killed process counts up to its last checkpoint (the rest is redone, and counted, by
+    the process that resumes) and ``total()`` is the time of every segment the run kept."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self._start = time.perf_counter()
+        self._key = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._earlier = sum(v for k, v in self._segments().items() if k != self._key)
+
+    def checkpoint(self) -> None:
+        """Record this segment's time so far (at a checkpoint: what a resume keeps)."""
+        segments = self._segments()
+        segments[self._key] = round(time.perf_counter() - self._start, 3)
+        write_json_atomic(self.run.wall_file, segments)
+
+    def total(self) -> float:
+        return self._earlier + time.perf_counter() - self._start
+
+    def _segments(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.run.wall_file.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise RunFileError(f"wall.json: unreadable ({_first_line(e)})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+            raise RunFileError("wall.json: not a JSON object of seconds")
+        return data
 
 
 def _first_line(e: BaseException) -> str:

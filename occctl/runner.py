@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from typing import Any
 
 from rich.console import Console
 
 from occctl.backend import Plan, TrainResult, get_backend
+from occctl.checkpoint_marker import mark_complete
 from occctl.environment import environment
 from occctl.errors import OccError, RunError, SpecError
 from occctl.report.progress import progress_bar
-from occctl.rundir import RunDir, RunFileError, TrackingState, move_aside, write_json_atomic, write_text_atomic
+from occctl.rundir import RunDir, RunFileError, TrackingState, WallClock, write_json_atomic, write_text_atomic
+from occctl.runlock import hold_run
 from occctl.spec import LauncherSpec, Spec, dump_spec, flatten, spec_to_dict
 from occctl.tracking import Tracker, resolve_store
 
@@ -48,6 +49,7 @@ class MetricLog:
             self._pending = [r for r in self.history if r["step"] > published]
         self._file = run.metrics_file.open("a", encoding="utf-8")
         self.heldout: Any = None  # the run's occctl.pipeline.HeldoutEval while the pipeline runs
+        self.clock = WallClock(run)  # wall_s over every segment of a resumed run
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
@@ -59,6 +61,8 @@ class MetricLog:
     def commit(self, step: int | None = None) -> None:
         """Publish pending rows (up to ``step``) to MLflow; nothing when the tracker writes nothing (tracking off,
         or a worker of a parallel study, whose parent publishes from the run folder)."""
+        if step is not None:
+            self.clock.checkpoint()
         ready = [r for r in self._pending if step is None or r["step"] <= step]
         self._pending = [r for r in self._pending if not (step is None or r["step"] <= step)]
         publish_rows(self.run, self.tracker, ready)
@@ -84,21 +88,31 @@ def publish_rows(run: RunDir, tracker: Tracker, rows: list[dict[str, float]]) ->
 def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None, publish: bool = True) -> dict[str, Any]:
     """Run one spec. An existing run folder is resumed from its last checkpoint (same MLflow run); a finished
     run is not rerun; ``fresh`` moves the old folder aside and starts over. ``publish=False`` (a worker of a
-    parallel study) writes nothing to MLflow: the parent opened the run and publishes the folder (``publish_run``)."""
+    parallel study) writes nothing to MLflow: the parent opened the run and publishes the folder (``publish_run``).
+    One process at a time writes a run folder (``occctl.runlock``: a second one exits 2 naming the first)."""
     console = console or Console(stderr=True)
+    plan = plan_run(spec)  # a bad spec (or tracking.uri) is refused before the folder is touched
+    if spec.tracking.mlflow:
+        resolve_store(spec.tracking.uri)
+    with hold_run(plan.run_dir, fresh, console):  # fresh: the old folder is moved aside under its lock
+        return _run_locked(spec, plan, console, publish)
+
+
+def _run_locked(spec: Spec, plan: Plan, console: Console, publish: bool) -> dict[str, Any]:
     backend = get_backend(spec.backend)
-    plan = plan_run(spec)
     run = plan.run_dir
     resume_from: int | None = None
-    if run.exists() and fresh:
-        console.print(f"moved the old run aside: {move_aside(run.path)}")
-    elif run.exists():
+    if run.exists():
         if _spec_changed(spec):
             raise SpecError(f"run {spec.name!r} exists at {run} with a different spec",
                             hint="pass --fresh to move it aside and start over, or --set name=<new name>")
         if run.is_finished():
             console.print(f"run {spec.name!r} is finished ({run.summary_file}); nothing to do "
                           "(--fresh starts it over)")
+            if publish:
+                from occctl.launchers.study import publish_unpublished
+
+                publish_unpublished(spec)  # a process killed between summary.json and MLflow
             return run.read_summary()
         resume_from = backend.resume_step(plan)
         if resume_from or run.metrics_file.is_file():  # else: a parallel study's parent prepared the folder
@@ -114,7 +128,6 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None, pu
     plan = dataclasses.replace(plan, mlflow_run_id=tracker.run_id)
     log = MetricLog(run, tracker, resume_from)
 
-    start = time.perf_counter()
     status = "FAILED"
     try:
         with progress_bar(console) as progress:
@@ -128,8 +141,8 @@ def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None, pu
         if status != "FINISHED":
             tracker.finish(status)
     log.commit()
-    summary = build_summary(spec, log.history, result, time.perf_counter() - start, tracker.run_id,
-                            heldout, plan.warm_start)
+    mark_complete(result.checkpoint)  # `occctl eval` refuses a checkpoints/final without it
+    summary = build_summary(spec, log.history, result, log.clock.total(), tracker.run_id, heldout, plan.warm_start)
     run.write_summary(summary)
     _publish_summary(spec, run, tracker, summary)
     return summary
@@ -264,6 +277,9 @@ def _run_in_turn(specs: list[Spec], fresh: bool, console: Console) -> dict[str, 
     failed: dict[str, str] = {}
     for i, spec in enumerate(specs, 1):
         if RunDir.named(spec.name).is_finished() and not fresh:
+            from occctl.launchers.study import publish_unpublished
+
+            publish_unpublished(spec)  # a cell that finished after its study was killed
             continue
         done = sum(1 for s in specs if RunDir.named(s.name).is_finished())
         console.rule(f"cell {i}/{len(specs)}: {spec.name}  ({done} done, {len(specs) - done} left)")
@@ -307,6 +323,7 @@ def build_summary(spec: Spec, history: list[dict[str, float]], result: TrainResu
         "reward_first": rewards[0] if rewards else float("nan"),
         "reward_last": rewards[-1] if rewards else float("nan"),
         "reward_mean": _mean(rewards),
+        "train_loss": _mean(_series(history, "loss")),  # every step's loss, across resumes (TRL's covers its own)
         **result.summary,
         **(heldout or {}),
         "lambda_mean": _mean(lambdas),

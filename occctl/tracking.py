@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from occctl.errors import SpecError
 from occctl.rundir import results_root
 
 REMOTE_SCHEMES = ("http://", "https://", "databricks", "uc:")
@@ -98,6 +99,22 @@ class Store:
                     break
         return found
 
+    def group_statuses(self, groups: list[str]) -> dict[str, dict[str, str]]:
+        """group -> {run name: status of its newest MLflow run}, over every experiment and status (to tell a
+        report which cells it leaves out). Best effort: {} when the store cannot be read."""
+        try:
+            client = self.client()
+            ids = [e.experiment_id for e in client.search_experiments()]
+            found: dict[str, dict[str, str]] = {}
+            for group in groups if ids else []:
+                quoted = group.replace("\\", "\\\\").replace("'", "\\'")
+                runs = client.search_runs(ids, filter_string=f"tags.`occctl.group` = '{quoted}'",
+                                          order_by=["attributes.start_time ASC"], max_results=5000)
+                found[group] = {run.info.run_name: run.info.status for run in runs}  # the newest wins
+            return found
+        except Exception:  # noqa: BLE001 - a warning's input: the report itself does not depend on it
+            return {}
+
     def latest_statuses(self, experiment: str, run_names: list[str]) -> dict[str, str]:
         """Status (RUNNING, FINISHED, FAILED, KILLED) of the newest MLflow run of each name in one experiment.
         Read-only and best effort: {} when the store is not local, does not exist or cannot be read."""
@@ -138,8 +155,13 @@ class Store:
 
 def resolve_store(spec_uri: str | None = None) -> Store:
     """The store a run, eval, report, ls or ui uses: the spec's ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``,
-    else the project's sqlite store under results/. Creates nothing."""
+    else the project's sqlite store under results/. Creates nothing; a given sqlite URI whose directory does not
+    exist is a SpecError (a typo must not create a store nobody reads)."""
     uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results_root() / 'mlflow.db'}"
+    given = "tracking.uri" if spec_uri else "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else None
+    if given and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).parent.is_dir():
+        raise SpecError(f"{given} {uri}: the directory {Path(uri[len('sqlite:///'):]).parent} does not exist",
+                        hint="create it, or fix the path (occctl creates only its own store under results/)")
     artifacts = (results_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:///") else None
     return Store(uri, artifacts)
 
@@ -248,6 +270,12 @@ class Tracker:
     def reopen(self) -> None:
         """Mark a resumed run as running again (the interrupted process left it RUNNING, KILLED or FAILED)."""
         self._guarded(lambda client: client.update_run(self.run_id, status="RUNNING"))
+
+    def status(self) -> str | None:
+        """The run's MLflow status (RUNNING, FINISHED, FAILED, KILLED); None when tracking is off or failed."""
+        found: list[str] = []
+        self._guarded(lambda client: found.append(client.get_run(self.run_id).info.status))
+        return found[0] if found else None
 
     def finish(self, status: str = "FINISHED") -> None:
         self._guarded(lambda client: client.set_terminated(self.run_id, status=status))

@@ -73,13 +73,29 @@ def start_ui(
         return
     from occctl.rundir import results_root
 
-    results_root().mkdir(parents=True, exist_ok=True)  # sqlite needs the folder; an empty store is fine
+    with exits_on_error():
+        require_free_port(host, port)  # else mlflow logs the clash and exits 0
+        results_root().mkdir(parents=True, exist_ok=True)  # sqlite needs the folder; an empty store is fine
     shown = f"[{host}]" if ":" in host else host
     err.print(f"MLflow UI on http://{shown}:{port}  (store {command[command.index('--backend-store-uri') + 1]}); "
               "Ctrl-C stops it", markup=False, highlight=False, soft_wrap=True)
     code = serve(command, env)
     if code:
         raise typer.Exit(code)
+
+
+def require_free_port(host: str, port: int) -> None:
+    """EnvError (exit 3) when ``host:port`` cannot be bound: another server (a second `occctl ui`) has it."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no clash
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise EnvError(f"cannot serve the MLflow UI on {host}:{port}: {e.strerror or e} (another `occctl ui` "
+                           "or server has that port?)", hint=f"pass another --port, e.g. --port {port + 1}") from None
 
 
 def server_env() -> dict[str, str]:

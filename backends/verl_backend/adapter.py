@@ -245,7 +245,7 @@ def data_problems(o: VerlOptions) -> list[str]:
     for field, ref in (("train", o.data.train), ("val", o.data.val)):
         try:
             data_file(ref)
-        except SpecError as e:
+        except (SpecError, EnvError) as e:
             problems.append(f"backend_options.data.{field}: {e.message}")
     return problems
 

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from occctl.console import err, fail, out
-from occctl.errors import OccError
+from occctl.console import err, exits_on_error, out
 
 app = typer.Typer(help="Evaluate a run, checkpoint or HF model on a benchmark suite (math6, tiny).",
                   no_args_is_help=True, invoke_without_command=True)
@@ -78,14 +77,9 @@ def evaluate(
                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                        prompt=prompt, timeout_s=timeout, workers=workers, mlflow=not no_mlflow,
                        out=output.expanduser().absolute() if output else None, force=force)
-    try:
+    with exits_on_error("interrupted: finished generations are cached; rerun the same command to resume"):
         target = resolve_target(run, checkpoint, model)
         results = run_eval(target, opts, err)
-    except OccError as e:
-        fail(e)
-    except KeyboardInterrupt:
-        err.print("interrupted: finished generations are cached; rerun the same command to resume")
-        raise typer.Exit(130)
     for result in results:
         out.print(results_table(result.to_json()))
         if result.run_summary:
@@ -108,7 +102,7 @@ def selfcheck(
     from occctl.eval.selfcheck import SELFCHECK_MIN_AGREEMENT, require_selfcheck_ok, selfcheck as run_selfcheck
     from occctl.report.eval_tables import selfcheck_table
 
-    try:
+    with exits_on_error():
         result = run_selfcheck(suite, list(grader or []), data_dir, from_hub, timeout, workers, err)
         out.print(selfcheck_table(result))
         for g, r in result["graders"].items():
@@ -117,8 +111,3 @@ def selfcheck(
         out.print(f"total {result['total_s']:.1f} s; threshold {SELFCHECK_MIN_AGREEMENT:.0%} per benchmark: "
                   f"{'ok' if result['ok'] else 'FAILED'}", highlight=False)
         require_selfcheck_ok(result)
-    except OccError as e:
-        fail(e)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130)

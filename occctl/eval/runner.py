@@ -20,7 +20,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.markup import escape
 
-from occctl.errors import SpecError
+from occctl.errors import SpecError, did_you_mean
 from occctl.eval import cache as evcache
 from occctl.eval.engines import check_engine
 from occctl.eval.graders import DEFAULT_GRADER, grader_slug, resolve_grader
@@ -137,6 +137,15 @@ def _task_job(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
     grader = grader_of(target.spec.task) if target.spec else TASK_GRADER  # chain: final_sum@1
     if any(g not in (grader, grader.split("@")[0]) for g in opts.graders):
         raise SpecError(f"the {suite.name} suite is graded by the task's reward ({grader}); drop --grader")
+    not_applied = [flag for flag, given in (
+        ("--engine", opts.engine != "hf"), ("--engine-url", opts.engine_url), ("--tp-size", opts.tp_size != 1),
+        ("--batch-size", opts.batch_size is not None), ("--dtype", opts.dtype != "auto"),
+        ("--top-p", opts.top_p is not None), ("--benchmarks", opts.benchmarks), ("--data-dir", opts.data_dir),
+        ("--from-hub", opts.from_hub), ("--prompt", opts.prompt != "auto")) if given]
+    if not_applied:
+        raise SpecError(f"{', '.join(not_applied)}: not used by the {suite.name} suite, which runs the training "
+                        "run's held-out eval (its model in float32 on the hf engine, top-p 1)",
+                        hint=f"drop {', '.join(not_applied)}")
     ev, train = (target.spec.eval, target.spec.train) if target.spec else (EvalSpec(), TrainSpec())
     sampling = Sampling(k=opts.k or ev.samples_per_problem, temperature=_pick(opts.temperature, ev.temperature),
                         top_p=1.0, max_new_tokens=opts.max_new_tokens or train.max_new_tokens,
@@ -165,9 +174,17 @@ def _check_numbers(opts: EvalOptions) -> None:
                                   ("--top-p", opts.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
                                   ("--max-new-tokens", opts.max_new_tokens, lambda v: v >= 1, ">= 1"),
                                   ("--grade-timeout", opts.timeout_s, lambda v: v > 0, "> 0"),
-                                  ("--workers", opts.workers, lambda v: v >= 1, ">= 1")):
+                                  ("--workers", opts.workers, lambda v: v >= 1, ">= 1"),
+                                  ("--batch-size", opts.batch_size, lambda v: v >= 1, ">= 1"),
+                                  ("--tp-size", opts.tp_size, lambda v: v >= 1, ">= 1")):
         if value is not None and not ok(value):
             raise SpecError(f"{flag} must be {rule}; got {value}")
+    if opts.dtype not in EVAL_DTYPES:
+        raise SpecError(f"--dtype {opts.dtype!r}{did_you_mean(opts.dtype, EVAL_DTYPES)}: choose one of "
+                        f"{', '.join(EVAL_DTYPES)}")
+
+
+EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")  # occctl.models.DTYPES and auto
 
 
 def _pick(value, default):

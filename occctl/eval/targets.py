@@ -1,7 +1,8 @@
 """What to evaluate: a run (its final checkpoint), a checkpoint directory, or any HF model (path or hub id).
 
-A checkpoint inside ``results/runs/<name>/`` belongs to that run: its eval lands in the run directory and on
-the run's MLflow run. Anything else gets ``results/evals/<slug>/`` and an MLflow eval run of its own.
+``--run NAME`` scores that run folder's own ``checkpoints/final``, whatever path ``summary.json`` recorded, and
+only with its completion marker (``occctl.checkpoint_marker``). A checkpoint inside ``results/runs/<name>/``
+belongs to that run: its eval lands in the run directory and on the run's MLflow run. Anything else gets ``results/evals/<slug>/`` and an MLflow eval run of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from occctl.checkpoint_marker import is_complete, mark_complete, require_complete
 from occctl.errors import SpecError
 from occctl.rundir import RunDir, results_root
 from occctl.spec import Spec
@@ -68,11 +70,9 @@ def _run_target(name: str, checkpoint: Path | None = None) -> Target:
         raise SpecError(f"run {name!r} has no summary.json (unfinished?): {run}",
                         hint="finish it with `occctl run`, or pass --checkpoint <dir> explicitly")
     summary = run.read_summary()
-    path = checkpoint or Path(summary["checkpoint"])
-    if not path.is_absolute():
-        path = run / str(path)
-    if checkpoint is None and not path.exists() and (run.checkpoints / path.name).exists():
-        path = run.checkpoints / path.name  # the run folder was moved or copied
+    # Always this folder's own checkpoint: summary.json's absolute path may name another folder (the run was moved
+    # aside by --fresh, or copied), whose weights must not be scored and logged as this run's.
+    path = checkpoint or run.final_checkpoint
     spec = run.read_spec()
     step = int(summary.get("steps") or 0)
     if checkpoint is not None and checkpoint.resolve() != run.final_checkpoint.resolve():
@@ -82,6 +82,7 @@ def _run_target(name: str, checkpoint: Path | None = None) -> Target:
             path = _exported(run, spec, checkpoint, step)
     if not (path / "config.json").is_file():
         raise SpecError(f"run {name!r}: checkpoint {path} is missing")
+    require_complete(path, f"run {name!r}")  # an export cut short (a full disk, a kill) is never evaluated
     return Target(model=str(path), label=name, base_dir=run.path, run_name=name,
                   mlflow_run_id=summary.get("mlflow_run_id"), tracking_uri=spec.tracking.uri,
                   experiment=spec.tracking.experiment, spec=spec, summary=summary, step=step)
@@ -93,8 +94,9 @@ def _exported(run: RunDir, spec: Spec, checkpoint: Path, step: int) -> Path:
     from occctl.backend import get_backend
 
     out_dir = run.checkpoints / f"step-{step}"
-    if not (out_dir / "config.json").is_file():
+    if not is_complete(out_dir):  # never exported, or an export cut short: export (again)
         get_backend(spec.backend).export(checkpoint, out_dir)
+        mark_complete(out_dir)
     return out_dir
 
 
@@ -104,6 +106,8 @@ def _path_target(path: Path) -> Target:
         name = path.relative_to(runs).parts[0]
         if RunDir(runs / name).is_finished():
             return _run_target(name, checkpoint=path)
+        if path.parent == RunDir(runs / name).checkpoints:  # an unfinished run's export: complete ones only
+            require_complete(path, f"run {name!r} (unfinished)")
     slug = _slug(f"{path.parent.name}_{path.name}", str(path))
     return Target(model=str(path), label=slug, base_dir=results_root() / "evals" / slug)
 

@@ -5,6 +5,11 @@ Cells are forked from a ``multiprocessing`` forkserver that imported torch, tran
 (``PRELOAD``), so a cell does not pay the ≈ 5 s of imports a fresh interpreter would: on a 20-cell study of
 25-second cells that start-up was a quarter of the parallel wall time. Each cell leads its own process group
 (stopped whole on Ctrl-C) and appends its output to its log, whose first line names its pid.
+
+A cell also dies with its study however the study dies: it asks the kernel for SIGKILL when its parent (the
+forkserver, which exits with the study, or dies with it when the study's process group is killed) goes
+(``PR_SET_PDEATHSIG``, Linux). Without that, a SIGKILLed study left its cells training as orphans that nobody
+published. What such a cell had not checkpointed is redone by the rerun, which resumes it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def default_threads(jobs: int) -> int:
 def cell_process(name: str, log: str, results: str, threads: int) -> None:
     """The body of a cell's process: its own session, stdout and stderr appended to ``log``, then the cell."""
     os.setsid()
+    die_with_parent()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -52,6 +58,25 @@ def cell_process(name: str, log: str, results: str, threads: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # not the forkserver's atexit handlers: they belong to the server
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent ends (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing). A parent
+    that is already gone (the process was re-parented) ends this process at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent or parent == 1:
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 class CellProcess:

@@ -11,6 +11,7 @@ from typing import Any
 from occctl.errors import SpecError
 from occctl.report.comparison import Comparison, build_comparison, to_markdown, to_rows, value_at_step
 from occctl.report.plots import CURVES, plot_curves, plot_fidelity
+from occctl.report.selection import group_gaps, select_runs
 from occctl.rundir import results_root, write_text_atomic
 from occctl.tracking import Store, resolve_store
 
@@ -49,11 +50,11 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
                         hint="e.g. --metric eval/tiny/avg_at_k --metric spec/mean_accept_len (summary/* has no history)")
     store = resolve_store(uri)
     runs = store.find_runs(groups, experiment)
-    if regime:
-        runs = [run for run in runs if run["tags"].get("occctl.regime") == regime]
+    where = f"group {','.join(groups)}" if groups else f"experiment {experiment}" if experiment else "the store"
+    runs = select_runs(runs, compare, rows, regime, metrics, where)  # names what it could not find
     comp = build_comparison(runs, compare, rows, metrics)
+    gaps = _gaps(store, groups, {run["name"] for run in runs}) if groups else []
     if not comp.rows:
-        where = f"group {','.join(groups)}" if groups else f"experiment {experiment}" if experiment else "the store"
         raise SpecError(f"no finished runs of {', '.join(compare) or 'any row'} found in {where} ({store.uri})",
                         hint="run a study first (occctl run specs/tiny_study.yaml), or check --group/--experiment")
     name = name or re.sub(r"[^A-Za-z0-9._-]+", "_", f"{'+'.join(groups or [experiment or 'all'])}__{'-'.join(comp.rows)}")
@@ -68,8 +69,9 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
         records = [{"step": step, **record} for step, c in tables for record in to_rows(c)]
     else:
         markdown, records = to_markdown(comp, title), to_rows(comp)
+    gap_notes = "".join(f"\nWarning: {gap}.\n" for gap in gaps)
     files = [_write(directory / "table.md",
-                    markdown + _provenance(compare, groups, experiment, rows, metrics, regime, at_steps)),
+                    markdown + gap_notes + _provenance(compare, groups, experiment, rows, metrics, regime, at_steps)),
              _write(directory / "table.csv", _csv(records))]
     files += _figures(comp, directory, store, smooth)
     try:
@@ -80,7 +82,18 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
 
         warnings.warn(f"report not logged to MLflow ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
     return {"comparison": comp, "markdown": markdown, "directory": directory, "files": files,
-            "mlflow_run_id": report_run}
+            "mlflow_run_id": report_run, "warnings": gaps}
+
+
+def _gaps(store: Store, groups: list[str], finished: set[str]) -> list[str]:
+    """Warnings for the cells of ``groups`` that are unfinished or unpublished (``selection.group_gaps``)."""
+    from occctl.inventory import list_runs
+
+    folders: dict[str, dict[str, str]] = {}
+    for row in list_runs(mlflow=False):
+        if row.group in groups:
+            folders.setdefault(row.group, {})[row.name] = row.status or "?"
+    return group_gaps(groups, finished, store.group_statuses(groups), folders)
 
 
 def _at_step(runs: list[dict[str, Any]], store: Store, metrics: list[str], step: int) -> list[dict[str, Any]]:
@@ -102,7 +115,7 @@ def _int(value: Any) -> int:
 
 
 def _provenance(compare, groups, experiment, rows, metrics, regime, at_steps=None) -> str:
-    args = [f"--compare {','.join(compare)}"] if compare else ['--compare ""']
+    args = [f"--compare {','.join(compare)}"] if compare else ["--compare all"]
     args += [f"--group {','.join(groups)}"] if groups else []
     args += [f"--experiment {experiment}"] if experiment else []
     args += [f"--rows {rows}"] if rows != "regime" else []

@@ -45,11 +45,11 @@ def env(tiny_run, monkeypatch):
 
 def _needs_math6():
     from occctl.data import dataset_dir
-    from occctl.errors import SpecError
+    from occctl.errors import DataMissingError
 
     try:
         dataset_dir("math6", ["aime24.jsonl", "math500.jsonl", "olympiadbench.jsonl"])
-    except SpecError as e:
+    except DataMissingError as e:
         pytest.skip(f"math6 data not available: {e.message}")
 
 

@@ -121,7 +121,7 @@ def test_report_tables(store):
         "report_regimes": ["report", "--group", "study", "--compare", "detach,occ,ce", "--metric",
                            "summary/heldout_acc_after", "--metric", "summary/mtp_acceptance_after"],
         "report_math6": ["report", "--group", "study", "--compare", "detach,occ", "--name", "m6"],
-        "report_variant": ["report", "--experiment", "tiny", "--rows", "variant", "--compare", "",
+        "report_variant": ["report", "--experiment", "tiny", "--rows", "variant", "--compare", "all",
                            "--regime", "detach", "--metric", "summary/heldout_acc_after"],
         "report_at_step": ["report", "--group", "study", "--rows", "mtp.regime,variant", "--compare",
                            "detach/v1,detach,occ", "--metric", "reward", "--metric", "occ/lambda",

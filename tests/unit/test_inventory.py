@@ -99,10 +99,11 @@ def test_running_turns_unfinished_when_files_go_stale(results_dir):
     assert read_run(d, now=now + inventory.RUNNING_WINDOW_S + 60).status == "unfinished"
 
 
-def test_finished_run_with_a_broken_spec_is_still_listed_from_its_summary(results_dir):
+def test_finished_run_with_a_broken_spec_is_listed_broken_from_its_summary(results_dir):
     make_run(results_dir, "x", spec=b"\xff\xfe garbage: [", summary=finished_summary("x", regime="ce", seed=7))
     (row,) = list_runs(mlflow=False)
-    assert (row.status, row.regime, row.seed, row.steps_planned) == ("finished", "ce", 7, None)
+    assert (row.status, row.regime, row.seed, row.steps_planned) == ("broken", "ce", 7, None)
+    assert row.problem.startswith("spec.yaml: ")
 
 
 def test_mtp_disabled_is_regime_none(results_dir):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import occctl.data as data
-from occctl.errors import SpecError
+from occctl.errors import DataMissingError, SpecError
 from occctl.eval.suites import get_suite, load_benchmarks, select_benchmarks
 
 NAMES = ["aime24", "minerva"]
@@ -54,7 +54,7 @@ def test_an_explicit_dir_that_lacks_the_files_does_not_fall_through(tmp_path, mo
     monkeypatch.setattr(data, "default_roots", lambda: [tmp_path / "shared" / "data"])
     monkeypatch.delenv("OCCCTL_DATA_DIR", raising=False)
     partial = _write(tmp_path / "partial", names=["aime24"])
-    with pytest.raises(SpecError, match=r"minerva\.jsonl missing in .*partial \(--data-dir"):
+    with pytest.raises(DataMissingError, match=r"minerva\.jsonl missing in .*partial \(--data-dir"):
         _problems(data_dir=partial)
 
 
@@ -75,7 +75,7 @@ def test_real_math6_row_counts():
     suite = get_suite("math6")
     try:
         got = load_benchmarks(suite, list(suite.all_benchmarks))
-    except SpecError:
+    except DataMissingError:
         pytest.skip("math6 data not available")
     counts = {k: len(v) for k, v in got.items()}
     assert counts == {"aime24": 30, "aime25": 30, "amc23": 83, "math500": 500, "minerva": 272,
@@ -85,7 +85,7 @@ def test_real_math6_row_counts():
 
 @pytest.mark.parametrize("args", [["eval", "selfcheck", "--suite", "math6"],
                                   ["eval", "--suite", "math6", "--model", "{ckpt}", "--limit", "1", "-k", "1"]])
-def test_missing_data_is_one_line_exit_2(tmp_path, results_dir, args):
+def test_missing_data_is_one_line_exit_3(tmp_path, results_dir, args):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "config.json").write_text("{}")
@@ -93,7 +93,7 @@ def test_missing_data_is_one_line_exit_2(tmp_path, results_dir, args):
     env = {**os.environ, "OCCCTL_DATA_DIR": str(tmp_path / "nowhere"), "COLUMNS": "300"}
     proc = subprocess.run([sys.executable, "-m", "occctl", *args], capture_output=True, text=True, env=env,
                           timeout=120)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # missing data is the environment's (errors.py)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("error: math6 data not found") and "OCCCTL_DATA_DIR" in lines[0]

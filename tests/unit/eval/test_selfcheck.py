@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from occctl.cli import app
 from occctl.data import dataset_dir
-from occctl.errors import SpecError
+from occctl.errors import DataMissingError
 from occctl.eval.selfcheck import selfcheck
 from occctl.eval.suites import get_suite
 
@@ -16,7 +16,7 @@ def _math6_or_skip():
     suite = get_suite("math6")
     try:
         return dataset_dir("math6", [f"{n}.jsonl" for n in suite.all_benchmarks])
-    except SpecError as e:
+    except DataMissingError as e:
         pytest.skip(f"math6 data not available: {e.message}")
 
 
