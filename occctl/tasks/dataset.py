@@ -4,8 +4,9 @@
 dataset id, read with ``datasets`` (a local file works offline; a hub id needs network). Rows carry ``problem``
 and ``answer`` or ``answers`` (a list, main answer first), as ``../shared/data/math6/``. ``task.heldout`` names
 benchmarks as ``<suite>/<benchmark>`` (``math6/aime24``: the suite's files, as ``occctl eval`` reads them) or files
-like ``task.train``. A bad row (empty problem, no answer) or a missing file is a SpecError (exit 2) naming the
-file, the row and the field. Prompts are rendered by ``occctl.eval.prompts`` (the code ``occctl eval`` uses).
+like ``task.train``. A bad row (empty problem, no answer), an unknown column or an absolute path that is no file is
+a SpecError (exit 2) naming the file, the row and the field; a ``<dataset>/<file>`` the data root lacks is missing
+data (``DataMissingError``, exit 3, as everywhere in occctl), named with its ``task.*`` field. Prompts are rendered by ``occctl.eval.prompts`` (the code ``occctl eval`` uses).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from occctl.errors import EnvError, SpecError
+from occctl.errors import DataMissingError, EnvError, SpecError
 from occctl.spec import TaskSpec
 from occctl.tasks.arith import Problem
 
@@ -130,7 +131,9 @@ def prompt_text(task: TaskSpec, tokenizer: Any, problem: Problem) -> str:
 
 
 def data_problems(task: TaskSpec) -> list[str]:
-    """Missing data files of a dataset task, one line each (cheap: no file is read; hub ids are not checked)."""
+    """Bad data references of a dataset task, one line each (cheap: no file is read; hub ids are not checked).
+
+    Raises DataMissingError (exit 3) for a ``<dataset>/<file>`` or benchmark the data root lacks."""
     if task.name != "dataset":
         return []
     problems = []
@@ -141,6 +144,8 @@ def data_problems(task: TaskSpec) -> list[str]:
                     resolve_file(ref)
                 elif field == "heldout":
                     _check_benchmark(ref)
+            except DataMissingError as e:
+                raise DataMissingError(f"task.{field}: {e.message}", e.hint) from None
             except SpecError as e:
                 problems.append(f"task.{field}: {e.message}")
     return problems

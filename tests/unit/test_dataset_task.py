@@ -53,7 +53,11 @@ def test_a_bad_row_or_a_missing_file_exits_2_in_one_line(tmp_path, results_dir):
     assert result.exit_code == 2 and f"{bad}: row 2: no answer" in result.output, result.output
     missing = CliRunner().invoke(app, ["run", str(spec), "--set", "task.train=math6/train/nope.jsonl",
                                        "--set", "model=tiny_cpu", "--dry-run"])
-    assert missing.exit_code == 2 and "task.train" in missing.output and "nope.jsonl" in missing.output
+    # a file the data root lacks is missing data (exit 3, errors.py); an absolute path that is no file is a spec error
+    assert missing.exit_code == 3 and "task.train" in missing.output and "nope.jsonl" in missing.output, missing.output
+    absent = CliRunner().invoke(app, ["run", str(spec), "--set", f"task.train={tmp_path / 'nope.jsonl'}",
+                                      "--set", "model=tiny_cpu", "--dry-run"])
+    assert absent.exit_code == 2 and "task.train" in absent.output and "nope.jsonl" in absent.output, absent.output
 
 
 def test_heldout_reads_suite_benchmarks_and_files(tmp_path):
