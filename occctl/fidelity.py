@@ -9,35 +9,18 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from typing import Any
 
-from scipy import stats
+from occctl.correlation import fig8_correlations, pearson, running_mean, spearman
 
 PROBE = re.compile(r"^occ/probe_(?P<baseline>main_old|mtp_old)_(?P<what>c|v2|lambda_\w+?)_(?P<scope>micro|step|full|prev)$")
+FIG8_MIN_POINTS = 64  # below this a binned / smoothed r has too few independent points to mean anything
 
 
-def pearson(x: list[float], y: list[float]) -> float:
-    """Pearson r; NaN when fewer than 3 pairs or a constant series."""
-    if len(x) != len(y):
-        raise ValueError("series differ in length")
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return float("nan")
-    return float(stats.pearsonr(x, y).statistic)
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    if len(x) != len(y):
-        raise ValueError("series differ in length")
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.spearmanr(x, y).statistic)
-
-
-def rolling_mean(x: list[float], window: int) -> list[float]:
-    return [sum(x[i - window + 1:i + 1]) / window for i in range(window - 1, len(x))]
+def within_generation_step(row: dict[str, float], steps_per_generation: int) -> int:
+    """k = 1 .. steps_per_generation: the optimizer step's place in its generation round (k = 1: the policy has
+    not moved since the rollout, so delta_RL and c_hat are 0)."""
+    return (int(row["step"]) - 1) % steps_per_generation + 1
 
 
 def _pair(rows: list[dict[str, float]], proxy: str, oracle: str) -> tuple[list[float], list[float]]:
@@ -55,7 +38,7 @@ def fidelity(history: list[dict[str, float]], steps_per_generation: int = 1, win
     rows = [r for r in history if "occ/oracle_c" in r and "occ/c_hat" in r]
     if not rows:
         return {}
-    moved = [r for r in rows if (int(r["step"]) - 1) % steps_per_generation != 0]
+    moved = [r for r in rows if within_generation_step(r, steps_per_generation) > 1]
     out: dict[str, Any] = {"oracle_steps": len(rows)}
     for name, proxy, oracle, subset, transform in (
         ("c", "occ/c_hat", "occ/oracle_c", rows, None),
@@ -75,8 +58,54 @@ def fidelity(history: list[dict[str, float]], steps_per_generation: int = 1, win
         out[f"fidelity_spearman_{name}"] = spearman(x, y)
     x, y = _pair(rows, "occ/c_hat", "occ/oracle_c")
     if len(x) >= window + 2:
-        out[f"fidelity_pearson_c_smooth{window}"] = pearson(rolling_mean(x, window), rolling_mean(y, window))
+        out[f"fidelity_pearson_c_smooth{window}"] = pearson(running_mean(x, window), running_mean(y, window))
     out["fidelity_variants"] = variant_fidelity(rows, moved)
+    out.update(per_k_fidelity(rows, steps_per_generation))
+    out.update(gap_share(rows))
+    for label, subset in (("", rows), ("_moved", moved)):
+        out.update(fig8_fidelity(subset, label))
+    return out
+
+
+def per_k_fidelity(rows: list[dict[str, float]], steps_per_generation: int) -> dict[str, float]:
+    """Per within-generation step k: r(c_hat, c), r(|c_hat|, |c|), and the mean |c_hat| and |c| (with the default
+    baseline |c_hat| grows with k while |c| need not: the proxy measures the displacement, not the geometry)."""
+    out: dict[str, float] = {}
+    for k in range(1, steps_per_generation + 1):
+        subset = [r for r in rows if within_generation_step(r, steps_per_generation) == k]
+        x, y = _pair(subset, "occ/c_hat", "occ/oracle_c")
+        out[f"fidelity_pearson_c_k{k}"] = pearson(x, y)
+        out[f"fidelity_pearson_abs_c_k{k}"] = pearson([abs(v) for v in x], [abs(v) for v in y])
+        out[f"fidelity_abs_c_hat_mean_k{k}"] = sum(map(abs, x)) / len(x) if x else float("nan")
+        out[f"fidelity_abs_c_mean_k{k}"] = sum(map(abs, y)) / len(y) if y else float("nan")
+    return out
+
+
+def gap_share(rows: list[dict[str, float]]) -> dict[str, float]:
+    """How much of delta_MTP (default baseline) is the gap between the heads at the rollout, g = log q_old -
+    log pi_old: its share of v_hat2 (sum g^2 / sum delta_MTP^2) and delta_MTP's projection on it
+    (sum g*delta_MTP / sum delta_MTP^2); logged in oracle mode when the MTP head's old log-probs exist."""
+    kept = [r for r in rows if "occ/probe_gap_sq" in r and "occ/probe_main_old_v2_micro" in r]
+    if not kept:
+        return {}
+    total = sum(r["occ/probe_main_old_v2_micro"] for r in kept)
+    if not total > 0:
+        return {}
+    return {"fidelity_gap_share_v2": sum(r["occ/probe_gap_sq"] for r in kept) / total,
+            "fidelity_gap_share_delta_mtp": sum(r["occ/probe_gap_dot"] for r in kept) / total}
+
+
+def fig8_fidelity(rows: list[dict[str, float]], label: str = "") -> dict[str, float]:
+    """Fig. 8's r(|c_hat|, |c|) per step, binned, smoothed and detrended, each beside its shuffle control (the
+    pairing destroyed, the trend kept; ``occctl.correlation``); empty below ``FIG8_MIN_POINTS`` points."""
+    x, y = _pair(rows, "occ/c_hat", "occ/oracle_c")
+    if len(x) < FIG8_MIN_POINTS:
+        return {}
+    out: dict[str, float] = {}
+    for way, res in fig8_correlations([abs(v) for v in x], [abs(v) for v in y]).items():
+        out[f"fidelity_fig8{label}_{way}"] = res.r
+        out[f"fidelity_fig8{label}_{way}_shuffled"] = res.shuffled
+        out[f"fidelity_fig8{label}_{way}_shuffled_hi"] = res.shuffled_hi
     return out
 
 

@@ -22,7 +22,7 @@ from trl import GRPOTrainer
 
 from occctl.errors import RunError
 from occctl.rundir import write_json_atomic
-from occctl.occ.calibration import ESTIMATORS, Calibrator, lambda_from_sums, oracle_geometry, proxy_sums
+from occctl.occ.calibration import ESTIMATORS, Calibrator, gap_sums, lambda_from_sums, oracle_geometry, proxy_sums
 from occctl.occ.mtp_head import draft_acceptance, mtp_logits
 from occctl.occ.objective import deltas, mtp_objective
 from occctl.speculative import SpecStats, sampling_from, speculative_generate
@@ -255,6 +255,10 @@ class MtpGRPOTrainer(GRPOTrainer):
         the step-scope decision, lambda from the whole step's sums (``_full``, logged once, at the step's last
         micro-batch) and from the previous step's complete sums (``_prev``)."""
         cal, metrics = self.mtp.calibrator, self._metrics["train"]
+        if logp_mtp_old is not None:
+            gap_sq, gap_dot = gap_sums(logp_mtp.detach() - logp_old, logp_mtp_old - logp_old, mask)
+            metrics["occ/probe_gap_sq"].append(gap_sq)
+            metrics["occ/probe_gap_dot"].append(gap_dot)
         for baseline, base in (("main_old", None), ("mtp_old", logp_mtp_old)):
             if baseline == "mtp_old" and base is None:
                 continue

@@ -80,6 +80,18 @@ def proxy_sums(
     ])
 
 
+def gap_sums(
+    delta_mtp: torch.Tensor,  # [B, T] logp_mtp - logp_old (the default baseline)
+    gap: torch.Tensor,  # [B, T] logp_mtp_old - logp_old: the heads' gap at the rollout parameters
+    mask: torch.Tensor,  # [B, T]
+) -> tuple[float, float]:  # sum gap^2, sum gap * delta_MTP over the response tokens
+    """How much of the default baseline's delta_MTP = gap + (logp_mtp - logp_mtp_old) is the heads' gap: the
+    first sum over sum delta_MTP^2 is the gap's share of v_hat2, the second its projection share."""
+    m = mask.detach().to(torch.bool)
+    g, d = gap.detach().double()[m], delta_mtp.detach().double()[m]  # [N]
+    return float((g * g).sum()), float((g * d).sum())
+
+
 def lambda_from_sums(
     sums: torch.Tensor,  # [4], as returned by proxy_sums (possibly summed over micro-batches / ranks)
     lambda_plus: float = 1.0,

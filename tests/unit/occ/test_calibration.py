@@ -124,7 +124,7 @@ def test_oracle_geometry_on_a_linear_model():
 
 
 def test_pearson_and_spearman():
-    from occctl.fidelity import pearson, spearman
+    from occctl.correlation import pearson, spearman
 
     x = [1.0, 2.0, 3.0, 4.0, 5.0]
     assert pearson(x, [2 * v + 1 for v in x]) == pytest.approx(1.0)
