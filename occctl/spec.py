@@ -266,6 +266,10 @@ class OccSpec(_Strict):
     ema: float = Field(0.0, ge=0.0, lt=1.0, description="smoothing of the statistics across steps (0 = none)")
     oracle_every: int = Field(0, ge=0, description="every N optimizer steps also compute the true gradient "
                               "geometry c, v^2 (extra backward passes; training unchanged); 0 = off")
+    oracle_negative: Literal["advantage", "loss_scale", "flip"] = Field(
+        "advantage", description="estimator oracle, lambda < 0: scale the advantage inside the clipped surrogate "
+        "(the regimes' arithmetic), scale the lambda = +1 loss (applied gradient exactly lambda * g_MTP), or the "
+        "surrogate at lambda = -1 times |lambda| (occctl/occ/oracle.py)")
 
 
 class PolicyClipSpec(_Strict):

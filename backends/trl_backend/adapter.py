@@ -228,7 +228,8 @@ def mtp_settings(spec: Spec, oracle_every: int | None = None):
     return MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
                        oracle_every=occ.oracle_every if oracle_every is None else oracle_every,
                        calibrator=Calibrator(**calibrator_kwargs(spec)), baseline=occ.baseline,
-                       oracle_lambda=uses_oracle_lambda(spec), draft_loss=spec.mtp.draft_loss,
+                       oracle_lambda=uses_oracle_lambda(spec),
+                       oracle_negative=spec.mtp.occ.oracle_negative, draft_loss=spec.mtp.draft_loss,
                        draft_coef=spec.mtp.draft_coef)
 
 

@@ -25,6 +25,7 @@ from occctl.rundir import write_json_atomic
 from occctl.occ.calibration import ESTIMATORS, Calibrator, gap_sums, lambda_from_sums, oracle_geometry, proxy_sums
 from occctl.occ.mtp_head import draft_acceptance, mtp_logits
 from occctl.occ.objective import deltas, mtp_objective
+from occctl.occ.oracle import oracle_mtp_term
 from occctl.speculative import SpecStats, sampling_from, speculative_generate
 from occctl.occ.regimes import draft_loss, isolates_main_model, masked_mean, mtp_loss, token_logprobs
 
@@ -42,6 +43,7 @@ class MtpSettings:
     oracle_every: int = 0
     baseline: str = "main_old"  # delta_MTP against the main head's ("main_old") or the MTP head's old log-probs
     oracle_lambda: bool = False  # train occ with lambda_t from the exact gradient geometry of each micro-batch
+    oracle_negative: str = "advantage"  # how the oracle applies a negative lambda (occctl.occ.oracle)
     draft_loss: str = "none"  # none | ce | soft_ce: a decoupled drafter loss on top of the regime's term
     draft_coef: float = 1.0
 
@@ -201,9 +203,9 @@ class MtpGRPOTrainer(GRPOTrainer):
         oracle_every_step = mode == "train" and mtp.oracle_every and self.state.global_step % mtp.oracle_every == 0
         lam = None
         if mode == "train" and (mtp.oracle_lambda or oracle_every_step):
-            unit = mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=1.0, logp_old=logp_old,
-                            advantages=inputs["advantages"], **kwargs).loss * scale
-            slope = self._log_oracle(unwrapped, loss_rl, unit)
+            unit_loss = mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=1.0, logp_old=logp_old,
+                                 advantages=inputs["advantages"], **kwargs).loss
+            slope = self._log_oracle(unwrapped, loss_rl, unit_loss * scale)
             if mtp.oracle_lambda:
                 lam = mtp.calibrator.lambda_plus * (max(slope, 0.0) if mtp.calibrator.clip_negative else slope)
         out = mtp_objective(mtp.regime, mtp.calibrator, logp_main=logp_main, logp_mtp=logp_mtp, logp_old=logp_old,
@@ -211,13 +213,18 @@ class MtpGRPOTrainer(GRPOTrainer):
                             lam=lam, **kwargs)
         stats = out.stats
         loss = out.loss
+        if lam is not None:  # the oracle: a negative lambda applied as oracle_negative says
+            loss = oracle_mtp_term(lam, unit_loss, lambda s: out.loss if s == lam else mtp_loss(
+                mtp.regime, logp_mtp, mask, coef=1.0, lam=s, logp_old=logp_old, advantages=inputs["advantages"],
+                **kwargs).loss, mtp.oracle_negative)
+        term = loss  # the regime's MTP term as applied (before any draft loss)
         metrics = self._metrics[mode]
         if mtp.draft_loss != "none":
             draft = self._draft_term(unwrapped, kept, input_ids, attention_mask, logits, completion_ids, mask)
             metrics["mtp/draft_loss"].append(draft.item())
             loss = loss + mtp.draft_coef * draft
 
-        metrics["mtp/loss"].append(out.loss.item() * scale * ga)  # logged as the mean over the step's ga micro-batches:
+        metrics["mtp/loss"].append(term.item() * scale * ga)  # logged as the mean over the step's ga micro-batches:
         # the step's MTP term (the sum of what each micro-batch adds), whatever the aggregation (as on veRL)
         metrics["mtp/coef"].append(out.coef)
         metrics["mtp/nll"].append(-masked_mean(logp_mtp.detach(), mask).item())
