@@ -20,7 +20,10 @@ Adding a backend
      after every checkpoint it writes, so MLflow gets each step exactly once across a resume, and, when it holds
      the model in this process, ``sink.evaluate(step, loaded)`` every ``eval.every`` steps (the runner's held-out
      evaluation). It returns a ``TrainResult`` whose ``checkpoint`` is the exported final model: an HF directory
-     (``config.json``, weights, tokenizer) with the MTP head beside it, as ``export`` writes it. ``summary`` holds
+     (``config.json``, ``model*.safetensors``, the tokenizer files) with the MTP head in the host family's native
+     layout (``model-mtp.safetensors``, in the shard index when there is one, and ``num_nextn_predict_layers: 1`` in
+     ``config.json``; ``occctl.mtp_layouts``), as ``occctl.models.save_checkpoint`` writes it and
+     ``occctl.models.load_checkpoint`` reads it. ``summary`` holds
      only the backend's own entries: the ``heldout_*`` and ``mtp_acceptance_*`` keys are the runner's, which
      loads the checkpoint (a RunError and no ``summary.json`` when it does not load), evaluates it and writes them.
    - ``resume_step`` says where a rerun of an unfinished run continues (0: from the start, in place).
