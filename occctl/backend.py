@@ -5,7 +5,7 @@ Adding a backend
 1. Write a class with the methods of ``Backend`` below (no base class; share code by calling ``occctl``
    functions). Put it in ``backends/<name>_backend/adapter.py``, its spec -> native config translation in
    ``translate.py`` and every call into ``occctl.occ`` in ``hooks.py``.
-2. Register it: ``BACKENDS["<name>"] = "backends.<name>_backend.adapter:<Class>"``. ``spec.backend`` accepts
+2. Register it: ``BACKENDS["<name>"] = "backends.<name>_backend.adapter:<Class>"`` in ``occctl/registry.py``. ``spec.backend`` accepts
    the registry's names; the module is imported only when a spec names it, so its heavy dependencies stay
    optional (an ImportError becomes an EnvError with an install hint, exit code 3).
 3. What the runner relies on (a backend only prepares, trains, resumes and exports; everything every backend would
@@ -20,7 +20,10 @@ Adding a backend
      after every checkpoint it writes, so MLflow gets each step exactly once across a resume, and, when it holds
      the model in this process, ``sink.evaluate(step, loaded)`` every ``eval.every`` steps (the runner's held-out
      evaluation). It returns a ``TrainResult`` whose ``checkpoint`` is the exported final model: an HF directory
-     (``config.json``, weights, tokenizer) with the MTP head beside it, as ``export`` writes it. ``summary`` holds
+     (``config.json``, ``model*.safetensors``, the tokenizer files) with the MTP head in the host family's native
+     layout (``model-mtp.safetensors``, in the shard index when there is one, and ``num_nextn_predict_layers: 1`` in
+     ``config.json``; ``occctl.mtp_layouts``), as ``occctl.models.save_checkpoint`` writes it and
+     ``occctl.models.load_checkpoint`` reads it. ``summary`` holds
      only the backend's own entries: the ``heldout_*`` and ``mtp_acceptance_*`` keys are the runner's, which
      loads the checkpoint (a RunError and no ``summary.json`` when it does not load), evaluates it and writes them.
    - ``resume_step`` says where a rerun of an unfinished run continues (0: from the start, in place).
@@ -38,17 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from occctl.errors import EnvError
+from occctl.errors import EnvError, SpecError
+from occctl.registry import BACKENDS
 from occctl.rundir import RunDir
 from occctl.spec import Spec
 
 if TYPE_CHECKING:
     from rich.progress import Progress
-
-BACKENDS = {
-    "trl": "backends.trl_backend.adapter:TrlBackend",
-    "verl": "backends.verl_backend.adapter:VerlBackend",
-}
 
 
 class MetricSink(Protocol):
@@ -123,3 +122,12 @@ def get_backend(name: str) -> Backend:
     except ImportError as e:
         raise EnvError(f"backend {name!r} cannot be imported: {e}",
                        hint="install what it needs (verl: backends/verl_backend/install_verl.sh)") from None
+
+
+def plan_run(spec: Spec) -> Plan:
+    """The backend's plan for a spec; SpecError listing the problems its ``check`` finds."""
+    backend = get_backend(spec.backend)
+    problems = backend.check(spec)
+    if problems:
+        raise SpecError("\n".join(f"{spec.name}: {p}" for p in problems))
+    return backend.prepare(spec, RunDir.named(spec.name))

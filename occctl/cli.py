@@ -46,7 +46,8 @@ def run(
     A spec with a `matrix:` runs every cell, in turn or with --launcher local|ray|slurm --jobs N; finished cells
     are skipped, so rerunning resumes a study.
     """
-    from occctl.runner import plan_run, run_spec, run_study
+    from occctl.launchers.study import run_study
+    from occctl.runner import plan_run, run_spec
     from occctl.spec import dump_spec, load_study
 
     with exits_on_error():

@@ -11,7 +11,8 @@ A run folder::
       run.lock             held by the process writing the folder (``occctl.runlock``), naming its pid and host
       wall.json            each process's training seconds up to its last checkpoint (``WallClock``)
       metrics.jsonl        one JSON object per optimizer step: {"step": n, "area/name": value, ...}
-      checkpoints/final/   HF weights + the MTP head, and occctl_complete.json last (what `occctl eval` reads)
+      checkpoints/final/   HF weights + model-mtp.safetensors (the MTP head in its native layout), and
+                           occctl_complete.json last (what `occctl eval` reads)
       eval/<suite>/        cached generations and scores of `occctl eval`
       summary.json         written last: the run is finished
 """

@@ -9,23 +9,16 @@ from typing import Any
 
 from rich.console import Console
 
-from occctl.backend import Plan, TrainResult, get_backend
+from occctl.backend import Plan, TrainResult, get_backend, plan_run  # noqa: F401 - plan_run: tests patch it here
 from occctl.checkpoint_marker import mark_complete
 from occctl.environment import environment
-from occctl.errors import OccError, RunError, SpecError
+from occctl.errors import RunError, SpecError
 from occctl.report.progress import progress_bar
-from occctl.rundir import RunDir, RunFileError, TrackingState, WallClock, write_json_atomic, write_text_atomic
+from occctl.publication import open_tracker, publish_rows, publish_summary, publish_unpublished
+from occctl.rundir import RunDir, RunFileError, WallClock, write_json_atomic, write_text_atomic
 from occctl.runlock import hold_run
-from occctl.spec import LauncherSpec, Spec, dump_spec, flatten, spec_to_dict
+from occctl.spec import Spec, dump_spec
 from occctl.tracking import Tracker, resolve_store
-
-
-def plan_run(spec: Spec) -> Plan:
-    backend = get_backend(spec.backend)
-    problems = backend.check(spec)
-    if problems:
-        raise SpecError("\n".join(f"{spec.name}: {p}" for p in problems))
-    return backend.prepare(spec, RunDir.named(spec.name))
 
 
 class MetricLog:
@@ -76,15 +69,6 @@ class MetricLog:
         self._file.close()
 
 
-def publish_rows(run: RunDir, tracker: Tracker, rows: list[dict[str, float]]) -> None:
-    """Log metric rows to MLflow and record the last step published in the run folder."""
-    if not (rows and tracker.active):
-        return
-    tracker.log_rows(rows)
-    state = run.tracking_state()
-    run.write_tracking_state(dataclasses.replace(state, published_step=max(r["step"] for r in rows)))
-
-
 def run_spec(spec: Spec, fresh: bool = False, console: Console | None = None, publish: bool = True) -> dict[str, Any]:
     """Run one spec. An existing run folder is resumed from its last checkpoint (same MLflow run); a finished
     run is not rerun; ``fresh`` moves the old folder aside and starts over. ``publish=False`` (a worker of a
@@ -103,15 +87,13 @@ def _run_locked(spec: Spec, plan: Plan, console: Console, publish: bool) -> dict
     run = plan.run_dir
     resume_from: int | None = None
     if run.exists():
-        if _spec_changed(spec):
+        if spec_changed(spec):
             raise SpecError(f"run {spec.name!r} exists at {run} with a different spec",
                             hint="pass --fresh to move it aside and start over, or --set name=<new name>")
         if run.is_finished():
             console.print(f"run {spec.name!r} is finished ({run.summary_file}); nothing to do "
                           "(--fresh starts it over)")
             if publish:
-                from occctl.launchers.study import publish_unpublished
-
                 publish_unpublished(spec)  # a process killed between summary.json and MLflow
             return run.read_summary()
         resume_from = backend.resume_step(plan)
@@ -123,7 +105,7 @@ def _run_locked(spec: Spec, plan: Plan, console: Console, publish: bool) -> dict
     write_json_atomic(run.native_config_file, plan.native_config)
     env = environment()
     write_json_atomic(run.env_file, env)
-    tracker = _tracker(spec, env, run) if publish else Tracker.recorded(resolve_store(spec.tracking.uri),
+    tracker = open_tracker(spec, env, run) if publish else Tracker.recorded(resolve_store(spec.tracking.uri),
                                                                         run.tracking_state().mlflow_run_id)
     plan = dataclasses.replace(plan, mlflow_run_id=tracker.run_id)
     log = MetricLog(run, tracker, resume_from)
@@ -144,7 +126,7 @@ def _run_locked(spec: Spec, plan: Plan, console: Console, publish: bool) -> dict
     mark_complete(result.checkpoint)  # `occctl eval` refuses a checkpoints/final without it
     summary = build_summary(spec, log.history, result, log.clock.total(), tracker.run_id, heldout, plan.warm_start)
     run.write_summary(summary)
-    _publish_summary(spec, run, tracker, summary)
+    publish_summary(spec, run, tracker, summary)
     return summary
 
 
@@ -169,96 +151,7 @@ def run_pipeline(backend: Any, plan: Plan, log: "MetricLog", progress: Any) -> t
     return plan, result, heldout_summary(spec, before, after)
 
 
-def _publish_summary(spec: Spec, run: RunDir, tracker: Tracker, summary: dict[str, Any]) -> None:
-    tracker.log_metrics(spec.train.steps, {f"summary/{k}": v for k, v in summary.items()
-                                           if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                           and math.isfinite(v)})
-    tracker.log_artifacts([run.summary_file, run.spec_file])
-    tracker.finish("FINISHED")
-
-
-def open_run(spec: Spec) -> None:
-    """The parent of a parallel study, before dispatching a cell: its folder holds the spec (what the worker
-    runs) and its MLflow run is open (new, or the one of an interrupted start, marked running again)."""
-    run = RunDir.named(spec.name)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_spec(spec)
-    _tracker(spec, environment(), run)
-
-
-def publish_run(spec: Spec) -> None:
-    """The parent of a parallel study, once a cell's worker has ended: mirror its run folder to MLflow. A
-    finished cell is published whole; an unfinished one up to its last checkpoint (the steps a resume keeps, the
-    rest are cut from metrics.jsonl), so no step reaches MLflow twice. Only the parent writes to MLflow."""
-    run = RunDir.named(spec.name)
-    if not spec.tracking.mlflow or not run.tracking_state().mlflow_run_id:
-        return
-    tracker = Tracker.attach(resolve_store(spec.tracking.uri), run.tracking_state().mlflow_run_id)
-    finished = run.is_finished()
-    until = None if finished else get_backend(spec.backend).resume_step(plan_run(spec))
-    published = run.tracking_state().published_step
-    publish_rows(run, tracker, [r for r in run.read_metrics(until) if r["step"] > published])
-    if finished:
-        _publish_summary(spec, run, tracker, run.read_summary())
-    else:
-        tracker.finish("FAILED")
-
-
-def _tracker(spec: Spec, env: dict[str, Any], run: RunDir) -> Tracker:
-    """The run's MLflow run: the one recorded in the run folder when resuming, else a new one."""
-    store = resolve_store(spec.tracking.uri)
-    if not spec.tracking.mlflow:
-        return Tracker.disabled(store)
-    state = run.tracking_state()
-    if state.mlflow_run_id:
-        tracker = Tracker.attach(store, state.mlflow_run_id)
-        if tracker.active:
-            tracker.reopen()
-            return tracker
-    tags = {"occctl.regime": spec.mtp.regime if spec.mtp.enabled else "none", "occctl.seed": str(spec.train.seed),
-            "occctl.backend": spec.backend, "occctl.algorithm": spec.algorithm.name,
-            "occctl.git_sha": env["git_sha"] or "unknown"}
-    if spec.group:
-        tags["occctl.group"] = spec.group
-        tags.update({f"occctl.cell.{key}": str(value) for key, value in spec.cell.items()})
-    tracker = Tracker.start(store, spec.tracking.experiment, spec.name, flatten(spec_to_dict(spec)), tags)
-    run.write_tracking_state(TrackingState(mlflow_run_id=tracker.run_id))
-    return tracker
-
-
-def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = None,
-              launcher: LauncherSpec | None = None) -> list[dict[str, Any]]:
-    """Every cell of a matrix; finished cells are skipped, so an interrupted study resumes, and an unfinished
-    cell (its process died) resumes from its last checkpoint; ``fresh`` moves every cell aside.
-
-    A changed spec is refused before any cell starts. ``launcher`` (default: sequential, in this process)
-    dispatches the cells to local processes, Ray or SLURM (``occctl.launchers``). A failing cell does not stop
-    the others: at the end a RunError names the failed cells.
-    """
-    console = console or Console(stderr=True)
-    launcher = launcher or LauncherSpec()
-    if not fresh:
-        changed = [f"run {s.name!r} exists with a different spec" for s in specs if _spec_changed(s)]
-        if changed:
-            raise SpecError("\n".join(changed), hint="pass --fresh to move the old runs aside and start over")
-    if launcher.name == "sequential":
-        failed = _run_in_turn(specs, fresh, console)
-    else:
-        from occctl.launchers.study import run_parallel
-
-        failed = run_parallel(specs, launcher, fresh, console)
-    group = specs[0].group or specs[0].name
-    console.rule(f"study {group}: {len(specs) - len(failed)}/{len(specs)} cells done"
-                 + (f", {len(failed)} failed" if failed else ""))
-    if failed:
-        for name, reason in failed.items():
-            console.print(f"failed: {name}: {reason}", markup=False, highlight=False, soft_wrap=True)
-        raise RunError(f"study {group}: {len(failed)} of {len(specs)} cells failed: {', '.join(failed)}",
-                       hint="rerun the same command: finished cells are skipped, the others resume")
-    return [RunDir.named(s.name).read_summary() for s in specs]
-
-
-def _spec_changed(spec: Spec) -> bool:
+def spec_changed(spec: Spec) -> bool:
     """Whether the run folder holds a run of a different spec. A ``spec.yaml`` written by an older occctl lacks the
     keys added since; it is the same spec when, re-validated with today's defaults for those keys, it equals ``spec``
     (so a study can be resumed across a schema change; ``env.json`` records the version each run started with)."""
@@ -270,25 +163,6 @@ def _spec_changed(spec: Spec) -> bool:
         return run.read_spec() != spec
     except RunFileError:
         return True
-
-
-def _run_in_turn(specs: list[Spec], fresh: bool, console: Console) -> dict[str, str]:
-    """The sequential launcher: one cell after another in this process. -> {failed cell: reason}."""
-    failed: dict[str, str] = {}
-    for i, spec in enumerate(specs, 1):
-        if RunDir.named(spec.name).is_finished() and not fresh:
-            from occctl.launchers.study import publish_unpublished
-
-            publish_unpublished(spec)  # a cell that finished after its study was killed
-            continue
-        done = sum(1 for s in specs if RunDir.named(s.name).is_finished())
-        console.rule(f"cell {i}/{len(specs)}: {spec.name}  ({done} done, {len(specs) - done} left)")
-        try:
-            run_spec(spec, fresh=fresh, console=console)
-        except OccError as e:  # this cell failed (a NaN loss, a missing file): the others still run
-            failed[spec.name] = e.message.splitlines()[0]
-            console.print(f"cell {spec.name} failed: {failed[spec.name]}", markup=False, highlight=False)
-    return failed
 
 
 def _series(history: list[dict[str, float]], key: str) -> list[float]:

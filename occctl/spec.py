@@ -18,6 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from occctl.errors import SpecError, did_you_mean
+from occctl.registry import BACKENDS, TASK_GRADERS
 
 TINY_CONTEXT = 64  # max_position_embeddings of the tiny preset: the spec checks prompts + answers fit
 HUB_ID = r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?"
@@ -172,10 +173,10 @@ class TaskSpec(_Strict):
             if given:
                 raise ValueError(f"task.{given[0]} belongs to task.name: dataset (this task, {self.name}, "
                                  "generates its data)")
-        if self.grader is not None:
-            from occctl.tasks import check_grader  # the registry imports this module
-
-            check_grader(self)
+        if self.grader is not None and self.grader not in TASK_GRADERS[self.name]:
+            valid = TASK_GRADERS[self.name]
+            raise ValueError(f"task.grader: {self.grader!r} does not grade task {self.name}"
+                             f"{did_you_mean(self.grader, valid)}; valid: {', '.join(valid)}")
         return self
 
 
@@ -366,8 +367,6 @@ class Spec(_Strict):
     @field_validator("backend")
     @classmethod
     def _registered_backend(cls, v: str) -> str:
-        from occctl.backend import BACKENDS  # the registry imports this module
-
         if v not in BACKENDS:
             raise ValueError(f"unknown backend {v!r}{did_you_mean(v, BACKENDS)}; available: {', '.join(BACKENDS)}")
         return v

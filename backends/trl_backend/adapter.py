@@ -14,7 +14,8 @@ from occctl.spec import Spec
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-from backends.trl_backend.translate import grpo_config_kwargs, policy_loss_kwargs
+from backends.trl_backend.trainer import build_trainer, detach_head, mtp_settings, quiet_libraries
+from backends.trl_backend.translate import grpo_config_kwargs
 
 
 TINY_THREADS = 1  # torch threads for the tiny preset when OMP_NUM_THREADS is not set (see default_threads)
@@ -199,93 +200,3 @@ def last_checkpoint(run_dir: RunDir | Path) -> Path | None:
 def checkpoint_step(checkpoint: Path) -> int:
     """The optimizer step of a TRL checkpoint folder (``checkpoint-N``)."""
     return int(checkpoint.name.split("-")[-1])
-
-
-def quiet_libraries() -> None:
-    """No HF progress bars, telemetry or FutureWarnings; MLflow is ours, not the HF integration's."""
-    for key, value in (("HF_HUB_DISABLE_TELEMETRY", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
-                       ("DISABLE_MLFLOW_INTEGRATION", "TRUE")):
-        os.environ.setdefault(key, value)
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-
-
-def mtp_settings(spec: Spec, oracle_every: int | None = None):
-    """The trainer's MTP settings for the spec (None: plain GRPO without an MTP head)."""
-    from occctl.mtp_config import calibrator_kwargs, uses_oracle_lambda
-    from occctl.occ.calibration import Calibrator
-
-    from backends.trl_backend.hooks import MtpSettings
-
-    if not spec.mtp.enabled:
-        return None
-    occ = spec.mtp.occ
-    return MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
-                       oracle_every=occ.oracle_every if oracle_every is None else oracle_every,
-                       calibrator=Calibrator(**calibrator_kwargs(spec)), baseline=occ.baseline,
-                       oracle_lambda=uses_oracle_lambda(spec),
-                       oracle_negative=spec.mtp.occ.oracle_negative, draft_loss=spec.mtp.draft_loss,
-                       draft_coef=spec.mtp.draft_coef)
-
-
-def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callbacks: list[Any], reward: Any = None,
-                  progress: Any = None):
-    """An MtpGRPOTrainer on the task's training prompts, rewarded by the task's grader (``reward``: a
-    ``TaskReward``, built here when not given); the MTP head becomes a submodule of the model so TRL's optimizer
-    and device placement include it (``detach_head`` undoes that before saving)."""
-    import torch
-    from transformers import PrinterCallback
-    from trl import GRPOConfig
-
-    from occctl.tasks.rewards import TaskReward
-
-    from backends.trl_backend.hooks import MtpGRPOTrainer
-
-    model = loaded.model
-    if loaded.mtp_head is not None and mtp is not None:
-        model.mtp_head = loaded.mtp_head
-    dataset = train_dataset(spec, loaded.tokenizer, progress)
-    config = GRPOConfig(**{**native_config, "use_cpu": not torch.cuda.is_available()})
-    trainer = MtpGRPOTrainer(model=model, reward_funcs=reward or TaskReward(spec.task, spec.train.max_new_tokens),
-                             args=config, train_dataset=dataset, processing_class=loaded.tokenizer,
-                             callbacks=callbacks, mtp=mtp, speculative=spec.train.speculative)
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-def train_dataset(spec: Spec, tokenizer: Any, progress: Any = None):
-    """The task's training rows as TRL's ``prompt`` (rendered in the task's format) and ``answer`` columns (a
-    dataset row: its list of answers). Prompts over ``task.max_prompt_tokens`` are dropped (DAPO's
-    filter_overlong_prompts) and counted; when none is left that is a RunError."""
-    from datasets import Dataset
-
-    from occctl.tasks import get_task
-
-    task = get_task(spec.task)
-    problems = task.train_problems(spec.task, seed=spec.train.seed)
-    prompts = [task.prompt_text(spec.task, tokenizer, p) for p in problems]
-    answers: list[Any] = [p.answer for p in problems]
-    if not task.generated:
-        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        keep = [i for i, n in enumerate(lengths) if n <= spec.task.max_prompt_tokens]
-        if not keep:
-            raise RunError(f"task.train {spec.task.train}: every prompt is longer than task.max_prompt_tokens = "
-                           f"{spec.task.max_prompt_tokens} tokens (the shortest has {min(lengths)})")
-        if progress is not None and len(keep) < len(prompts):
-            progress.console.print(f"task.train: {len(prompts) - len(keep)} of {len(prompts)} prompts are longer "
-                                   f"than task.max_prompt_tokens = {spec.task.max_prompt_tokens}: dropped",
-                                   markup=False, highlight=False)
-        prompts = [prompts[i] for i in keep]
-        answers = [list(problems[i].answers) for i in keep]
-    return Dataset.from_dict({"prompt": prompts, "answer": answers})
-
-
-def detach_head(loaded) -> None:
-    """The MTP head is saved beside the HF weights, not inside them."""
-    if "mtp_head" in dict(loaded.model.named_children()):
-        del loaded.model.mtp_head

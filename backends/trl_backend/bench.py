@@ -122,7 +122,7 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
     ``steps`` timed rounds at most; with ``resolve`` > 0, fewer once occ/policy is resolved to ±``resolve``."""
     from occctl.pipeline import start_model, warm_start
 
-    from backends.trl_backend.adapter import build_trainer, mtp_settings, quiet_libraries
+    from backends.trl_backend.trainer import build_trainer, mtp_settings, quiet_libraries
 
     quiet_libraries()
     loaded = start_model(spec, warm_start(spec, progress))
@@ -207,7 +207,7 @@ def measure_rollout(spec: Spec, rounds: int, progress: Any = None) -> dict[str, 
     from occctl.speculative import SpecStats, sampling_from, speculative_generate
     from occctl.tasks import get_task
 
-    from backends.trl_backend.adapter import quiet_libraries
+    from backends.trl_backend.trainer import quiet_libraries
 
     quiet_libraries()
     loaded = start_model(spec, warm_start(spec, progress))

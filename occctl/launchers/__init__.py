@@ -2,10 +2,12 @@
 
 * ``study.py``   the parent: refuses nothing twice, opens each cell's run folder and MLflow run, keeps at most
                  ``jobs`` cells in flight, publishes each ended cell to MLflow, shows one live view (``view.py``);
+* ``sequential.py``  the default: each cell in turn in this process (``run_study`` without a launcher);
 * ``cell.py``    what a worker runs: one cell's ``run_spec``, writing only its run folder and its log;
 * ``local.py``   each cell its own process on this machine, torch threads split between the jobs;
 * ``raycluster.py``  each cell a Ray task with declared CPUs/GPUs, on a local Ray or an existing cluster;
-* ``slurm.py``   each cell a SLURM job through submitit.
+* ``slurm.py``   each cell a SLURM job through submitit;
+* ``extras.py``  the optional package a launcher needs, or an error naming the extra that installs it.
 
 Every pool has ``submit(name) -> handle`` (``handle.done()``, ``handle.result()`` raising the cell's failure) and
 ``close()``, which stops what still runs. Workers share ``results/`` with the parent (shared storage on a cluster).
@@ -16,15 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from occctl.errors import OccError
 from occctl.rundir import results_root
 from occctl.spec import LauncherSpec
-
-
-class MissingExtraError(OccError):
-    """A launcher's optional package is not installed."""
-
-    exit_code = 2
 
 
 class Handle(Protocol):
@@ -45,7 +40,7 @@ def study_dir(group: str) -> Path:
 
 
 def open_pool(launcher: LauncherSpec, group: str) -> Pool:
-    """The launcher's pool; MissingExtraError (exit 2) when its package is not installed."""
+    """The launcher's pool; ``extras.MissingExtraError`` (exit 2) when its package is not installed."""
     if launcher.name == "local":
         from occctl.launchers.local import LocalProcesses
 
@@ -59,14 +54,3 @@ def open_pool(launcher: LauncherSpec, group: str) -> Pool:
 
         return SlurmJobs(launcher, study_dir(group))
     raise ValueError(f"no pool for launcher {launcher.name!r}")
-
-
-def import_extra(module: str, launcher: str):
-    """``import module`` for a launcher, or MissingExtraError naming the extra that installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(f"--launcher {launcher} needs the {module} package, which is not installed",
-                                hint=f"pip install 'occctl[{launcher}]'") from None

@@ -1,7 +1,7 @@
 """What a worker runs: one cell of a study, from the spec its parent wrote into the run folder.
 
 The worker writes its run folder (metrics.jsonl, checkpoints, summary.json) and its log, never MLflow: the parent
-opened the cell's MLflow run and publishes the folder once the worker has ended (``occctl.runner.publish_run``).
+opened the cell's MLflow run and publishes the folder once the worker has ended (``occctl.publication.publish_run``).
 The local launcher's forked processes call ``run_reporting`` (``occctl.launchers.local.cell_process``); Ray and submitit call
 ``run_cell``; ``OCCCTL_RESULTS_DIR=R OMP_NUM_THREADS=T python -m occctl.launchers.cell NAME LOG`` runs one by hand.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from occctl.errors import EnvError
-from occctl.launchers import import_extra
+from occctl.launchers.extras import import_extra
 from occctl.launchers.cell import run_cell
 from occctl.rundir import results_root
 from occctl.spec import LauncherSpec

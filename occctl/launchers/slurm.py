@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from occctl.errors import SpecError
-from occctl.launchers import import_extra
+from occctl.launchers.extras import import_extra
 from occctl.launchers.cell import run_cell
 from occctl.rundir import results_root
 from occctl.spec import LauncherSpec

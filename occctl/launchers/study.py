@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from typing import Any
+
 from rich.console import Console
 
 from occctl.launchers import open_pool
@@ -21,11 +23,43 @@ from occctl.launchers.view import StudyView
 from occctl.errors import OccError
 from occctl.rundir import RunDir, move_aside
 from occctl.runlock import refuse_if_held
-from occctl.runner import open_run, publish_run
+from occctl.publication import open_run, publish_run, publish_unpublished
+from occctl.runner import spec_changed
 from occctl.spec import LauncherSpec, Spec
-from occctl.tracking import Tracker, resolve_store
+from occctl.errors import RunError, SpecError
+from occctl.launchers.sequential import run_in_turn
 
 POLL_S = 1.0
+
+
+def run_study(specs: list[Spec], fresh: bool = False, console: Console | None = None,
+              launcher: LauncherSpec | None = None) -> list[dict[str, Any]]:
+    """Every cell of a matrix; finished cells are skipped, so an interrupted study resumes, and an unfinished
+    cell (its process died) resumes from its last checkpoint; ``fresh`` moves every cell aside.
+
+    A changed spec is refused before any cell starts. ``launcher`` (default: sequential, in this process)
+    dispatches the cells to local processes, Ray or SLURM (``occctl.launchers``). A failing cell does not stop
+    the others: at the end a RunError names the failed cells.
+    """
+    console = console or Console(stderr=True)
+    launcher = launcher or LauncherSpec()
+    if not fresh:
+        changed = [f"run {s.name!r} exists with a different spec" for s in specs if spec_changed(s)]
+        if changed:
+            raise SpecError("\n".join(changed), hint="pass --fresh to move the old runs aside and start over")
+    if launcher.name == "sequential":
+        failed = run_in_turn(specs, fresh, console)
+    else:
+        failed = run_parallel(specs, launcher, fresh, console)
+    group = specs[0].group or specs[0].name
+    console.rule(f"study {group}: {len(specs) - len(failed)}/{len(specs)} cells done"
+                 + (f", {len(failed)} failed" if failed else ""))
+    if failed:
+        for name, reason in failed.items():
+            console.print(f"failed: {name}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        raise RunError(f"study {group}: {len(failed)} of {len(specs)} cells failed: {', '.join(failed)}",
+                       hint="rerun the same command: finished cells are skipped, the others resume")
+    return [RunDir.named(s.name).read_summary() for s in specs]
 
 
 def run_parallel(specs: list[Spec], launcher: LauncherSpec, fresh: bool, console: Console) -> dict[str, str]:
@@ -99,16 +133,3 @@ def failure(handle) -> str | None:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         return lines[-1] if lines else type(e).__name__
     return None
-
-
-def publish_unpublished(spec: Spec) -> bool:
-    """Publish a finished run whose MLflow run is not FINISHED: the steps MLflow lacks (after the run folder's
-    ``published_step``), then the summary, so nothing reaches MLflow twice. -> whether it published."""
-    run = RunDir.named(spec.name)
-    run_id = run.tracking_state().mlflow_run_id
-    if not (spec.tracking.mlflow and run_id and run.is_finished()):
-        return False
-    if Tracker.attach(resolve_store(spec.tracking.uri), run_id).status() in (None, "FINISHED"):
-        return False  # published, or the store is unreachable (one warning; the next rerun tries again)
-    publish_run(spec)
-    return True

@@ -8,18 +8,21 @@
   (`tasks/dataset.py`).
 
 Adding a task: one module with ``train_problems(task, seed, count=None)`` and ``heldout_problems(task)`` returning
-``Problem`` rows, its grader(s), and one ``Task`` entry in ``TASKS`` (the README's "Adding a task").
+``Problem`` rows, its grader(s), one ``Task`` entry in ``TASKS`` and its grader keys in
+``occctl.registry.TASK_GRADERS`` (the README's "Adding a task").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from occctl.errors import did_you_mean
-from occctl.spec import TaskSpec
+from occctl.registry import TASK_GRADERS
 from occctl.tasks import arith, chain, dataset
 from occctl.tasks.arith import Problem
+
+if TYPE_CHECKING:
+    from occctl.spec import TaskSpec
 
 Check = Callable[[str, str], float]  # an embedded grader: (completion, answer) -> 1.0 / 0.0
 
@@ -58,9 +61,9 @@ def _as_is(task: TaskSpec, tokenizer: Any, problem: Problem) -> str:
 
 
 TASKS: dict[str, Task] = {
-    "arith": Task("arith", ("exact_match@1",), arith.train_problems, arith.heldout_problems, _as_is,
+    "arith": Task("arith", TASK_GRADERS["arith"], arith.train_problems, arith.heldout_problems, _as_is,
                   lambda t: t.digits + 1, lambda t: 2 * t.digits + 2),
-    "chain": Task("chain", ("final_sum@1",), chain.train_problems, chain.heldout_problems, _as_is,
+    "chain": Task("chain", TASK_GRADERS["chain"], chain.train_problems, chain.heldout_problems, _as_is,
                   chain.answer_length, chain.prompt_length),
     "dataset": Task("dataset", dataset.GRADERS, dataset.train_problems, dataset.heldout_problems,
                     dataset.prompt_text),
@@ -76,14 +79,4 @@ def grader_of(task: TaskSpec) -> str:
     return task.grader or TASKS[task.name].graders[0]
 
 
-def check_grader(task: TaskSpec) -> None:
-    """``task.grader`` must be one of the task's graders (ValueError: the spec validator reports it)."""
-    if task.grader is None:
-        return
-    valid = TASKS[task.name].graders
-    if task.grader not in valid:
-        raise ValueError(f"task.grader: {task.grader!r} does not grade task {task.name}"
-                         f"{did_you_mean(task.grader, valid)}; valid: {', '.join(valid)}")
-
-
-__all__ = ["EMBEDDED_GRADERS", "Problem", "TASKS", "Task", "check_grader", "get_task", "grader_of"]
+__all__ = ["EMBEDDED_GRADERS", "Problem", "TASKS", "Task", "get_task", "grader_of"]

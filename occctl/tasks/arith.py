@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from occctl.spec import TaskSpec
+if TYPE_CHECKING:
+    from occctl.spec import TaskSpec
 
 
 @dataclass(frozen=True)

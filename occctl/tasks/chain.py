@@ -11,9 +11,12 @@ sum (the last field); the intermediate sums are the model's own working, as in a
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
-from occctl.spec import TaskSpec
 from occctl.tasks.arith import Problem
+
+if TYPE_CHECKING:
+    from occctl.spec import TaskSpec
 
 SEPARATOR = "="
 

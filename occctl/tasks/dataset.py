@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from occctl.errors import DataMissingError, EnvError, SpecError
-from occctl.spec import TaskSpec
+from occctl.registry import TASK_GRADERS
 from occctl.tasks.arith import Problem
 
-GRADERS = ("math_verify@1", "deepscaler@2", "deepscaler_think@2", "verl_math_dapo@1")  # default first
+if TYPE_CHECKING:
+    from occctl.spec import TaskSpec
+
+GRADERS = TASK_GRADERS["dataset"]  # default first
 VERL_ONLY_GRADERS = ("verl_math_dapo@1",)  # veRL's own DAPO scorer (its `math_dapo` reward), kept as a choice
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 

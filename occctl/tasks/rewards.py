@@ -10,11 +10,13 @@ silent 0), as grader failures are in ``reward/grader_errors``; the step's gradin
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from occctl.eval.pool import DEFAULT_TIMEOUT_S
-from occctl.spec import TaskSpec
 from occctl.tasks import EMBEDDED_GRADERS, grader_of
+
+if TYPE_CHECKING:
+    from occctl.spec import TaskSpec
 
 STAT_KEYS = ("reward/timeouts", "reward/grader_errors", "time/reward_s")
 

@@ -11,9 +11,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from occctl.spec import TaskSpec
+if TYPE_CHECKING:
+    from occctl.spec import TaskSpec
 
 VOCAB_SIZE = 4096
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # the ids the tiny preset's character tokenizer uses

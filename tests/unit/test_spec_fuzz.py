@@ -34,26 +34,6 @@ from occctl.spec import Spec
 REPO = Path(__file__).resolve().parents[2]
 BASE = b"name: fuzz_base\ntrain: {steps: 5}\n"  # a valid spec that --set cases start from
 
-# Known bugs (found by this file). Keys are case ids; fixing a bug makes its case XPASS -> remove the entry.
-BUG_CLIP_DEFAULTS = ("spec.py AlgorithmSpec._clip_defaults: `data.get('name') in CLIP_DEFAULTS` raises "
-                     "TypeError (unhashable type: 'list') for a non-hashable algorithm.name -> traceback, exit 1")
-BUG_PATH_TOO_LONG = ("spec.py _looks_local / ModelSpec._one_source: Path(model.path).exists() raises "
-                     "OSError [Errno 36] File name too long -> traceback, exit 1")
-BUG_MARKUP = ("console.py fail/fail_all print e.message with rich markup on: a '[/]' in a key, value or file "
-              "name raises rich.errors.MarkupError (traceback, exit 1); '[bold]' is silently eaten")
-BUG_MARKUP_EATEN = ("console.py fail/fail_all: rich markup in the message is interpreted, so a key '[bold]' "
-                    "is dropped from the message (prints ': unknown key', naming no field)")
-BUG_ALIAS_REPR = ("spec.py describe_error: f'; got {got!r}'[:120] builds the full repr before slicing; a "
-                  "billion-laughs alias in a typed field expands to GBs (hang / OOM)")
-BUG_MATRIX_PRODUCT = ("spec.py _check_matrix: len(list(itertools.product(*values))) materialises the product "
-                      "before the 1000-cell limit; 10 keys x 10 values -> 10^10 tuples (hang / MemoryError)")
-BUG_DUPLICATE_KEY = ("spec.py read_spec_file: yaml.safe_load keeps the last of duplicate keys silently "
-                     "(a repeated `train:` block drops the first one); exit 0")
-BUG_NONFINITE = ("spec.py: float fields accept .nan / .inf (pydantic allow_inf_nan default); "
-                 "e.g. mtp.coef: .nan or train.lr: .inf validates, exit 0")
-BUG_BOOL_AS_INT = "spec.py: an int count accepts a YAML bool (`train.steps: true` -> 1 step), exit 0"
-
-
 @dataclass(frozen=True)
 class Case:
     id: str

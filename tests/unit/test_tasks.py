@@ -83,3 +83,9 @@ def test_answers_that_cannot_fit_are_refused(raw, field):
 def test_long_specs_fit():
     spec = validate_spec(_spec(name="chain", digits=1, operands=10, max_new_tokens=28), "s.yaml")
     assert isinstance(spec, Spec) and spec.task.operands == 10
+
+
+def test_the_registry_names_exactly_the_tasks_and_their_graders():
+    from occctl.registry import TASK_GRADERS
+
+    assert {name: task.graders for name, task in TASKS.items()} == TASK_GRADERS

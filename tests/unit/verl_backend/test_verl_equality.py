@@ -68,7 +68,7 @@ def make_step(seed, n_micro=3, batch=4, max_prompt=5, max_resp=7):
 def trl_losses(spec, micro, temperature):
     """(per-micro-batch MTP losses, the trainer's metric lists) from ``MtpGRPOTrainer._mtp_term``: one process, one
     optimizer step of len(micro) gradient-accumulation micro-batches generated together (steps_per_generation = ga)."""
-    from backends.trl_backend.adapter import mtp_settings
+    from backends.trl_backend.trainer import mtp_settings
     from backends.trl_backend.hooks import MtpGRPOTrainer
 
     settings = mtp_settings(spec)

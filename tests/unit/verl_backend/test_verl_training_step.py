@@ -184,7 +184,7 @@ def response_logprobs(call: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def trl_terms(spec, calls) -> tuple[list[float], list[float]]:
     """The TRL backend's ``MtpGRPOTrainer._mtp_term`` (a stub trainer, as in test_verl_equality) on the micro-batches
     veRL's actor loss received: (MTP term per micro-batch, lambda_t per micro-batch)."""
-    from backends.trl_backend.adapter import mtp_settings
+    from backends.trl_backend.trainer import mtp_settings
     from backends.trl_backend.hooks import MtpGRPOTrainer
 
     settings, ga = mtp_settings(spec), 2
