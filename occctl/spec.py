@@ -48,7 +48,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every schema model, occctl's and each backend's own options: frozen, unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
@@ -60,7 +62,7 @@ class _Strict(BaseModel):
         return value
 
 
-class TinyModelSpec(_Strict):
+class TinyModelSpec(StrictModel):
     """The embedded Qwen2-config model built locally (no download)."""
 
     hidden_size: int = Field(64, ge=8, description="trunk width")
@@ -75,7 +77,7 @@ class TinyModelSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     preset: Literal["tiny"] | None = Field("tiny", description="built-in model; null when `path` is set")
     path: str | None = Field(None, description="HF model directory or hub id (needs an MTP head or gets a new one)")
     tiny: TinyModelSpec = TinyModelSpec()
@@ -112,7 +114,7 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or _exists(path)
 
 
-class OverlongSpec(_Strict):
+class OverlongSpec(StrictModel):
     """DAPO's soft overlong punishment (DAPO paper §3.4, veRL's ``overlong_buffer``): a completion longer than
     ``train.max_new_tokens - buffer_tokens`` loses ``penalty_factor x (its excess / buffer_tokens)`` of reward,
     linearly up to ``penalty_factor`` at the limit."""
@@ -125,7 +127,7 @@ EMBEDDED_TASKS = ("arith", "chain")
 DATASET_KEYS = ("train", "heldout", "prompt", "max_prompt_tokens", "heldout_limit", "overlong")
 
 
-class TaskSpec(_Strict):
+class TaskSpec(StrictModel):
     name: Literal["arith", "chain", "dataset"] = Field(
         "arith", description="arith (a + b, 4-token answers) and chain (a chain of additions written out as running "
         "sums, 20-60-token answers; reward on the final sum) are generated; dataset: math problems from a file or "
@@ -180,7 +182,7 @@ class TaskSpec(_Strict):
         return self
 
 
-class WarmupSpec(_Strict):
+class WarmupSpec(StrictModel):
     """Supervised warm-up of main head and MTP head by CE before RL (cached by config hash)."""
 
     enabled: bool = True
@@ -192,7 +194,7 @@ class WarmupSpec(_Strict):
     seed: int = 0
 
 
-class AlgorithmSpec(_Strict):
+class AlgorithmSpec(StrictModel):
     name: Literal["grpo", "dapo", "gspo"] = "dapo"
     clip_low: float = Field(0.2, gt=0, lt=1, description="epsilon_low; default per algorithm")
     clip_high: float = Field(0.28, gt=0, description="epsilon_high; default per algorithm")
@@ -208,7 +210,7 @@ class AlgorithmSpec(_Strict):
         return data
 
 
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     steps: int = Field(200, ge=1, description="optimizer steps")
     prompts_per_generation: int = Field(32, ge=1, description="prompts sampled per generation round")
     optimizer_steps_per_generation: int = Field(4, ge=1, description="optimizer steps per generation round")
@@ -240,7 +242,7 @@ OCC_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-class OccSpec(_Strict):
+class OccSpec(StrictModel):
     preset: Literal["reference"] | None = Field(
         None, description="a named estimator configuration expanded into the explicit keys (see `--dry-run`): "
         "`reference` = the authors' code (per-token ratio mean over the padded micro-batch, per micro-batch, "
@@ -273,7 +275,7 @@ class OccSpec(_Strict):
         "surrogate at lambda = -1 times |lambda| (occctl/occ/oracle.py)")
 
 
-class PolicyClipSpec(_Strict):
+class PolicyClipSpec(StrictModel):
     """Clipping of the MTP policy term (policy, occ), as veRL's vanilla policy loss applies it to the main loss."""
 
     dual_clip: float | None = Field(10.0, gt=1.0, description="dual-clip constant c (veRL clip_ratio_c): the "
@@ -282,7 +284,7 @@ class PolicyClipSpec(_Strict):
                                           "exponentiating; null = off")
 
 
-class MtpSpec(_Strict):
+class MtpSpec(StrictModel):
     enabled: bool = Field(True, description="false: plain RL, no MTP head at all (a baseline)")
     regime: Literal["detach", "ce", "policy", "occ"] = "occ"
     coef: float = Field(0.1, description="fixed lambda for detach / ce / policy")
@@ -327,7 +329,7 @@ class MtpSpec(_Strict):
         return self
 
 
-class EvalSpec(_Strict):
+class EvalSpec(StrictModel):
     suite: Literal["tiny"] = "tiny"
     samples_per_problem: int = Field(8, ge=1, description="k of avg@k on the held-out split")
     every: int = Field(0, ge=0, description="also evaluate the held-out split every N optimizer steps "
@@ -335,13 +337,13 @@ class EvalSpec(_Strict):
     temperature: float = Field(1.0, gt=0)
 
 
-class TrackingSpec(_Strict):
+class TrackingSpec(StrictModel):
     mlflow: bool = True
     experiment: str = Field("occctl", min_length=1)
     uri: str | None = Field(None, description="MLflow tracking URI; default: sqlite under results/")
 
 
-class Spec(_Strict):
+class Spec(StrictModel):
     name: str = Field(..., pattern=NAME_PATTERN, description="run name; defaults to the spec file's stem")
     backend: str = Field("trl", description="a registered backend: trl, verl (occctl.backend.BACKENDS)")
     model: ModelSpec = ModelSpec()
@@ -435,7 +437,7 @@ class Spec(_Strict):
                 // self.train.optimizer_steps_per_generation)
 
 
-class SlurmSpec(_Strict):
+class SlurmSpec(StrictModel):
     partition: str | None = Field(None, description="SLURM partition (default: the cluster's)")
     time_min: int = Field(60, ge=1, description="time limit of one cell's job, minutes")
     mem_gb: float | None = Field(None, gt=0, description="memory of one cell's job (default: the cluster's)")
@@ -445,7 +447,7 @@ class SlurmSpec(_Strict):
                                                         "or debug run the jobs on this machine (tests)")
 
 
-class LauncherSpec(_Strict):
+class LauncherSpec(StrictModel):
     """How `occctl run` dispatches a study's cells (``launcher:`` beside ``matrix:``; never part of a run's spec,
     so changing it does not change the runs)."""
 

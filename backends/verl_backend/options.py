@@ -14,13 +14,13 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from occctl.errors import SpecError
-from occctl.spec import _Strict, describe_error
+from occctl.spec import StrictModel, describe_error
 
 # A Hydra override as veRL's CLI takes it: [+|++|~]dotted.key=value
 OVERRIDE_PATTERN = re.compile(r"^(\+\+|\+|~)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)(=.*)?$", re.S)
 
 
-class ParallelOptions(_Strict):
+class ParallelOptions(StrictModel):
     """Megatron parallelism of the actor (the reference model, when one is needed, copies it)."""
 
     tp: int = Field(1, ge=1, description="tensor parallel")
@@ -32,12 +32,12 @@ class ParallelOptions(_Strict):
     sequence_parallel: bool = True
 
 
-class OffloadOptions(_Strict):
+class OffloadOptions(StrictModel):
     param: bool = False
     optimizer: bool = False
 
 
-class RolloutOptions(_Strict):
+class RolloutOptions(StrictModel):
     engine: Literal["sglang"] = "sglang"
     tp: int = Field(1, ge=1, description="tensor parallel of each SGLang engine")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
@@ -47,7 +47,7 @@ class RolloutOptions(_Strict):
                               "layer); off as in the paper and the authors' script")
 
 
-class OverlongBufferOptions(_Strict):
+class OverlongBufferOptions(StrictModel):
     """DAPO's overlong reward shaping (veRL's ``dapo`` reward manager)."""
 
     enabled: bool = False
@@ -55,7 +55,7 @@ class OverlongBufferOptions(_Strict):
     penalty_factor: float = Field(1.0, ge=0)
 
 
-class DynamicSamplingOptions(_Strict):
+class DynamicSamplingOptions(StrictModel):
     """DAPO's dynamic sampling: drop groups whose samples all have the same outcome."""
 
     enabled: bool = False
@@ -64,7 +64,7 @@ class DynamicSamplingOptions(_Strict):
     max_inflight_gen_batches: int = Field(1, ge=1)
 
 
-class MicroBatchOptions(_Strict):
+class MicroBatchOptions(StrictModel):
     log_prob_sequences_per_gpu: int = Field(1, ge=1, description="micro-batch of the forward-only log-prob pass")
     dynamic: bool = Field(False, description="token-budget micro-batches (veRL use_dynamic_bsz)")
     max_tokens_per_gpu: int | None = Field(None, ge=1, description="training token budget (dynamic only)")
@@ -79,7 +79,7 @@ class MicroBatchOptions(_Strict):
         return self
 
 
-class DataOptions(_Strict):
+class DataOptions(StrictModel):
     """Training / validation prompts: an occctl JSONL (``problem``, ``answer``) under the data root, converted to
     veRL's parquet at launch, or a ready veRL ``.parquet`` (absolute path) used as is."""
 
@@ -91,7 +91,7 @@ class DataOptions(_Strict):
     max_prompt_tokens: int = Field(2048, ge=1)
 
 
-class ValidationOptions(_Strict):
+class ValidationOptions(StrictModel):
     every_steps: int = Field(0, ge=0, description="veRL steps between validations (0: only if before_train)")
     before_train: bool = False
     samples_per_problem: int = Field(1, ge=1)
@@ -99,7 +99,7 @@ class ValidationOptions(_Strict):
     top_p: float = Field(0.7, gt=0, le=1)
 
 
-class VerlOptions(_Strict):
+class VerlOptions(StrictModel):
     nnodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(8, ge=1)
     ray_address: str | None = Field(None, description="null: start a local Ray; 'auto' or 'ray://host:10001': join a "

@@ -8,12 +8,12 @@ from typing import Optional
 import typer
 
 from occctl.console import err, exits_on_error, out
+from occctl.eval.suites import SUITES, describe_suites
 
-app = typer.Typer(help="Evaluate a run, checkpoint or HF model on a benchmark suite (math6, tiny).",
+app = typer.Typer(help=f"Evaluate a run, checkpoint or HF model on a benchmark suite ({', '.join(SUITES)}).",
                   no_args_is_help=True, invoke_without_command=True)
 
-SUITE_OPT = typer.Option("math6", "--suite", help="suite: math6 (aime24, aime25, amc23, math500, minerva, "
-                         "olympiadbench; amc23_40 selectable) or tiny (the embedded task's held-out split)")
+SUITE_OPT = typer.Option("math6", "--suite", help=f"suite: {describe_suites()}")
 DATA_OPT = typer.Option(None, "--data-dir", help="math6 data directory (default: $OCCCTL_DATA_DIR, then "
                         "../shared/data/math6 when present)")
 HUB_OPT = typer.Option(False, "--from-hub", help="load the benchmarks from the HF hub (needs network)")

@@ -48,6 +48,7 @@ class Suite:
     optional: tuple[str, ...] = ()  # selectable with --benchmarks
     hub: dict[str, HubSource] = field(default_factory=dict)
     sampling: Sampling = Sampling()
+    about: str = ""  # one line for --help, after the benchmarks
 
     @property
     def all_benchmarks(self) -> tuple[str, ...]:
@@ -72,9 +73,21 @@ SUITES: dict[str, Suite] = {
                                        answer_fields=("final_answer", "answer")),
         },
         sampling=Sampling(k=32, temperature=1.0, top_p=0.7, max_new_tokens=8192, seed=0),
+        about="the paper's six benchmarks",
     ),
-    "tiny": Suite(name="tiny", kind="task", benchmarks=("heldout",)),
+    "tiny": Suite(name="tiny", kind="task", benchmarks=("heldout",), about="the embedded task's held-out split"),
 }
+
+
+def describe_suites() -> str:
+    """Every suite in one line, from the registry: ``math6 (the paper's ...: aime24, ...; amc23_40 selectable)``."""
+    parts = []
+    for suite in SUITES.values():
+        names = ", ".join(suite.benchmarks) if suite.kind == "math" else ""
+        if suite.optional:
+            names += f"; {', '.join(suite.optional)} selectable"
+        parts.append(f"{suite.name} ({suite.about}{': ' + names if names else ''})")
+    return " or ".join(parts)
 
 
 def training_eval_key(suite: str, metric: str) -> str:

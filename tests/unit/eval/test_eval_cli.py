@@ -27,3 +27,14 @@ def test_help_imports_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_help_names_every_suite_and_benchmark_of_the_registry():
+    from occctl.eval.suites import SUITES
+
+    result = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "400"})
+    text = " ".join(result.output.split())
+    for suite in SUITES.values():
+        assert f"{suite.name} (" in text, suite.name
+        for name in suite.all_benchmarks if suite.kind == "math" else ():
+            assert name in text, name
