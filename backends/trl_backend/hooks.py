@@ -217,6 +217,7 @@ class MtpGRPOTrainer(GRPOTrainer):
             loss = oracle_mtp_term(lam, unit_loss, lambda s: out.loss if s == lam else mtp_loss(
                 mtp.regime, logp_mtp, mask, coef=1.0, lam=s, logp_old=logp_old, advantages=inputs["advantages"],
                 **kwargs).loss, mtp.oracle_negative)
+            self._log_applied_residual(unwrapped, loss, unit_loss, lam)
         term = loss  # the regime's MTP term as applied (before any draft loss)
         metrics = self._metrics[mode]
         if mtp.draft_loss != "none":
@@ -282,6 +283,21 @@ class MtpGRPOTrainer(GRPOTrainer):
                 for estimator in ESTIMATORS:
                     lam = lambda_from_sums(sums, 1.0, cal.eps, estimator)
                     metrics[f"occ/probe_{baseline}_lambda_{estimator}_{scope}"].append(lam)
+
+    def _log_applied_residual(self, unwrapped, applied: torch.Tensor, unit_loss: torch.Tensor, lam: float) -> None:
+        """|g_applied - lam * g_MTP(+1)| / |lam * g_MTP(+1)| on the MTP head's parameters: 0 where the oracle
+        applies exactly the gradient its slope was measured for (``oracle_negative: loss_scale``, or lam >= 0)."""
+        head = [p for p in unwrapped.mtp_head.parameters() if p.requires_grad]
+        g_applied = torch.autograd.grad(applied, head, retain_graph=True, allow_unused=True)
+        g_unit = torch.autograd.grad(unit_loss, head, retain_graph=True, allow_unused=True)
+        diff = sq = 0.0
+        for a, u in zip(g_applied, g_unit):
+            if a is None and u is None:
+                continue
+            a, u = (torch.zeros_like(u) if a is None else a), (torch.zeros_like(a) if u is None else u)
+            diff += (a - lam * u).double().pow(2).sum().item()
+            sq += (lam * u).double().pow(2).sum().item()
+        self._metrics["train"]["occ/oracle_applied_residual"].append((diff / sq) ** 0.5 if sq > 0 else 0.0)
 
     def _log_oracle(self, unwrapped, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor) -> float:
         """True c, v^2 over all main-model parameters and over the trunk alone (no embeddings, no lm_head);

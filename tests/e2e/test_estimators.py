@@ -48,3 +48,21 @@ def test_reference_preset_trains_differently_from_the_paper_estimator(results_di
     a, b = load_file(str(Path(ref["checkpoint"]) / "model-mtp.safetensors")), \
         load_file(str(Path(paper["checkpoint"]) / "model-mtp.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_oracle_applies_lambda_times_the_unit_mtp_gradient_where_c_is_negative(results_dir):
+    """On micro-batches with the measured c < 0 (so lambda < 0) the MTP head's applied gradient is lambda * g_MTP(+1)
+    with oracle_negative: loss_scale, and not with advantage (the control). One micro-batch per step, so each
+    metrics row is one micro-batch; seed 2 has c < 0 at step 2."""
+    residual = {}
+    for negative in ("loss_scale", "advantage"):
+        summary = run_tiny(negative, "mtp.occ.estimator=oracle", f"mtp.occ.oracle_negative={negative}",
+                           "train.steps=3", "train.seed=2")
+        rows = [r for _, r in sorted(_rows(summary).items()) if "occ/oracle_lambda" in r]
+        assert len(rows) == 3 and all(r["occ/lambda"] == pytest.approx(r["occ/oracle_lambda"], rel=1e-6) for r in rows)
+        assert any(r["occ/oracle_c"] < 0 for r in rows)  # the case under test happened
+        assert all((r["occ/lambda"] < 0) == (r["occ/oracle_c"] < 0) for r in rows)
+        residual[negative] = [(r["occ/lambda"] < 0, r["occ/oracle_applied_residual"]) for r in rows]
+    assert all(res < 1e-5 for _, res in residual["loss_scale"])  # exactly lambda * g on every step
+    assert all(res > 0.1 for neg, res in residual["advantage"] if neg)  # the surrogate's own clipping where lambda < 0
+    assert all(res < 1e-5 for neg, res in residual["advantage"] if not neg)  # lambda > 0: the modes agree
