@@ -28,20 +28,23 @@ from scipy import stats
 Series = list[float]
 
 
-def pearson(x: Series, y: Series) -> float:
-    """Pearson r; NaN when fewer than 3 pairs or a constant series."""
+def _defined(x: Series, y: Series) -> bool:
+    """Whether a correlation of ``x`` and ``y`` is defined: ≥ 3 pairs, neither series constant."""
     if len(x) != len(y):
         raise ValueError("series differ in length")
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+    return len(x) >= 3 and len(set(x)) > 1 and len(set(y)) > 1
+
+
+def pearson(x: Series, y: Series) -> float:
+    """Pearson r; NaN when fewer than 3 pairs or a constant series."""
+    if not _defined(x, y):
         return float("nan")
     return float(stats.pearsonr(x, y).statistic)
 
 
 def spearman(x: Series, y: Series) -> float:
     """Spearman rank r; NaN when fewer than 3 pairs or a constant series."""
-    if len(x) != len(y):
-        raise ValueError("series differ in length")
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+    if not _defined(x, y):
         return float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
