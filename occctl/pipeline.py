@@ -34,7 +34,7 @@ def tiny_context(spec: Spec) -> int:
 def start_model(spec: Spec, warm: Path | None = None):
     """The model training starts from: the warm-up checkpoint, the tiny preset (on a dataset task with a tokenizer
     trained on its data), or ``model.path``. -> LoadedModel (its MTP head None when ``mtp.enabled`` is false)"""
-    from occctl.models import build_tiny, load_checkpoint, load_model
+    from occctl.models import build_tiny, load_checkpoint, load_model, set_zero_first_position
     from occctl.tasks import get_task
 
     if warm is not None:
@@ -47,6 +47,8 @@ def start_model(spec: Spec, warm: Path | None = None):
         loaded = load_model(spec.model, spec.train.seed)
     if not spec.mtp.enabled:
         loaded.mtp_head = None
+    if spec.mtp.zero_first_position is not None:
+        set_zero_first_position(loaded, spec.mtp.zero_first_position)
     return loaded
 
 

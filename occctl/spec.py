@@ -295,6 +295,11 @@ class MtpSpec(StrictModel):
         "detached (it moves the head only): ce on the sampled tokens, or soft_ce toward the main head's "
         "detached distribution")
     draft_coef: float = Field(1.0, ge=0, description="weight of mtp.draft_loss")
+    zero_first_position: bool | None = Field(
+        None, description="zero the head's token embedding at each sequence's first position, in training and in "
+        "occctl's decoder, as vLLM runs MiMo and DeepSeek-V3 / GLM-4.5 MTP layers (not Qwen3-Next's); null: as the "
+        "start model's head is (the embedded preset's: not zeroed; a checkpoint's: as its config records, else as "
+        "its family's engines run it); the export records it (occctl.mtp_layouts)")
 
     @model_validator(mode="before")
     @classmethod
@@ -486,6 +491,11 @@ def validate_launcher(raw: Any, source: str) -> LauncherSpec:
 #   occctl run specs/qwen25_math_1p5b_occ.yaml --set model=tiny_cpu --set train.steps=3
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"model": {"preset": "tiny"}},
+    "tiny_vllm": {  # the tiny preset with heads of 32 (vLLM's CPU attention) and its MTP head as vLLM runs it
+        "model": {"preset": "tiny", "tiny": {"hidden_size": 96, "num_layers": 4, "num_heads": 3,
+                                             "intermediate_size": 384}},
+        "mtp.zero_first_position": True,
+    },
     "tiny_cpu": {
         "model": {"preset": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2,
                                              "intermediate_size": 128}},  # 2 heads of 32 (vLLM's CPU attention)

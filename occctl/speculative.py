@@ -151,6 +151,8 @@ def _head_states(model: nn.Module, head: MtpHead, hidden: torch.Tensor, next_ids
     """The head over new slots with its cache (``MtpHead.forward`` step by step): hidden [B, Q, H], next_ids
     [B, Q], positions [B, Q], key_valid [B, K] -> [B, Q, H]."""
     embeds = model.get_input_embeddings()(next_ids)  # [B, Q, H]
+    if head.zero_first_position:  # as mtp_logits: position 0 is each row's first real token (pads are masked)
+        embeds = embeds.masked_fill((positions == 0)[..., None], 0.0)
     rope = model.base_model.rotary_emb(hidden, positions)
     x = head.eh_proj(torch.cat([head.enorm(embeds), head.hnorm(hidden)], dim=-1))
     out = head.block(x, attention_mask=_step_mask(key_valid, next_ids.size(1), hidden.dtype),

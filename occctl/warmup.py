@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from occctl.eval.heldout import evaluate_heldout
-from occctl.models import build_tiny, save_checkpoint
+from occctl.models import build_tiny, save_checkpoint, set_zero_first_position
 from occctl.occ.mtp_head import mtp_logits
 from occctl.rundir import cache_root, write_json_atomic
 from occctl.spec import Spec
@@ -32,6 +32,8 @@ DONE = "warmup.json"
 def warmup_key(spec: Spec) -> str:
     payload = {"format": WARMUP_FORMAT, "model": spec.model.tiny.model_dump(), "task": spec.task.model_dump(),
                "warmup": spec.warmup.model_dump()}
+    if spec.mtp.zero_first_position is not None:  # the head's warm-up may differ; absent: earlier keys stay valid
+        payload["mtp_zero_first_position"] = spec.mtp.zero_first_position
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -61,6 +63,8 @@ def ensure_warm_start(spec: Spec, progress=None) -> Path:
 def _train_warm_start(spec: Spec, final: Path, progress) -> None:
     start = time.perf_counter()
     loaded = build_tiny(spec.model.tiny, spec.warmup.seed)
+    if spec.mtp.zero_first_position is not None:
+        set_zero_first_position(loaded, spec.mtp.zero_first_position)
     model, head, tok, w = loaded.model, loaded.mtp_head, loaded.tokenizer, spec.warmup
     task = get_task(spec.task)
     problems = task.train_problems(spec.task, seed=w.seed)

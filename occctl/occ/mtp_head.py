@@ -9,8 +9,9 @@ next token x_{i+1}:
 ``block`` is one decoder layer of the host architecture (same class as the trunk's layers), run causally
 over the whole sequence with the host's rotary embeddings, as Megatron's MultiTokenPredictionLayer does.
 
-The head is the same for every host family; ``HeadLayout`` says the one thing that changes its arithmetic (the
-RMSNorm variant). Key names, the native concat order and config keys of each family live in
+The head is the same for every host family; ``HeadLayout`` says the two things that change its arithmetic (the
+RMSNorm variant, and whether the embedding at a sequence's first position is zeroed, as vLLM and SGLang run the
+MiMo and DeepSeek-V3 / GLM-4.5 MTP layers). Key names, the native concat order and config keys of each family live in
 ``occctl.mtp_layouts``, which converts native checkpoints to and from this head.
 """
 
@@ -28,6 +29,9 @@ class HeadLayout:
     """What differs between families inside the head's arithmetic (the default is DeepSeek-V3's / MiMo's)."""
 
     zero_centred_norms: bool = False  # RMSNorm weights w applied as (1 + w), initialised to 0 (Qwen3-Next)
+    # emb(x_1) zeroed at the slot of the sequence's first token (h_0), as the engines run MiMo / DeepSeek-V3 MTP
+    # layers; every later slot attends to that one, so a head trained otherwise drafts worse there
+    zero_first_position: bool = False
 
 
 class ZeroCentredRMSNorm(nn.Module):
@@ -53,6 +57,7 @@ class MtpHead(nn.Module):
         self.eh_proj = nn.Linear(2 * hidden_size, hidden_size, bias=False)
         self.block = block
         self.final_norm = norm(hidden_size, eps=rms_norm_eps)
+        self.zero_first_position = layout.zero_first_position  # a plain attribute: the spec may set it
 
     @classmethod
     def for_model(cls, model: nn.Module, layout: HeadLayout = HeadLayout(),
@@ -110,6 +115,9 @@ def mtp_logits(
     """
     t = input_ids.size(1)
     embeds = model.get_input_embeddings()(input_ids[:, 1:])  # [B, T-1, H]
+    if head.zero_first_position:  # the slot of each row's first real token (left padding before it)
+        first = (attention_mask[:, : t - 1].cumsum(-1) == 1) & attention_mask[:, : t - 1].bool()  # [B, T-1]
+        embeds = embeds.masked_fill(first[..., None], 0.0)
     h = hidden[:, : t - 1]
     if isolated:
         h, embeds = h.detach(), embeds.detach()

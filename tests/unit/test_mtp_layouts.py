@@ -36,6 +36,8 @@ def reference_logits(model, family, tensors, ids):  # [B, T] -> [B, T-1, V], pos
         h = model.model(input_ids=ids).last_hidden_state[:, :-1]  # [B, T-1, H]
         emb_w = tensors[copies["embed"]] if copies else model.get_input_embeddings().weight
         e = F.embedding(ids[:, 1:], emb_w)  # [B, T-1, H]
+        if family != "qwen3_next":  # inputs_embeds = where(positions == 0, 0, inputs_embeds)
+            e[:, 0] = 0
         e_n, h_n = norm(e, tensors[own["e"]]), norm(h, tensors[own["h"]])
         x = torch.cat([h_n, e_n] if family == "mimo" else [e_n, h_n], dim=-1) @ tensors[own["proj"]].T
         block = type(model.model.layers[template])(model.config, layer_idx=template)
@@ -82,12 +84,11 @@ def test_the_loaded_head_computes_the_engines_mtp_forward(native):
         h = loaded.model.model(input_ids=ids, attention_mask=attn).last_hidden_state
         got = mtp_logits(loaded.model, loaded.mtp_head, h, ids, attn, slice(None))  # [B, T-1, V]
     want = reference_logits(loaded.model, family, tensors, ids)
-    # vLLM zeroes the embedding at position 0 for MiMo and DeepSeek; occctl never scores position 0
-    first = 0 if family == "qwen3_next" else 1
-    torch.testing.assert_close(got[:, first:], want[:, first:], atol=1e-5, rtol=0)
+    # a checkpoint that does not say how its head was trained runs as the engine runs it (position 0 included)
+    assert loaded.mtp_head.zero_first_position == (family != "qwen3_next")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     fresh = MtpHead.for_model(loaded.model)  # negative control: a new head is not the checkpoint's
-    assert not torch.allclose(mtp_logits(loaded.model, fresh, h, ids, attn, slice(None))[:, first:], want[:, first:],
-                              atol=1e-3)
+    assert not torch.allclose(mtp_logits(loaded.model, fresh, h, ids, attn, slice(None)), want, atol=1e-3)
 
 
 def test_export_then_import_round_trips_bit_exactly(native, tmp_path):
@@ -101,6 +102,7 @@ def test_export_then_import_round_trips_bit_exactly(native, tmp_path):
         assert torch.equal(exported[key], value), key
     assert json.loads((out / "config.json").read_text())["num_nextn_predict_layers"] == 1
     again = load_checkpoint(out, new_head_if_missing=False)
+    assert again.mtp_head.zero_first_position == loaded.mtp_head.zero_first_position
     for key, value in loaded.mtp_head.state_dict().items():
         assert torch.equal(again.mtp_head.state_dict()[key], value), key
 
@@ -115,9 +117,38 @@ def test_the_tiny_qwen2_host_exports_the_mimo_layout(tmp_path):
     assert {"model.mtp_layers.0.input_proj.weight", "model.mtp_layers.0.token_layernorm.weight",
             "model.mtp_layers.0.self_attn.q_proj.weight"} <= set(keys)
     assert not (out / "mtp_head.safetensors").exists() and has_mtp_head(out)
+    config = json.loads((out / "config.json").read_text())
+    # what vLLM needs to serve it as it is (MiMoForCausalLM skips model.mtp_layers.*, selects the MiMoMTPModel
+    # draft); model_type stays qwen2, which transformers still loads as Qwen2ForCausalLM
+    assert (config["architectures"], config["model_type"], config["num_nextn_predict_layers"]) == (
+        ["MiMoForCausalLM"], "qwen2", 1)
+    assert config["occctl_mtp_zero_first_position"] is False  # how the head was trained
     loaded = load_checkpoint(out, new_head_if_missing=False)
+    assert type(loaded.model).__name__ == "Qwen2ForCausalLM" and loaded.mtp_head.zero_first_position is False
     for key, value in tiny.mtp_head.state_dict().items():  # the swapped input_proj halves come back exactly
         assert torch.equal(loaded.mtp_head.state_dict()[key], value), key
+
+
+def test_a_head_trained_with_position_0_zeroed_exports_and_loads_that_way(tmp_path):
+    from occctl.models import build_tiny, set_zero_first_position
+    from occctl.spec import TinyModelSpec
+
+    tiny = build_tiny(TinyModelSpec(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), seed=0)
+    ids = torch.tensor([[0, 0, 1, 5, 6, 14, 7, 8, 15, 9], [1, 9, 9, 14, 4, 4, 15, 3, 12, 2]])  # row 0 left-padded
+    attn = (torch.arange(10) >= torch.tensor([[2], [0]])).long()  # [B, T]
+    with torch.no_grad():
+        h = tiny.model.model(input_ids=ids, attention_mask=attn).last_hidden_state
+        plain = mtp_logits(tiny.model, tiny.mtp_head, h, ids, attn, slice(None))
+        set_zero_first_position(tiny, True)
+        zeroed = mtp_logits(tiny.model, tiny.mtp_head, h, ids, attn, slice(None))
+        # the first real slot's embedding is zeroed, each row's own (row 0's is slot 2); every later slot sees it
+        assert not torch.allclose(plain[0, 2], zeroed[0, 2]) and not torch.allclose(plain[1, 0], zeroed[1, 0])
+        assert not torch.allclose(plain[:, 3:], zeroed[:, 3:])
+        out = save_checkpoint(tmp_path / "tiny", tiny)
+        assert json.loads((out / "config.json").read_text())["occctl_mtp_zero_first_position"] is True
+        loaded = load_checkpoint(out, new_head_if_missing=False)
+        assert loaded.mtp_head.zero_first_position is True
+        torch.testing.assert_close(mtp_logits(loaded.model, loaded.mtp_head, h, ids, attn, slice(None)), zeroed)
 
 
 def test_checkpoints_in_occctls_own_format_stay_readable(tmp_path):

@@ -53,9 +53,17 @@ def test_greedy_is_token_identical_to_generate(tiny, task):
     assert 0 < counts.accepted < counts.drafts, "both the accept and the reject path must be exercised"
 
 
-def test_acceptance_counting_matches_the_head_on_the_finished_sequence(tiny):
+@pytest.fixture(params=[False, True], ids=["plain", "zero_first_position"])
+def zero_first(tiny, request):
+    tiny.mtp_head.zero_first_position = request.param
+    yield request.param
+    tiny.mtp_head.zero_first_position = False
+
+
+def test_acceptance_counting_matches_the_head_on_the_finished_sequence(tiny, zero_first):
     """Greedy: the draft of each round is the argmax of ``mtp_logits`` over the final sequence at the last
-    accepted token; replaying the rounds from those argmaxes must give the same counts (cache + bookkeeping)."""
+    accepted token; replaying the rounds from those argmaxes must give the same counts (cache + bookkeeping),
+    with the embedding at position 0 zeroed or not (``mtp.zero_first_position``) the same way in both."""
     tok = tiny.tokenizer
     ids, mask = _batch(tok, _task_prompts("chain", digits=1, operands=10)[:8])
     seqs, counts = speculative_generate(tiny.model, tiny.mtp_head, ids, mask, 20, [], tok.pad_token_id,
