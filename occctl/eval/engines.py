@@ -1,6 +1,7 @@
-"""Generation engines: ``hf`` (transformers ``generate``, batched; CPU or one GPU) and ``sglang`` (GPU; the offline
-engine, or a server on 127.0.0.1 via ``--engine-url``). Both take token-id prompts and return token ids + text,
-so prompts, truncation and caching are identical whichever engine ran. sglang is imported only when used."""
+"""Generation engines: ``hf`` (transformers ``generate``, batched; CPU or one GPU), ``sglang`` (GPU; the offline
+engine, or a server on 127.0.0.1 via ``--engine-url``) and ``vllm`` (the offline ``vllm.LLM``; GPU, or CPU with
+vllm-cpu, ``backends/vllm/``). All take token-id prompts and return token ids + text, so prompts, truncation and
+caching are identical whichever engine ran. sglang and vllm are imported only when used."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 from occctl.errors import EnvError, RunError, SpecError, did_you_mean
 from occctl.eval.suites import Sampling
 
-ENGINES = ("hf", "sglang")
+ENGINES = ("hf", "sglang", "vllm")
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,83 @@ class SglangEngine:
             self._engine = None
 
 
+class VllmEngine:
+    """vLLM's offline ``vllm.LLM`` in this process. With ``speculative``, vLLM's ``mtp`` method drafts one token with
+    the checkpoint's MTP layer (an occctl export loads as it is: ``occctl.mtp_layouts``), and each sample's share of
+    its batch's drafts and accepted drafts comes from vLLM's own spec-decode counters. On a CPU (vllm-cpu): float32
+    for ``auto``, eager mode; ``VLLM_CPU_KVCACHE_SPACE`` (GiB) sizes its KV cache."""
+
+    name = "vllm"
+    COUNTERS = {"drafts": "vllm:spec_decode_num_draft_tokens", "accepted": "vllm:spec_decode_num_accepted_tokens"}
+
+    def __init__(self, model_path: str, tp_size: int = 1, dtype: str = "auto", trust_remote_code: bool = False,
+                 speculative: bool = False) -> None:
+        try:
+            import vllm
+        except ImportError:
+            raise EnvError("the vllm engine needs the vllm package, which is not installed",
+                           hint="pip install vllm on a GPU machine; on a CPU, bash backends/vllm/install_vllm_cpu.sh "
+                           "<venv> and run occctl from that venv") from None
+        import torch
+        from transformers import AutoConfig, AutoTokenizer
+
+        quiet_transformers()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise EnvError(f"cannot load model {model_path}: {str(e).splitlines()[0]}") from None
+        if speculative:
+            from occctl.models import has_mtp_head
+
+            if not has_mtp_head(model_path):
+                raise SpecError(f"--speculative drafts with the MTP head, and {model_path} has none",
+                                hint="evaluate a checkpoint that carries an MTP head, or drop --speculative")
+        self.context_length = getattr(config, "max_position_embeddings", None)
+        on_cpu = not torch.cuda.is_available()
+        self.speculative = speculative
+        self._llm = vllm.LLM(
+            model=model_path, tensor_parallel_size=tp_size, dtype="float32" if dtype == "auto" and on_cpu else dtype,
+            trust_remote_code=trust_remote_code, enforce_eager=on_cpu, skip_tokenizer_init=True,
+            generation_config="vllm",  # nothing from the checkpoint's generation_config, as the other engines
+            disable_log_stats=not speculative,  # the spec-decode counters are stats
+            speculative_config={"method": "mtp", "num_speculative_tokens": 1} if speculative else None)
+
+    def _counters(self) -> dict[str, float]:
+        values = {m.name: m.value for m in self._llm.get_metrics() if hasattr(m, "value")}
+        return {key: values.get(name, 0) for key, name in self.COUNTERS.items()}
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
+                 seed: int) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        eos = _eos_ids(self.tokenizer)
+        top_p = sampling.top_p if sampling.temperature else 1.0
+        params = [SamplingParams(temperature=sampling.temperature, top_p=top_p, top_k=0, min_p=0.0,
+                                 repetition_penalty=1.0, max_tokens=max_new_tokens, stop_token_ids=eos,
+                                 seed=seed + i, detokenize=False) for i in range(len(prompts))]
+        before = self._counters() if self.speculative else {}
+        clock = time.perf_counter()
+        results = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        rows = [cut_at_eos(list(r.outputs[0].token_ids), eos) for r in results]
+        share: dict[str, float] = {"seconds": time.perf_counter() - clock}
+        if self.speculative:
+            after = self._counters()
+            share.update({key: after[key] - before[key] for key in self.COUNTERS})
+            share["tokens"] = sum(len(gen) for gen, _ in rows)
+            share["forwards"] = share["tokens"] - share["accepted"]  # each forward: one token + its accepted draft
+        share = {key: value / len(prompts) for key, value in share.items()}
+        return [Completion(gen, self.tokenizer.decode(gen, skip_special_tokens=True), reason, share)
+                for gen, reason in rows]
+
+    def close(self) -> None:
+        import gc
+
+        del self._llm
+        gc.collect()
+
+
 def check_engine(name: str) -> str:
     if name not in ENGINES:
         hint = did_you_mean(name, ENGINES)
@@ -201,7 +279,11 @@ def make_engine(name: str, model_path: str, *, dtype: str = "auto", batch_size: 
     if check_engine(name) == "hf":
         return HfEngine(model_path, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code,
                         speculative=speculative)
+    if name == "vllm":
+        return VllmEngine(model_path, tp_size=tp_size, dtype=dtype, trust_remote_code=trust_remote_code,
+                          speculative=speculative)
     if speculative:
-        raise SpecError("--speculative is an hf-engine option (the MTP head drafts inside occctl)",
-                        hint="use --engine hf, or drop --speculative")
+        raise SpecError("--speculative drafts with the MTP head in the hf engine (occctl's decoder) or the vllm "
+                        "engine (vLLM's mtp method); sglang's is not wired", hint="use --engine hf or vllm, or drop "
+                        "--speculative")
     return SglangEngine(model_path, url=url, tp_size=tp_size, dtype=dtype, trust_remote_code=trust_remote_code)

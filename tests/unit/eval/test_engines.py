@@ -79,3 +79,17 @@ def test_hf_engine_samples_with_temperature_and_top_p_only(checkpoint):
     assert all(o.finish_reason == ("stop" if o.token_ids[-1] == 2 else "length") for o in outs)
     again = engine.generate([[1, 5, 6], [1, 7, 8, 9]], Sampling(temperature=0.6, top_p=0.7), 5, seed=0)
     assert [o.token_ids for o in again] == [o.token_ids for o in outs]  # seeded
+
+
+def test_the_vllm_engine_without_vllm_is_an_environment_error(checkpoint):
+    """(Where vllm is installed, tests/e2e/test_vllm.py runs the engine itself.)"""
+    import importlib.util
+
+    from occctl.errors import EnvError
+    from occctl.eval.engines import make_engine
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: tests/e2e/test_vllm.py covers the engine")
+    with pytest.raises(EnvError, match="needs the vllm package") as info:
+        make_engine("vllm", str(checkpoint), speculative=True)
+    assert "install_vllm_cpu.sh" in info.value.hint

@@ -37,5 +37,5 @@ def test_speculation_needs_a_head_and_the_hf_engine(checkpoint, tmp_path):
             (tmp_path / "plain" / f.name).write_bytes(f.read_bytes())
     with pytest.raises(SpecError, match="has none"):
         HfEngine(str(tmp_path / "plain"), speculative=True)
-    with pytest.raises(SpecError, match="hf-engine option"):
+    with pytest.raises(SpecError, match="sglang's is not wired"):
         make_engine("sglang", str(checkpoint), speculative=True)
