@@ -186,6 +186,9 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
                         "backend_options.rollout.speculative (SGLang's NEXTN drafting)")
     if spec.mtp.draft_loss != "none":
         problems.append(f"mtp.draft_loss: {spec.mtp.draft_loss} is TRL-only for now; set it to none")
+    if spec.mtp.zero_first_position is not None:
+        problems.append("mtp.zero_first_position: TRL-only for now (veRL trains Megatron's MTP layer, not occctl's "
+                        "head); leave it unset")
     if o.rollout.speculative and not spec.mtp.enabled:
         problems.append("backend_options.rollout.speculative needs the MTP layer (mtp.enabled: true)")
     world = o.world_size

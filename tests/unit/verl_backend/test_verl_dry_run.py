@@ -107,6 +107,7 @@ def test_nonexistent_verl_key_exits_2_with_verls_message(results_dir):
      "lr_warmup_steps = 'ten': veRL takes Optional[int] there (veRL's McoreOptimizerConfig.lr_warmup_steps)"),
     ("mimo7b_gspo_occ", ["mtp.occ.estimator=oracle"],
      "mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only"),
+    ("mimo7b_gspo_occ", ["mtp.zero_first_position=true"], "mtp.zero_first_position: TRL-only for now"),
     ("mimo7b_dapo_occ", ["backend_options.overrides=[trainer.val_only=1]"],
      "trainer.val_only = 1: veRL takes bool there (default False in veRL's _generated_ppo_megatron_trainer.yaml)"),
 ])
