@@ -47,8 +47,9 @@ def start_model(spec: Spec, warm: Path | None = None):
         loaded = load_model(spec.model, spec.train.seed)
     if not spec.mtp.enabled:
         loaded.mtp_head = None
-    if spec.mtp.zero_first_position is not None:
-        set_zero_first_position(loaded, spec.mtp.zero_first_position)
+    if loaded.mtp_head is not None:  # recorded in the config either way: a trainer's checkpoints reload it so
+        zero = spec.mtp.zero_first_position
+        set_zero_first_position(loaded, loaded.mtp_head.zero_first_position if zero is None else zero)
     return loaded
 
 
