@@ -39,3 +39,18 @@ def test_speculation_needs_a_head_and_the_hf_engine(checkpoint, tmp_path):
         HfEngine(str(tmp_path / "plain"), speculative=True)
     with pytest.raises(SpecError, match="sglang's is not wired"):
         make_engine("sglang", str(checkpoint), speculative=True)
+
+
+def test_the_side_by_side_drafting_figures_agree_for_the_same_decoder(checkpoint):
+    """occctl's decoder against an engine drafting with the same head: here the hf engine (occctl's decoder again),
+    so the figures must agree exactly; tests/e2e/test_vllm.py puts vLLM in the engine's place."""
+    from occctl.eval.drafting import engine_greedy_drafting, occctl_greedy_drafting
+
+    prompts = [[1, 5, 14, 6, 15], [1, 9, 9, 14, 4, 15], [1, 7, 15]]
+    engine = HfEngine(str(checkpoint), speculative=True)
+    outputs, own = occctl_greedy_drafting(engine.loaded, prompts, 12, batch_size=2)
+    assert outputs == [c.token_ids for c in HfEngine(str(checkpoint)).generate(
+        prompts, Sampling(k=1, temperature=0.0, top_p=1.0), 12, seed=0)]
+    theirs = engine_greedy_drafting(engine, prompts, 12, outputs)
+    assert theirs["spec_greedy_agreement"] == 1.0 and own["occctl_spec_drafts"] > 0
+    assert theirs["spec_accept_rate"] == pytest.approx(own["occctl_spec_accept_rate"], abs=1e-9)
