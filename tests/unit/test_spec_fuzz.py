@@ -5,7 +5,7 @@ subprocess to prove that no traceback reaches the terminal. Cases are generated 
 (unknown keys, typos, wrong types, bad enums, out-of-range values at every level) plus hand-written ones
 (empty files, binary garbage, non-UTF-8, YAML bombs, deep nesting, unsafe tags, bad ``--set``, bad matrices).
 
-A case that fails because of a known bug in spec.py / cli.py / console.py is marked ``xfail(strict=True)``
+A case that fails because of a known bug in occctl/spec/ / cli.py / console.py is marked ``xfail(strict=True)``
 with the reason: fixing the bug turns it into an XPASS failure, and the marker must then be removed.
 """
 
