@@ -18,7 +18,7 @@ Adding a backend
    - ``train`` starts from ``plan.warm_start`` or the spec's model and calls ``sink(step, metrics)`` once per
      optimizer step with ``area/name`` keys (``reward``, ``occ/lambda``, ``mtp/loss``, ...), ``sink.commit(step)``
      after every checkpoint it writes, so MLflow gets each step exactly once across a resume, and, when it holds
-     the model in this process, ``sink.evaluate(step, loaded)`` every ``eval.every`` steps (the runner's held-out
+     the model in this process, ``sink.evaluate(step, loaded)`` every ``eval.every_steps`` steps (the runner's held-out
      evaluation). It returns a ``TrainResult`` whose ``checkpoint`` is the exported final model: an HF directory
      (``config.json``, ``model*.safetensors``, the tokenizer files) with the MTP head in the host family's native
      layout (``model-mtp.safetensors``, in the shard index when there is one, and ``num_nextn_predict_layers: 1`` in
@@ -61,7 +61,7 @@ class MetricSink(Protocol):
 
     def evaluate(self, step: int, loaded: Any) -> None:
         """The runner's held-out evaluation of the model in memory (an ``occctl.models.LoadedModel``) at ``step``,
-        logged as ``eval/<suite>/*`` at that step (``eval.every``)."""
+        logged as ``eval/<suite>/*`` at that step (``eval.every_steps``)."""
 
 
 @dataclass(frozen=True)

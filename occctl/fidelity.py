@@ -1,6 +1,6 @@
 """Proxy vs. oracle: how well c_hat, v_hat2 and lambda_t track the true gradient geometry (paper Fig. 8).
 
-Reads the per-step metric history of a run with oracle mode (``mtp.occ.oracle_every``) and returns
+Reads the per-step metric history of a run with oracle mode (``mtp.occ.oracle_every_steps``) and returns
 Pearson / Spearman r. Besides the proxies the run trained with, oracle mode logs every estimator variant
 on the same trajectory (``occ/probe_<baseline>_<quantity>_<scope>``), so variants compare paired.
 """

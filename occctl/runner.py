@@ -61,7 +61,7 @@ class MetricLog:
         publish_rows(self.run, self.tracker, ready)
 
     def evaluate(self, step: int, loaded: Any) -> None:
-        """The held-out eval of the model in memory at ``step`` (``eval.every``), logged as ``eval/<suite>/*``."""
+        """The held-out eval of the model in memory at ``step`` (``eval.every_steps``), logged as ``eval/<suite>/*``."""
         if self.heldout is not None:
             self(step, self.heldout.metrics(self.heldout(loaded)))
 

@@ -6,6 +6,7 @@ import copy
 import itertools
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "train.prompts_per_generation": 4, "train.optimizer_steps_per_generation": 2,
         "train.micro_batches_per_step": 1, "train.max_new_tokens": 32, "algorithm.samples_per_prompt": 4,
         "task.max_prompt_tokens": 256, "task.heldout_limit": 8, "task.overlong.buffer_tokens": 8,
-        "eval.samples_per_problem": 2, "eval.every": 0,
+        "eval.samples_per_problem": 2, "eval.every_steps": 0,
         "backend_options": {},
     },
 }
@@ -210,10 +211,33 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
+# keys renamed to say their unit: a spec (or a run folder's spec.yaml) that uses the old name still loads
+RENAMED_KEYS = {"train.save_every": "train.save_every_steps", "eval.every": "eval.every_steps",
+                "mtp.occ.oracle_every": "mtp.occ.oracle_every_steps"}
+
+
 def validate_spec(raw: dict[str, Any], source: str) -> Spec:
+    _rename_old_keys(raw, source)
     try:
         return Spec.model_validate(raw)
     except ValidationError as e:
         lines = [f"{source}: {describe_error(err)}" for err in e.errors()]
         raise SpecError("\n".join(lines)) from None
 
+
+
+def _rename_old_keys(raw: dict[str, Any], source: str) -> None:
+    """Moves each ``RENAMED_KEYS`` old key to its new name, with a warning; both given is an error."""
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        new_leaf = new.rsplit(".", 1)[1]
+        if new_leaf in node:
+            raise SpecError(f"{source}: {old} and {new} are the same key (renamed); drop {old}")
+        node[new_leaf] = node.pop(leaf)
+        if source != "spec.yaml":  # a run folder written before the rename: nothing for the user to change
+            warnings.warn(f"{source}: {old} is now {new}", FutureWarning, stacklevel=2)

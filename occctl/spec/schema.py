@@ -197,7 +197,7 @@ class TrainSpec(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
     seed: int = 0
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final one)")
+    save_every_steps: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final one)")
     speculative: bool = Field(False, description="generate the rollouts by self-speculative decoding: the MTP "
                               "head drafts one token, the policy verifies it (the same samples in distribution; "
                               "logs spec/accept_rate, spec/mean_accept_len)")
@@ -241,7 +241,7 @@ class OccSpec(StrictModel):
     dp_reduce: bool = Field(True, description="sum the statistics over data-parallel ranks before forming "
                             "lambda_t (false: every rank its own lambda, as the authors' code)")
     ema: float = Field(0.0, ge=0.0, lt=1.0, description="smoothing of the statistics across steps (0 = none)")
-    oracle_every: int = Field(0, ge=0, description="every N optimizer steps also compute the true gradient "
+    oracle_every_steps: int = Field(0, ge=0, description="every N optimizer steps also compute the true gradient "
                               "geometry c, v^2 (extra backward passes; training unchanged); 0 = off")
     oracle_negative: Literal["advantage", "loss_scale", "flip"] = Field(
         "advantage", description="estimator oracle, lambda < 0: scale the advantage inside the clipped surrogate "
@@ -306,7 +306,7 @@ class MtpSpec(StrictModel):
 class EvalSpec(StrictModel):
     suite: Literal["tiny"] = "tiny"
     samples_per_problem: int = Field(8, ge=1, description="k of avg@k on the held-out split")
-    every: int = Field(0, ge=0, description="also evaluate the held-out split every N optimizer steps "
+    every_steps: int = Field(0, ge=0, description="also evaluate the held-out split every N optimizer steps "
                        "(logged as eval/tiny/*; 0 = only before and after training)")
     temperature: float = Field(1.0, gt=0)
 

@@ -24,7 +24,7 @@ name: fake_run
 backend: fake
 task: {heldout_problems: 16}
 warmup: {enabled: false}
-train: {steps: 8, save_every: 2}
+train: {steps: 8, save_every_steps: 2}
 mtp: {regime: occ}
 eval: {samples_per_problem: 2}
 tracking: {experiment: fake}
@@ -34,7 +34,7 @@ BROKEN_EXPORT: set[str] = set()  # run names whose export is not a loadable mode
 
 
 class FakeBackend:
-    """Writes a checkpoint folder (the untrained start model) every ``save_every`` steps; reward = step / 10."""
+    """Writes a checkpoint folder (the untrained start model) every ``save_every_steps`` steps; reward = step / 10."""
 
     name: ClassVar[str] = "fake"
 
@@ -63,7 +63,7 @@ class FakeBackend:
             sink(step, {"reward": step / 10, "occ/lambda": 0.01 * step})
             if progress:
                 progress.update(task, completed=step)
-            if spec.train.save_every and step % spec.train.save_every == 0:
+            if spec.train.save_every_steps and step % spec.train.save_every_steps == 0:
                 native = save_checkpoint(plan.run_dir / "fake" / f"checkpoint-{step}", loaded)
                 (native / "fake_state.json").write_text(json.dumps({"step": step, "mlflow": plan.mlflow_run_id}))
                 sink.commit(step)

@@ -245,8 +245,8 @@ def file_cases() -> list[Case]:
              mentions=("does not exist",)),
         Case("occ-one-step-per-generation", b"train: {optimizer_steps_per_generation: 1}\n",
              mentions=("train.optimizer_steps_per_generation", ">= 2")),
-        Case("oracle-with-detach", b"mtp: {regime: detach, occ: {oracle_every: 5}}\n",
-             mentions=("mtp.occ.oracle_every",)),
+        Case("oracle-with-detach", b"mtp: {regime: detach, occ: {oracle_every_steps: 5}}\n",
+             mentions=("mtp.occ.oracle_every_steps",)),
         # matrix
         Case("matrix-scalar", b"matrix: 5\n", mentions=("matrix must be a non-empty mapping",)),
         Case("matrix-empty-list", b"matrix: {mtp.regime: []}\n", mentions=("matrix.mtp.regime",)),
