@@ -125,7 +125,7 @@ def bench_overhead(
 ) -> None:
     """Median step time of each MTP variant (vanilla GRPO, detach, policy, occ, oracle), interleaved in one process
     (Fig. 5), with paired 95 % intervals; by default until occ/policy is resolved to ±1 %."""
-    from occctl.bench import overhead_table, run_overhead_bench
+    from occctl.bench_report import overhead_table, run_overhead_bench
     from occctl.spec import load_spec
 
     with exits_on_error():
@@ -150,7 +150,7 @@ def bench_rollout(
 ) -> None:
     """Tokens/s of plain vs MTP-speculative rollout generation from the spec's start (or each --checkpoint),
     interleaved in one process."""
-    from occctl.bench import rollout_table, run_rollout_bench
+    from occctl.bench_report import rollout_table, run_rollout_bench
     from occctl.spec import load_spec
 
     with exits_on_error():

@@ -32,7 +32,7 @@ from rich.text import Text
 
 from occctl.console import err, exits_on_error, out
 from occctl.errors import OccError, SpecError, did_you_mean
-from occctl.report.progress import format_duration
+from occctl.progress import format_duration
 from occctl.rundir import RunDir, RunFileError, results_root
 from occctl.runlock import holder, lock_path
 

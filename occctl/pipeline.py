@@ -112,7 +112,7 @@ class HeldoutEval:
         return result
 
     def _evaluate(self, loaded, problems) -> dict[str, float]:
-        from occctl.eval.heldout import evaluate_heldout
+        from occctl.heldout import evaluate_heldout
 
         s = self.spec
         prompts = [self.task.prompt_text(s.task, loaded.tokenizer, p) for p in problems]

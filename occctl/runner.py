@@ -13,7 +13,7 @@ from occctl.backend import Plan, TrainResult, get_backend, plan_run  # noqa: F40
 from occctl.checkpoint_marker import mark_complete
 from occctl.environment import environment
 from occctl.errors import RunError, SpecError
-from occctl.report.progress import progress_bar
+from occctl.progress import progress_bar
 from occctl.publication import open_tracker, publish_rows, publish_summary, publish_unpublished
 from occctl.rundir import RunDir, RunFileError, WallClock, write_json_atomic, write_text_atomic
 from occctl.runlock import hold_run
@@ -181,7 +181,7 @@ def build_summary(spec: Spec, history: list[dict[str, float]], result: TrainResu
                   warm_start: Any = None) -> dict[str, Any]:
     """``summary.json``: the trajectory's numbers, the backend's own entries, then the runner's held-out ones
     (``occctl.pipeline.heldout_summary``: they win over a backend's entry of the same name)."""
-    from occctl.fidelity import fidelity  # scipy: only when a summary is built, not for validate / --dry-run
+    from occctl.proxy_fidelity import fidelity  # scipy: only when a summary is built, not for validate / --dry-run
 
     rewards, lambdas = _series(history, "reward"), _series(history, "occ/lambda")
     steps = max((int(r["step"]) for r in history), default=0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from occctl.eval.heldout import evaluate_heldout
+from occctl.heldout import evaluate_heldout
 from occctl.models import build_tiny, save_checkpoint
 from occctl.occ.mtp_head import mtp_logits
 from occctl.rundir import cache_root, write_json_atomic

@@ -122,14 +122,14 @@ class TrlBackend:
 
     def bench_overhead(self, plan: Plan, steps: int, progress: Progress | None = None,
                        resolve: float = 0.0) -> dict[str, Any]:
-        from backends.trl_backend.bench import measure_overhead
+        from backends.trl_backend.step_timing import measure_overhead
 
         default_threads(plan.spec)
         return measure_overhead(plan.spec, plan.native_config, steps, progress, resolve)
 
 
     def bench_rollout(self, plan: Plan, rounds: int, progress: Progress | None = None) -> dict[str, Any]:
-        from backends.trl_backend.bench import measure_rollout
+        from backends.trl_backend.step_timing import measure_rollout
 
         default_threads(plan.spec)
         return measure_rollout(plan.spec, rounds, progress)

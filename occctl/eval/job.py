@@ -8,7 +8,7 @@ from typing import Any
 
 from occctl.eval.pool import DEFAULT_TIMEOUT_S
 from occctl.eval.results import BenchmarkResult, Generation
-from occctl.eval.suites import Problem, Sampling, Suite
+from occctl.eval.suites import BenchmarkProblem, Sampling, Suite
 from occctl.eval.targets import Target
 
 
@@ -51,7 +51,7 @@ class EvalJob:
     benchmarks: tuple[str, ...]
     sampling: Sampling  # k, temperature, top-p, token budget, seed (the suite's, the run's, or the options')
     label: str  # the metric-name segment: suite, or suite_limit<N>
-    problems: dict[str, list[Problem]]  # math suites: per benchmark; the tiny suite loads its task's own
+    problems: dict[str, list[BenchmarkProblem]]  # math suites: per benchmark; the tiny suite loads its task's own
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from occctl.eval.job import EvalJob, EvalOptions, Scores, pick, suite_label
 from occctl.eval.pool import GradingPool, Job
 from occctl.eval.prompts import encode_prompt, fit_prompt, render_prompt, resolve_mode
 from occctl.eval.results import BenchmarkResult, Generation, GradingCounts, MtpAcceptance
-from occctl.eval.suites import INSTRUCTION, Problem, Sampling, Suite, load_benchmarks, select_benchmarks
+from occctl.eval.suites import INSTRUCTION, BenchmarkProblem, Sampling, Suite, load_benchmarks, select_benchmarks
 from occctl.eval.targets import Target
-from occctl.report.progress import progress_bar as _progress
+from occctl.progress import progress_bar as _progress
 
 
 def plan_math(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
@@ -164,7 +164,7 @@ def _tokenizer(model: str, trust_remote_code: bool):
 
 
 def _missing(job: EvalJob, path: Callable[[str], Path],
-             redo: Callable[[dict], bool] = lambda row: False) -> list[tuple[str, Problem, int]]:
+             redo: Callable[[dict], bool] = lambda row: False) -> list[tuple[str, BenchmarkProblem, int]]:
     """(benchmark, problem, sample) for every sample the cache file ``path(benchmark)`` lacks (or holds a row
     that ``redo`` rejects), in order."""
     out = []
@@ -217,7 +217,7 @@ def _acceptance(job: EvalJob, prompts: PromptSet, gens: dict, engine, directory:
     if todo:
         import torch
 
-        from occctl.eval.heldout import mtp_acceptance_on
+        from occctl.heldout import mtp_acceptance_on
 
         loaded = _acceptance_model(job.target.model, engine)
         device = next(loaded.model.parameters()).device

@@ -46,7 +46,7 @@ def plan_task(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
 
 def score_task(job: EvalJob, console: Console) -> Scores:
     from occctl.eval.engines import quiet_transformers
-    from occctl.eval.heldout import evaluate_heldout
+    from occctl.heldout import evaluate_heldout
     from occctl.models import load_checkpoint
     from occctl.spec import TaskSpec
     from occctl.tasks import get_task

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from occctl.report.progress import MAX_SILENCE_S, format_duration
+from occctl.progress import MAX_SILENCE_S, format_duration
 from occctl.rundir import RunDir
 from occctl.spec import Spec
 

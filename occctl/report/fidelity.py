@@ -36,7 +36,7 @@ class FidelityCell:
     heldout_before: float
     heldout_after: float
     lambda_mean: float
-    diagnostics: dict[str, float]  # the summary's per-k, Fig. 8 and gap-share entries (``occctl.fidelity``)
+    diagnostics: dict[str, float]  # the summary's per-k, Fig. 8 and gap-share entries (``occctl.proxy_fidelity``)
 
 
 def interval(r: float, n: int) -> tuple[float, float]:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from occctl.backend import get_backend
 from occctl.errors import SpecError
-from occctl.report.progress import progress_bar
+from occctl.progress import progress_bar
 from occctl.rundir import RunDir, write_text_atomic
 from occctl.spec import Spec
 
