@@ -166,6 +166,19 @@ class WarmupSpec(StrictModel):
     lr_warmup_steps: int = Field(100, ge=0)
     mtp_coef: float = Field(1.0, ge=0)
     seed: int = 0
+    target: tuple[float, float] | None = Field(
+        None, description="[low, high]: stop at the first check whose held-out avg@k (eval.samples_per_problem "
+        "samples at eval.temperature, seed 0) lies in the band, so runs on any machine start from the same "
+        "accuracy; warmup.steps is then the most it may take (not reaching the band, or jumping over it between "
+        "two checks, is an error); null: exactly warmup.steps")
+    check_every_steps: int = Field(25, ge=1, description="with warmup.target: a held-out check every N steps")
+
+    @field_validator("target")
+    @classmethod
+    def _a_band(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError(f"expected [low, high] with 0 <= low < high <= 1; got {list(v)}")
+        return v
 
 
 class AlgorithmSpec(StrictModel):
