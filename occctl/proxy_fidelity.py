@@ -13,7 +13,7 @@ from typing import Any
 
 from occctl.correlation import fig8_correlations, pearson, running_mean, spearman
 
-PROBE = re.compile(r"^occ/probe_(?P<baseline>main_old|mtp_old)_(?P<what>c|v2|lambda_\w+?)_(?P<scope>micro|step|full|prev)$")
+PROBE = re.compile(r"^occ/probe_(?P<baseline>main_old|mtp_old|hidden)_(?P<what>c|v2|lambda_\w+?)_(?P<scope>micro|step|full|prev)$")
 FIG8_MIN_POINTS = 64  # below this a binned / smoothed r has too few independent points to mean anything
 
 

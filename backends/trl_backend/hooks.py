@@ -44,6 +44,7 @@ class MtpSettings:
     oracle_every_steps: int = 0
     baseline: str = "main_old"  # delta_MTP against the main head's ("main_old") or the MTP head's old log-probs
     oracle_lambda: bool = False  # train occ with lambda_t from the exact gradient geometry of each micro-batch
+    hidden_lambda: bool = False  # train occ with lambda_t from both losses' gradients at the trunk's output
     oracle_negative: str = "advantage"  # how the oracle applies a negative lambda (occctl.occ.oracle)
     draft_loss: str = "none"  # none | ce | soft_ce: a decoupled drafter loss on top of the regime's term
     draft_coef: float = 1.0
@@ -199,21 +200,26 @@ class MtpGRPOTrainer(GRPOTrainer):
                             advantages=inputs["advantages"], **kwargs).loss
 
         oracle_every_step = mode == "train" and mtp.oracle_every_steps and self.state.global_step % mtp.oracle_every_steps == 0
-        unit_loss, lam = None, None
-        if mode == "train" and (mtp.oracle_lambda or oracle_every_step):
+        unit_loss, lam, cal = None, None, mtp.calibrator
+        if mode == "train" and (mtp.oracle_lambda or mtp.hidden_lambda or oracle_every_step):
             unit_loss = loss_at(1.0)
+        if mode == "train" and (mtp.oracle_lambda or oracle_every_step):
             c, v2 = self._log_oracle(unwrapped, loss_rl, unit_loss * scale)
             if mtp.oracle_lambda:
-                cal = mtp.calibrator
                 lam = lambda_from_geometry(c, v2, cal.lambda_plus, cal.eps, cal.clip_negative)
+        if mode == "train" and (mtp.hidden_lambda or oracle_every_step):
+            c_h, v2_h = self._hidden_geometry(loss_rl, unit_loss * scale, kept["hidden"], log=oracle_every_step)
+            if mtp.hidden_lambda:
+                lam = lambda_from_geometry(c_h, v2_h, cal.lambda_plus, cal.eps, cal.clip_negative)
         out = mtp_objective(mtp.regime, mtp.calibrator, logp_main=logp_main, logp_mtp=logp_mtp, logp_old=logp_old,
                             mask=mask, advantages=inputs["advantages"], coef=mtp.coef, logp_mtp_old=logp_mtp_old,
                             lam=lam, **kwargs)
         term = out.loss  # the regime's MTP term as applied (before any draft loss)
-        if lam is not None:  # the oracle: a negative lambda applied as oracle_negative says
+        if lam is not None:  # lambda from gradients: a negative lambda applied as oracle_negative says
             term = oracle_mtp_term(lam, unit_loss, lambda s: out.loss if s == lam else loss_at(s),
                                    mtp.oracle_negative)
-            self._log_applied_residual(unwrapped, term, unit_loss, lam)
+            if mtp.oracle_lambda:
+                self._log_applied_residual(unwrapped, term, unit_loss, lam)
         draft = None
         if mtp.draft_loss != "none":
             draft = self._draft_term(unwrapped, kept, input_ids, attention_mask, logits, completion_ids, mask)
@@ -334,6 +340,21 @@ class MtpGRPOTrainer(GRPOTrainer):
             metrics[f"occ/oracle_v2{suffix}"].append(v2_sum)
             metrics[f"occ/oracle_lambda{suffix}"].append(lambda_from_geometry(c_sum, v2_sum, 1.0, eps))
         return totals[""]
+
+    def _hidden_geometry(self, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor, hidden: torch.Tensor,
+                         log: bool) -> tuple[float, float]:
+        """<dL_RL/dh, dL_MTP/dh> and ||dL_MTP/dh||^2 at the trunk's output h [B, T, H]: each loss's gradient
+        through its own head only (lm_head; the MTP layer), no backward through the trunk. With dtheta = J^T dh,
+        c = dh_RL^T (J J^T) dh_MTP: the slope c_h / v_h^2 is the oracle's where J J^T is isotropic. ``log``:
+        logged as the ``hidden`` probe (``occ/probe_hidden_*_micro``) beside the oracle's."""
+        (c,), (v2,) = oracle_geometry(loss_rl, loss_mtp_unit, [hidden])
+        if log:
+            metrics = self._metrics["train"]
+            metrics["occ/probe_hidden_c_micro"].append(c)
+            metrics["occ/probe_hidden_v2_micro"].append(v2)
+            metrics["occ/probe_hidden_lambda_ratio_of_sums_micro"].append(
+                lambda_from_geometry(c, v2, 1.0, self.mtp.calibrator.eps))
+        return c, v2
 
     def _clip_grad_norm(self, model):
         """In ``detach`` and with a draft loss the MTP head is clipped on its own, so its gradient cannot rescale

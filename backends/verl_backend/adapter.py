@@ -171,9 +171,10 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
                         "are not computed in veRL's old-log-prob pass)")
     if spec.mtp.occ.oracle_every_steps:
         problems.append("mtp.occ.oracle_every_steps: oracle gradient geometry is TRL-only; set it to 0")
-    if spec.mtp.enabled and spec.mtp.occ.estimator == "oracle":
-        problems.append("mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only; "
-                        "use ratio_of_sums or mean_of_ratios")
+    if spec.mtp.enabled and spec.mtp.occ.estimator in ("oracle", "hidden_grad"):
+        source = "exact gradients" if spec.mtp.occ.estimator == "oracle" else "gradients at the trunk's output"
+        problems.append(f"mtp.occ.estimator: {spec.mtp.occ.estimator} (lambda_t from each micro-batch's {source}) "
+                        "is TRL-only; use ratio_of_sums or mean_of_ratios")
     if spec.mtp.policy_clip.dual_clip is None and ALGORITHMS[spec.algorithm.name][0] == "vanilla":
         problems.append(f"mtp.policy_clip.dual_clip: null cannot hold on veRL: the {spec.algorithm.name} loss of the "
                         f"main head always applies its dual clip (clip_ratio_c, which occctl sets from this key "

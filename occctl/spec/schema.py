@@ -236,10 +236,13 @@ class OccSpec(StrictModel):
         "lambda_+ 0.1, no data-parallel reduction, dual clip 10 and the +-20 log-ratio clamp)")
     lambda_plus: float = Field(1.0, description="lambda_+ of Eq. 13")
     eps: float = Field(1e-8, gt=0)
-    estimator: Literal["ratio_of_sums", "mean_of_ratios", "oracle"] = Field(
-        "ratio_of_sums", description="ratio_of_sums (paper Eq. 13), mean_of_ratios (the authors' code), or oracle: "
-        "lambda_t = lambda_+ c / (v^2 + eps) from the exact gradients of each micro-batch (two extra backward "
-        "passes; the ceiling of what a perfect proxy could do; trl backend only)")
+    estimator: Literal["ratio_of_sums", "mean_of_ratios", "hidden_grad", "oracle"] = Field(
+        "ratio_of_sums", description="ratio_of_sums (paper Eq. 13), mean_of_ratios (the authors' code), hidden_grad: "
+        "lambda_t = lambda_+ <dL_RL/dh, dL_MTP/dh> / (||dL_MTP/dh||^2 + eps) at the trunk's output h (each loss's "
+        "gradient through its own head only, no trunk backward; the oracle's slope if dh/dtheta's Gram matrix were "
+        "isotropic; trl backend only), or oracle: lambda_t = lambda_+ c / (v^2 + eps) from the exact gradients of "
+        "each micro-batch (two extra backward passes; the ceiling of what a perfect proxy could do; trl backend "
+        "only)")
     clip_negative: bool = Field(False, description="OCC-Clip of Table 4: lambda_t >= 0")
     baseline: Literal["main_old", "mtp_old"] = Field(
         "main_old", description="delta_MTP = logp_mtp minus the main head's rollout log-probs (main_old, the "
@@ -306,12 +309,12 @@ class MtpSpec(StrictModel):
 
     @model_validator(mode="after")
     def _oracle_needs_occ(self) -> "MtpSpec":
-        if self.occ.estimator == "oracle" and self.enabled:
+        if self.occ.estimator in ("oracle", "hidden_grad") and self.enabled:
             if self.regime != "occ":
-                raise ValueError(f"mtp.occ.estimator: oracle sets the coefficient of the occ regime; "
+                raise ValueError(f"mtp.occ.estimator: {self.occ.estimator} sets the coefficient of the occ regime; "
                                  f"mtp.regime is {self.regime!r}")
             if self.occ.ema:
-                raise ValueError("mtp.occ.estimator: oracle uses each micro-batch's exact gradients; "
+                raise ValueError(f"mtp.occ.estimator: {self.occ.estimator} uses each micro-batch's own gradients; "
                                  "mtp.occ.ema must be 0")
         return self
 
