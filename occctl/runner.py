@@ -1,9 +1,11 @@
-"""`occctl run`: spec -> run folder -> backend -> summary.json (+ the MLflow mirror)."""
+"""`occctl run`: spec -> run folder -> backend -> summary.json (+ the MLflow mirror).
+
+``summary.json`` and ``metrics.jsonl`` are strict JSON (``occctl.jsonio``): a non-finite value (a mean of no
+values, a NaN loss) is written as ``null``; readers take ``null`` as missing."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -13,6 +15,7 @@ from occctl.backend import Plan, TrainResult, get_backend, plan_run  # noqa: F40
 from occctl.checkpoint_marker import mark_complete
 from occctl.environment import environment
 from occctl.errors import RunError, SpecError
+from occctl.jsonio import dumps
 from occctl.report.progress import progress_bar
 from occctl.publication import open_tracker, publish_rows, publish_summary, publish_unpublished
 from occctl.rundir import RunDir, RunFileError, WallClock, write_json_atomic, write_text_atomic
@@ -37,7 +40,7 @@ class MetricLog:
         self._pending: list[dict[str, float]] = []
         if keep_until is not None and run.metrics_file.is_file():  # resuming: keep the steps the checkpoint has
             self.history = run.read_metrics(until=keep_until)
-            write_text_atomic(run.metrics_file, "".join(json.dumps(r) + "\n" for r in self.history))
+            write_text_atomic(run.metrics_file, "".join(dumps(r) + "\n" for r in self.history))
             published = run.tracking_state().published_step
             self._pending = [r for r in self.history if r["step"] > published]
         self._file = run.metrics_file.open("a", encoding="utf-8")
@@ -48,7 +51,7 @@ class MetricLog:
         row = {"step": step, **metrics}
         self.history.append(row)
         self._pending.append(row)
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(dumps(row) + "\n")
         self._file.flush()
 
     def commit(self, step: int | None = None) -> None:
@@ -166,7 +169,8 @@ def spec_changed(spec: Spec) -> bool:
 
 
 def _series(history: list[dict[str, float]], key: str) -> list[float]:
-    return [row[key] for row in history if key in row and math.isfinite(row[key])]
+    """The finite values of ``key`` (NaN, and a None a backend passed, are missing)."""
+    return [row[key] for row in history if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
 
 
 def _mean(values: list[float]) -> float:
