@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -136,8 +137,10 @@ def _run_locked(spec: Spec, plan: Plan, console: Console, publish: bool) -> dict
 def run_pipeline(backend: Any, plan: Plan, log: "MetricLog", progress: Any) -> tuple[Plan, TrainResult,
                                                                                   dict[str, Any]]:
     """The run's pipeline, the same for every backend: warm-up, the held-out eval of the start, the backend's
-    training (with the periodic eval through ``log.evaluate``), the check that its export loads, and the held-out
-    eval of the export. -> (the plan trained, the backend's result, the held-out summary entries)"""
+    training (with the periodic eval through ``log.evaluate``), the check of its export (``occctl.pipeline.
+    check_export``: its files against the contract, then the one load the held-out eval of the export needs; a
+    RunError naming the folder, and no summary.json, when it is not what ``occctl eval`` reads), and that eval.
+    -> (the plan trained, the backend's result, its checkpoint a Path; the held-out summary entries)"""
     from occctl.pipeline import HeldoutEval, heldout_summary, load_export, start_model, warm_start
 
     spec = plan.spec
@@ -146,7 +149,9 @@ def run_pipeline(backend: Any, plan: Plan, log: "MetricLog", progress: Any) -> t
     try:
         before = heldout(start_model(spec, plan.warm_start))
         result = backend.train(plan, log, progress)
-        after = heldout(load_export(result.checkpoint, spec))
+        loaded = load_export(result.checkpoint, spec, plan.run_dir.final_checkpoint)  # checked, then loaded once
+        result = dataclasses.replace(result, checkpoint=Path(result.checkpoint))
+        after = heldout(loaded)
         log(spec.train.steps, heldout.metrics(after))
     finally:
         log.heldout = None
