@@ -2,8 +2,8 @@
 
 Adding a backend
 ----------------
-1. Write a class with the methods of ``Backend`` below (no base class; share code by calling ``occctl``
-   functions). Put it in ``backends/<name>_backend/adapter.py``, its spec -> native config translation in
+1. Write a class with the methods of ``Backend`` below and ``name``, its registry key (no base class; share code by
+   calling ``occctl`` functions). Put it in ``backends/<name>_backend/adapter.py``, its spec -> native config translation in
    ``translate.py`` and every call into ``occctl.occ`` in ``hooks.py``.
 2. Register it: ``BACKENDS["<name>"] = "backends.<name>_backend.adapter:<Class>"`` in ``occctl/registry.py``. ``spec.backend`` accepts
    the registry's names; the module is imported only when a spec names it, so its heavy dependencies stay
@@ -18,8 +18,8 @@ Adding a backend
    - ``train`` starts from ``plan.warm_start`` or the spec's model and calls ``sink(step, metrics)`` once per
      optimizer step with ``area/name`` keys (``reward``, ``occ/lambda``, ``mtp/loss``, ...), ``sink.commit(step)``
      after every checkpoint it writes, so MLflow gets each step exactly once across a resume, and, when it holds
-     the model in this process, ``sink.evaluate(step, loaded)`` every ``eval.every`` steps (the runner's held-out
-     evaluation). It returns a ``TrainResult`` whose ``checkpoint`` (a Path) is the exported final model, written
+     the model in this process, ``sink.evaluate(step, loaded)`` (an ``occctl.models.LoadedModel``) every
+     ``eval.every`` steps (the runner's held-out evaluation). It returns a ``TrainResult`` whose ``checkpoint`` (a Path) is the exported final model, written
      by ``export`` at ``plan.run_dir.final_checkpoint`` (``checkpoints/final``, what ``occctl eval --run`` reads), as
      ``occctl.models.save_checkpoint`` writes it and ``occctl.models.load_checkpoint`` reads it: an HF directory with
      ``config.json`` (naming its ``model_type``), the weights as ``*.safetensors`` (``model.safetensors``, or shards

@@ -60,7 +60,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 def check_export(checkpoint: Any, spec: Spec, final: Path) -> Path:
     """The backend's export against the contract (``occctl.backend``), from its files alone: JSON and safetensors
     headers are read, no tensor, so it costs the same for any model size. RunError naming the folder and the first
-    thing wrong: not the run's ``checkpoints/final`` (``final``), no ``config.json`` (or one without
+    thing wrong: not ``final`` (the run's ``checkpoints/final``, or ``checkpoints/step-N``), no ``config.json`` (or one without
     ``model_type``), no ``*.safetensors`` weights (or a shard index naming a file that is absent), a damaged
     safetensors file, no tokenizer files, or, with ``mtp.enabled``, no MTP head in a format
     ``occctl.models.load_checkpoint`` reads (a head attached as ``mtp_head.*``, a trainer checkpoint's, is not an
@@ -80,7 +80,7 @@ def check_export(checkpoint: Any, spec: Spec, final: Path) -> Path:
     if not path.is_dir():
         raise wrong("is not a directory")
     if path.resolve() != Path(final).resolve():
-        raise wrong(f"is not the run's final checkpoint {final} (what `occctl eval --run` reads)")
+        raise wrong(f"is not {final}, the folder `occctl eval` reads")
     if not (path / "config.json").is_file():
         raise wrong("is not an HF model directory (no config.json)")
     try:

@@ -169,7 +169,7 @@ def _heldout_of(checkpoint: Path, spec_file: Path) -> dict[str, float]:
     ("head", "has no MTP head (mtp.enabled is true)"),
     ("weights", "has no model weights"),
     ("truncated", "model.safetensors is not a readable safetensors file"),
-    ("elsewhere", "is not the run's final checkpoint"),
+    ("elsewhere", "checkpoints/final, the folder `occctl eval` reads"),
 ])
 def test_an_export_that_breaks_the_contract_writes_no_summary(fake, results_dir, broken, message):
     BROKEN_EXPORT["fake_run"] = broken
