@@ -9,7 +9,6 @@ collects the final HF checkpoint into ``checkpoints/final``. See backends/verl_b
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import deque
@@ -18,6 +17,7 @@ from typing import Any, ClassVar
 
 from occctl.backend import MetricSink, Plan, TrainResult
 from occctl.errors import EnvError, RunError, SpecError
+from occctl.jsonio import dumps
 from occctl.processes import stop_group
 from occctl.rundir import RunDir
 from occctl.spec import Spec
@@ -91,11 +91,11 @@ class VerlBackend:
         write_prompts(options, run_dir)
         command = launch_command(plan)
         (run_dir / "verl").mkdir(parents=True, exist_ok=True)
-        (run_dir / "verl_command.json").write_text(json.dumps(command, indent=1) + "\n")
+        (run_dir / "verl_command.json").write_text(dumps(command, indent=1) + "\n")
         records = (run_dir / "verl_metrics.jsonl").open("a", encoding="utf-8")
 
         def record(step: int, metrics: dict[str, float]) -> None:
-            records.write(json.dumps({"step": step, **metrics}) + "\n")
+            records.write(dumps({"step": step, **metrics}) + "\n")
             records.flush()
 
         label = spec.mtp.regime if spec.mtp.enabled else "no-mtp"
