@@ -25,7 +25,7 @@ name: dummy_run
 backend: dummy
 task: {heldout_problems: 8}
 warmup: {enabled: false}
-train: {steps: 3, save_every: 3}
+train: {steps: 3, save_every_steps: 3}
 mtp: {regime: occ}
 eval: {samples_per_problem: 2}
 tracking: {experiment: dummy}
