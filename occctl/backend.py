@@ -2,8 +2,8 @@
 
 Adding a backend
 ----------------
-1. Write a class with the methods of ``Backend`` below (no base class; share code by calling ``occctl``
-   functions). Put it in ``backends/<name>_backend/adapter.py``, its spec -> native config translation in
+1. Write a class with the methods of ``Backend`` below and ``name``, its registry key (no base class; share code by
+   calling ``occctl`` functions). Put it in ``backends/<name>_backend/adapter.py``, its spec -> native config translation in
    ``translate.py`` and every call into ``occctl.occ`` in ``hooks.py``.
 2. Register it: ``BACKENDS["<name>"] = "backends.<name>_backend.adapter:<Class>"`` in ``occctl/registry.py``. ``spec.backend`` accepts
    the registry's names; the module is imported only when a spec names it, so its heavy dependencies stay
@@ -18,20 +18,31 @@ Adding a backend
    - ``train`` starts from ``plan.warm_start`` or the spec's model and calls ``sink(step, metrics)`` once per
      optimizer step with ``area/name`` keys (``reward``, ``occ/lambda``, ``mtp/loss``, ...), ``sink.commit(step)``
      after every checkpoint it writes, so MLflow gets each step exactly once across a resume, and, when it holds
-     the model in this process, ``sink.evaluate(step, loaded)`` every ``eval.every`` steps (the runner's held-out
-     evaluation). It returns a ``TrainResult`` whose ``checkpoint`` is the exported final model: an HF directory
-     (``config.json``, ``model*.safetensors``, the tokenizer files) with the MTP head in the host family's native
-     layout (``model-mtp.safetensors``, in the shard index when there is one, and ``num_nextn_predict_layers: 1`` in
-     ``config.json``; ``occctl.mtp_layouts``), as ``occctl.models.save_checkpoint`` writes it and
-     ``occctl.models.load_checkpoint`` reads it. ``summary`` holds
-     only the backend's own entries: the ``heldout_*`` and ``mtp_acceptance_*`` keys are the runner's, which
-     loads the checkpoint (a RunError and no ``summary.json`` when it does not load), evaluates it and writes them.
+     the model in this process, ``sink.evaluate(step, loaded)`` (an ``occctl.models.LoadedModel``) every
+     ``eval.every_steps`` steps (the runner's held-out evaluation). It returns a ``TrainResult`` whose ``checkpoint`` (a Path) is the exported final model, written
+     by ``export`` at ``plan.run_dir.final_checkpoint`` (``checkpoints/final``, what ``occctl eval --run`` reads), as
+     ``occctl.models.save_checkpoint`` writes it and ``occctl.models.load_checkpoint`` reads it: an HF directory with
+     ``config.json`` (naming its ``model_type``), the weights as ``*.safetensors`` (``model.safetensors``, or shards
+     and a ``model.safetensors.index.json`` naming only files that are there), the tokenizer files
+     (``tokenizer.json`` / ``tokenizer_config.json``) and, when ``mtp.enabled``, the MTP head: in the host family's
+     native layout (``occctl.mtp_layouts``; ``save_checkpoint`` puts it in ``model-mtp.safetensors``, lists it in
+     the shard index when there is one and sets ``num_nextn_predict_layers: 1`` in ``config.json``, which engines
+     need to serve it as a draft), or, for families without one, as ``mtp_head.safetensors`` + ``mtp_head.json``;
+     not attached as ``mtp_head.*`` (a trainer checkpoint's). ``summary`` holds only the backend's own entries
+     (plain JSON values; a non-finite float is written as ``null``, ``occctl.jsonio``): the ``heldout_*`` and
+     ``mtp_acceptance_*`` keys are the runner's.
+   - The runner checks the export before it writes ``summary.json`` (``occctl.pipeline.check_export``): first its
+     files (JSON and safetensors headers only, so the check costs the same for any model size), then the one load
+     the held-out eval of the export needs (``load_checkpoint``, the head included); a RunError (exit 1) naming the
+     folder and what is wrong, and no ``summary.json``, when the export is not what ``occctl eval`` reads.
    - ``resume_step`` says where a rerun of an unfinished run continues (0: from the start, in place).
    - ``export`` turns one of the backend's native checkpoints into what ``occctl eval`` reads.
    - ``bench_overhead`` times the MTP regimes in one process (``occctl bench overhead``), ``bench_rollout`` plain
      vs speculative generation (``occctl bench rollout``); a backend that cannot raises EnvError.
-   A test that registers a fake backend and drives it through ``occctl run``, a resume and ``occctl ls`` is in
-   ``tests/unit/test_backend_contract.py``: copy it for a new backend.
+   A test that registers a fake backend and drives it through ``occctl run``, a resume, ``occctl ls`` and ``occctl
+   eval --suite tiny`` is in ``tests/unit/test_backend_contract.py``: copy it for a new backend;
+   ``tests/unit/test_dummy_backend.py`` checks that a backend written from this docstring alone runs through
+   ``occctl run``, ``ls``, ``eval`` and ``report``.
 """
 
 from __future__ import annotations
@@ -61,7 +72,7 @@ class MetricSink(Protocol):
 
     def evaluate(self, step: int, loaded: Any) -> None:
         """The runner's held-out evaluation of the model in memory (an ``occctl.models.LoadedModel``) at ``step``,
-        logged as ``eval/<suite>/*`` at that step (``eval.every``)."""
+        logged as ``eval/<suite>/*`` at that step (``eval.every_steps``)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class TrainResult:
-    checkpoint: Path  # the exported final checkpoint (HF weights + the MTP head beside them)
+    checkpoint: Path  # the exported final checkpoint: plan.run_dir.final_checkpoint, as save_checkpoint writes it
     summary: dict[str, Any] = field(default_factory=dict)  # the backend's own summary.json entries (not heldout_*)
 
 
@@ -96,19 +107,27 @@ class Backend(Protocol):
 
     def train(self, plan: Plan, sink: MetricSink, progress: "Progress | None" = None) -> TrainResult:
         """Train from ``resume_step(plan)`` (from ``plan.warm_start`` or the spec's model at step 0); checkpoints
-        under the run folder, metrics to ``sink``; -> the exported final checkpoint and the backend's own summary
-        entries."""
+        under the run folder, metrics to ``sink``; -> the exported final checkpoint (at
+        ``plan.run_dir.final_checkpoint``, checked by the runner) and the backend's own summary entries."""
 
     def export(self, checkpoint: Path, out_dir: Path) -> Path:
-        """One of this backend's native checkpoints -> HF weights + the MTP head in ``out_dir``. -> out_dir"""
+        """One of this backend's native checkpoints -> ``out_dir`` in the form ``train``'s result has (the module
+        docstring); ``occctl eval --checkpoint <a native checkpoint>`` calls it to write ``checkpoints/step-N``.
+        -> out_dir"""
 
     def bench_overhead(self, plan: Plan, steps: int, progress: "Progress | None" = None,
                        resolve: float = 0.0) -> dict[str, Any]:
         """Median step time per MTP variant, interleaved in one process, and their ratios (``x_over_y``); at most
-        ``steps`` steps each, fewer once the backend's headline ratio is resolved to ±``resolve`` (0: all)."""
+        ``steps`` steps each, fewer once the backend's headline ratio is resolved to ±``resolve`` (0: all). Keys
+        ``occctl bench overhead`` reads: ``steps_timed``, ``completions_per_step``, ``median_step_s`` and
+        ``mean_step_s`` ({variant: seconds}), each ratio ``<a>_over_<b>`` (optionally ``<a>_over_<b>_ci95: [low,
+        high]``), optionally ``resolution`` and ``load_average_1min``. EnvError when the backend cannot time them."""
 
     def bench_rollout(self, plan: Plan, rounds: int, progress: "Progress | None" = None) -> dict[str, Any]:
-        """Tokens/s of plain and speculative generation, interleaved in one process, and ``spec_speedup``."""
+        """Tokens/s of plain and speculative generation, interleaved in one process, and ``spec_speedup``. Keys
+        ``occctl bench rollout`` reads: ``rounds_timed``, ``completions_per_round``, ``max_new_tokens``,
+        ``tokens_per_s`` ({"plain", "speculative"}), ``spec_speedup`` and ``spec_speedup_ci95``, ``accept_rate``,
+        ``mean_accept_len``, ``load_average_1min`` ([before, after]). EnvError when the backend cannot."""
 
 
 def get_backend(name: str) -> Backend:

@@ -12,6 +12,7 @@ import typer
 
 from occctl.console import err, exits_on_error, fail_all, out, set_debug
 from occctl.errors import OccError, SpecError
+from occctl.jsonio import dumps
 
 app = typer.Typer(
     help="Joint MTP + RL training with Optimal Coefficient Calibration (OCC): run, validate, inspect specs.",
@@ -59,7 +60,7 @@ def run(
                 plan = plan_run(cell)
                 # plain writes: no markup, no hard wrapping (the JSON stays JSON, `[a,b]` stays)
                 sys.stdout.write(dump_spec(cell))
-                sys.stdout.write(json.dumps(plan.native_config, indent=2) + "\n")
+                sys.stdout.write(dumps(plan.native_config, indent=2) + "\n")
                 if plan.command:
                     sys.stdout.write(shlex.join(plan.command) + "\n")
             return
@@ -67,7 +68,7 @@ def run(
             summary = {"cells": [s["name"] for s in run_study(resolved, fresh, err, launcher)]}
         else:
             summary = run_spec(resolved[0], fresh=fresh, console=err)
-    out.print_json(json.dumps(summary))
+    out.print_json(dumps(summary))
 
 
 @app.command()
@@ -125,7 +126,7 @@ def bench_overhead(
 ) -> None:
     """Median step time of each MTP variant (vanilla GRPO, detach, policy, occ, oracle), interleaved in one process
     (Fig. 5), with paired 95 % intervals; by default until occ/policy is resolved to ±1 %."""
-    from occctl.bench import overhead_table, run_overhead_bench
+    from occctl.bench_report import overhead_table, run_overhead_bench
     from occctl.spec import load_spec
 
     with exits_on_error():
@@ -150,7 +151,7 @@ def bench_rollout(
 ) -> None:
     """Tokens/s of plain vs MTP-speculative rollout generation from the spec's start (or each --checkpoint),
     interleaved in one process."""
-    from occctl.bench import rollout_table, run_rollout_bench
+    from occctl.bench_report import rollout_table, run_rollout_bench
     from occctl.spec import load_spec
 
     with exits_on_error():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -32,6 +33,25 @@ def git_sha() -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_record() -> dict[str, Any]:
+    """The machine a number came from: CPU model, cores, torch's threads, the libraries that compute it."""
+    import torch
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "packages": package_versions(("torch", "transformers"))}
+
+
 def environment() -> dict[str, Any]:
     return {"git_sha": git_sha(), "python": platform.python_version(), "platform": platform.platform(),
-            "packages": package_versions(RUN_PACKAGES)}
+            "cpu": cpu_model(), "packages": package_versions(RUN_PACKAGES)}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import re
 import time
@@ -32,7 +31,8 @@ from rich.text import Text
 
 from occctl.console import err, exits_on_error, out
 from occctl.errors import OccError, SpecError, did_you_mean
-from occctl.report.progress import format_duration
+from occctl.jsonio import dumps
+from occctl.progress import format_duration
 from occctl.rundir import RunDir, RunFileError, results_root
 from occctl.runlock import holder, lock_path
 
@@ -318,7 +318,7 @@ def show_runs(
     with exits_on_error():
         rows = filter_rows(list_runs(root, include_archived=include_archived, mlflow=mlflow), group, status)
     if as_json:
-        out.print(json.dumps(public_rows(rows), indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        out.print(dumps(public_rows(rows), indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
         return
     if not rows:
         where = root / "runs"

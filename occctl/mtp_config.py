@@ -11,18 +11,26 @@ from typing import Any
 from occctl.spec import Spec
 
 
+GRADIENT_ESTIMATORS = ("oracle", "hidden_grad")  # lambda_t from gradients, not from the delta proxies
+
+
 def uses_oracle_lambda(spec: Spec) -> bool:
     """Whether lambda_t comes from the exact gradient geometry rather than from the delta proxies."""
     return spec.mtp.occ.estimator == "oracle"
 
 
+def uses_hidden_lambda(spec: Spec) -> bool:
+    """Whether lambda_t comes from the two losses' gradients at the trunk's output (``hidden_grad``)."""
+    return spec.mtp.occ.estimator == "hidden_grad"
+
+
 def calibrator_kwargs(spec: Spec) -> dict[str, Any]:
-    """``Calibrator(**calibrator_kwargs(spec), all_reduce=...)``. With ``estimator: oracle`` the calibrator still
+    """``Calibrator(**calibrator_kwargs(spec), all_reduce=...)``. With ``estimator: oracle`` or ``hidden_grad`` the calibrator still
     forms the proxy lambda (paper estimator) for logging beside the applied oracle lambda. A backend passes
     ``all_reduce`` only when ``mtp.occ.dp_reduce`` is true."""
     occ = spec.mtp.occ
     return dict(lambda_plus=occ.lambda_plus, eps=occ.eps,
-                estimator="ratio_of_sums" if occ.estimator == "oracle" else occ.estimator,
+                estimator="ratio_of_sums" if occ.estimator in GRADIENT_ESTIMATORS else occ.estimator,
                 clip_negative=occ.clip_negative, scope=occ.scope, ema=occ.ema, mask=occ.mask)
 
 

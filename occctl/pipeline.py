@@ -4,10 +4,12 @@ summary keys they give (``heldout_*``, ``mtp_acceptance_*``), which ``occctl rep
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
-from occctl.errors import EnvError, RunError
+from occctl.errors import OccError, RunError
 from occctl.spec import Spec
 
 
@@ -53,20 +55,93 @@ def start_model(spec: Spec, warm: Path | None = None):
     return loaded
 
 
-def load_export(checkpoint: Path, spec: Spec):
-    """The backend's exported checkpoint, loaded as ``occctl eval`` loads it; RunError when it does not load (the
-    runner then writes no summary)."""
+EXPORT_HINT = ("Backend.train must return the folder Backend.export wrote at plan.run_dir.final_checkpoint, as "
+               "occctl.models.save_checkpoint writes it (the contract: occctl/backend.py)")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def check_export(checkpoint: Any, spec: Spec, final: Path) -> Path:
+    """The backend's export against the contract (``occctl.backend``), from its files alone: JSON and safetensors
+    headers are read, no tensor, so it costs the same for any model size. RunError naming the folder and the first
+    thing wrong: not ``final`` (the run's ``checkpoints/final``, or ``checkpoints/step-N``), no ``config.json`` (or one without
+    ``model_type``), no ``*.safetensors`` weights (or a shard index naming a file that is absent), a damaged
+    safetensors file, no tokenizer files, or, with ``mtp.enabled``, no MTP head in a format
+    ``occctl.models.load_checkpoint`` reads (a head attached as ``mtp_head.*``, a trainer checkpoint's, is not an
+    export). -> the folder as a Path"""
+    from occctl import mtp_layouts
+    from occctl.models import MTP_META, MTP_WEIGHTS, has_mtp_head
+    from occctl.safetensors_files import check_weights
+
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise RunError(f"the backend's TrainResult.checkpoint is a {type(checkpoint).__name__}, not a path",
+                       hint=EXPORT_HINT)
+    path = Path(checkpoint)
+
+    def wrong(what: str) -> RunError:
+        return RunError(f"the backend's export {path} {what}", hint=EXPORT_HINT)
+
+    if not path.is_dir():
+        raise wrong("is not a directory")
+    if path.resolve() != Path(final).resolve():
+        raise wrong(f"is not {final}, the folder `occctl eval` reads")
+    if not (path / "config.json").is_file():
+        raise wrong("is not an HF model directory (no config.json)")
+    try:
+        config = json.loads((path / "config.json").read_bytes())
+    except (OSError, ValueError) as e:
+        raise wrong(f"has an unreadable config.json ({type(e).__name__})") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise wrong("has a config.json without a model_type")
+    weights = {p.name for p in path.glob("*.safetensors")} - {MTP_WEIGHTS}
+    if not weights - {mtp_layouts.NATIVE_FILE}:
+        raise wrong("has no model weights (model*.safetensors)")
+    index = path / mtp_layouts.INDEX_FILE
+    if index.is_file():
+        try:
+            listed = set(json.loads(index.read_bytes())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise wrong(f"has an unreadable {index.name} ({type(e).__name__})") from None
+        if listed - weights:
+            raise wrong(f"has a {index.name} naming files it lacks: {', '.join(sorted(listed - weights))}")
+    try:
+        check_weights(path, "the backend's export")
+    except OccError as e:
+        raise RunError(e.message, hint=EXPORT_HINT) from None
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise wrong(f"has no tokenizer files ({' or '.join(TOKENIZER_FILES[:2])}: save the tokenizer beside the "
+                    "weights)")
+    if not spec.mtp.enabled:
+        return path
+    if (path / MTP_WEIGHTS).is_file() != (path / MTP_META).is_file():
+        raise wrong(f"has one of {MTP_WEIGHTS} and {MTP_META} without the other")
+    if not has_mtp_head(path):
+        raise wrong("has no MTP head (mtp.enabled is true): expected the host family's native MTP layer "
+                    f"({mtp_layouts.NATIVE_FILE}, occctl.mtp_layouts) or, for families without one, "
+                    f"{MTP_WEIGHTS} + {MTP_META}")
+    if not (path / MTP_WEIGHTS).is_file():
+        keys = mtp_layouts.checkpoint_keys(path)
+        if any(k.startswith("mtp_head.") for k in keys):
+            raise wrong("holds the MTP head attached as mtp_head.* (a trainer checkpoint), not in the native "
+                        "layout: export it with occctl.models.save_checkpoint")
+    return path
+
+
+def load_export(checkpoint: Path, spec: Spec, final: Path | None = None):
+    """The backend's export, checked (``check_export``: ``final`` is where it must be; None: where it is), then
+    loaded as ``occctl eval`` loads it, once (the held-out eval uses this model); RunError, naming the folder, when
+    it does not load or lacks the MTP head (the runner then writes no summary)."""
     from occctl.models import load_checkpoint
 
-    if not (Path(checkpoint) / "config.json").is_file():
-        raise RunError(f"the backend's export {checkpoint} is not an HF model directory (no config.json)",
-                       hint="Backend.train must return the folder Backend.export wrote")
+    path = check_export(checkpoint, spec, checkpoint if final is None else final)
     try:
-        loaded = load_checkpoint(checkpoint, spec.model.dtype, spec.model.trust_remote_code, new_head_if_missing=False)
-    except EnvError as e:
-        raise RunError(f"the backend's export {checkpoint} does not load: {e.message}") from None
+        loaded = load_checkpoint(path, spec.model.dtype, spec.model.trust_remote_code, new_head_if_missing=False)
+    except OccError as e:
+        raise RunError(f"the backend's export {path} does not load: {e.message}", hint=EXPORT_HINT) from None
     if not spec.mtp.enabled:
         loaded.mtp_head = None
+    elif loaded.mtp_head is None:
+        raise RunError(f"the backend's export {path} loads without its MTP head (mtp.enabled is true)",
+                       hint=EXPORT_HINT)
     return loaded
 
 
@@ -115,7 +190,7 @@ class HeldoutEval:
         return result
 
     def _evaluate(self, loaded, problems) -> dict[str, float]:
-        from occctl.eval.heldout import evaluate_heldout
+        from occctl.heldout import evaluate_heldout
 
         s = self.spec
         prompts = [self.task.prompt_text(s.task, loaded.tokenizer, p) for p in problems]

@@ -15,11 +15,16 @@ A run folder::
                            occctl_complete.json last (what `occctl eval` reads)
       eval/<suite>/        cached generations and scores of `occctl eval`
       summary.json         written last: the run is finished
+
+Every JSON file here is strict JSON (``occctl.jsonio``): a non-finite float (a NaN mean of no values, a NaN loss) is
+written as ``null``, never as a bare ``NaN``; readers treat ``null`` as missing, and ``read_metrics`` returns a
+row's ``null`` as NaN, as the runner's rows in memory hold it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from occctl.errors import OccError, SpecError
+from occctl.jsonio import dumps
 from occctl.spec import NAME_PATTERN, Spec, dump_spec, read_spec_file, validate_spec
 
 METRICS_TAIL_BYTES = 1 << 16
@@ -93,7 +99,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """``data`` as strict JSON (non-finite floats as ``null``: ``occctl.jsonio``), replacing ``path`` atomically."""
+    write_text_atomic(path, dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 class RunFileError(OccError):
@@ -186,7 +193,8 @@ class RunDir:
         return data
 
     def read_metrics(self, until: int | None = None) -> list[dict[str, float]]:
-        """The rows of metrics.jsonl (those with ``step <= until`` when given); [] when there is none."""
+        """The rows of metrics.jsonl (those with ``step <= until`` when given); [] when there is none. A value
+        written as ``null`` (non-finite) is NaN here, as in the rows the runner holds in memory."""
         if not self.metrics_file.is_file():
             return []
         lines = [(n, line) for n, line in enumerate(self.metrics_file.read_bytes().splitlines(), 1) if line.strip()]
@@ -202,7 +210,7 @@ class RunDir:
             if _step_of(line) is None:
                 raise RunFileError(f"metrics.jsonl:{n}: not a metrics row (no integer 'step')",
                                    hint="the file was damaged; --fresh starts the run over")
-            rows.append(row)
+            rows.append({k: math.nan if v is None else v for k, v in row.items()})
         return [r for r in rows if until is None or r["step"] <= until]
 
     def last_step(self) -> int | None:

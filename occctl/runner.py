@@ -1,10 +1,13 @@
-"""`occctl run`: spec -> run folder -> backend -> summary.json (+ the MLflow mirror)."""
+"""`occctl run`: spec -> run folder -> backend -> summary.json (+ the MLflow mirror).
+
+``summary.json`` and ``metrics.jsonl`` are strict JSON (``occctl.jsonio``): a non-finite value (a mean of no
+values, a NaN loss) is written as ``null``; readers take ``null`` as missing."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +16,8 @@ from occctl.backend import Plan, TrainResult, get_backend, plan_run  # noqa: F40
 from occctl.checkpoint_marker import mark_complete
 from occctl.environment import environment
 from occctl.errors import RunError, SpecError
-from occctl.report.progress import progress_bar
+from occctl.jsonio import dumps
+from occctl.progress import progress_bar
 from occctl.publication import open_tracker, publish_rows, publish_summary, publish_unpublished
 from occctl.rundir import RunDir, RunFileError, WallClock, write_json_atomic, write_text_atomic
 from occctl.runlock import hold_run
@@ -37,7 +41,7 @@ class MetricLog:
         self._pending: list[dict[str, float]] = []
         if keep_until is not None and run.metrics_file.is_file():  # resuming: keep the steps the checkpoint has
             self.history = run.read_metrics(until=keep_until)
-            write_text_atomic(run.metrics_file, "".join(json.dumps(r) + "\n" for r in self.history))
+            write_text_atomic(run.metrics_file, "".join(dumps(r) + "\n" for r in self.history))
             published = run.tracking_state().published_step
             self._pending = [r for r in self.history if r["step"] > published]
         self._file = run.metrics_file.open("a", encoding="utf-8")
@@ -48,7 +52,7 @@ class MetricLog:
         row = {"step": step, **metrics}
         self.history.append(row)
         self._pending.append(row)
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(dumps(row) + "\n")
         self._file.flush()
 
     def commit(self, step: int | None = None) -> None:
@@ -61,7 +65,7 @@ class MetricLog:
         publish_rows(self.run, self.tracker, ready)
 
     def evaluate(self, step: int, loaded: Any) -> None:
-        """The held-out eval of the model in memory at ``step`` (``eval.every``), logged as ``eval/<suite>/*``."""
+        """The held-out eval of the model in memory at ``step`` (``eval.every_steps``), logged as ``eval/<suite>/*``."""
         if self.heldout is not None:
             self(step, self.heldout.metrics(self.heldout(loaded)))
 
@@ -133,8 +137,10 @@ def _run_locked(spec: Spec, plan: Plan, console: Console, publish: bool) -> dict
 def run_pipeline(backend: Any, plan: Plan, log: "MetricLog", progress: Any) -> tuple[Plan, TrainResult,
                                                                                   dict[str, Any]]:
     """The run's pipeline, the same for every backend: warm-up, the held-out eval of the start, the backend's
-    training (with the periodic eval through ``log.evaluate``), the check that its export loads, and the held-out
-    eval of the export. -> (the plan trained, the backend's result, the held-out summary entries)"""
+    training (with the periodic eval through ``log.evaluate``), the check of its export (``occctl.pipeline.
+    check_export``: its files against the contract, then the one load the held-out eval of the export needs; a
+    RunError naming the folder, and no summary.json, when it is not what ``occctl eval`` reads), and that eval.
+    -> (the plan trained, the backend's result, its checkpoint a Path; the held-out summary entries)"""
     from occctl.pipeline import HeldoutEval, heldout_summary, load_export, start_model, warm_start
 
     spec = plan.spec
@@ -143,7 +149,9 @@ def run_pipeline(backend: Any, plan: Plan, log: "MetricLog", progress: Any) -> t
     try:
         before = heldout(start_model(spec, plan.warm_start))
         result = backend.train(plan, log, progress)
-        after = heldout(load_export(result.checkpoint, spec))
+        loaded = load_export(result.checkpoint, spec, plan.run_dir.final_checkpoint)  # checked, then loaded once
+        result = dataclasses.replace(result, checkpoint=Path(result.checkpoint))
+        after = heldout(loaded)
         log(spec.train.steps, heldout.metrics(after))
     finally:
         log.heldout = None
@@ -166,7 +174,8 @@ def spec_changed(spec: Spec) -> bool:
 
 
 def _series(history: list[dict[str, float]], key: str) -> list[float]:
-    return [row[key] for row in history if key in row and math.isfinite(row[key])]
+    """The finite values of ``key`` (NaN, and a None a backend passed, are missing)."""
+    return [row[key] for row in history if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
 
 
 def _mean(values: list[float]) -> float:
@@ -181,7 +190,7 @@ def build_summary(spec: Spec, history: list[dict[str, float]], result: TrainResu
                   warm_start: Any = None) -> dict[str, Any]:
     """``summary.json``: the trajectory's numbers, the backend's own entries, then the runner's held-out ones
     (``occctl.pipeline.heldout_summary``: they win over a backend's entry of the same name)."""
-    from occctl.fidelity import fidelity  # scipy: only when a summary is built, not for validate / --dry-run
+    from occctl.proxy_fidelity import fidelity  # scipy: only when a summary is built, not for validate / --dry-run
 
     rewards, lambdas = _series(history, "reward"), _series(history, "occ/lambda")
     steps = max((int(r["step"]) for r in history), default=0)

@@ -254,7 +254,7 @@ class Tracker:
 
             now = int(time.time() * 1000)
             metrics = [Metric(k, v, now, int(row["step"])) for row in rows for k, v in row.items()
-                       if k != "step" and math.isfinite(v)]
+                       if k != "step" and v is not None and math.isfinite(v)]  # None: null in metrics.jsonl
             for i in range(0, len(metrics), MLFLOW_BATCH):
                 client.log_batch(self.run_id, metrics=metrics[i:i + MLFLOW_BATCH])
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from occctl.eval.heldout import evaluate_heldout
+from occctl.environment import machine_record
+from occctl.errors import RunError
+from occctl.heldout import evaluate_heldout
 from occctl.models import build_tiny, save_checkpoint, set_zero_first_position
 from occctl.occ.mtp_head import mtp_logits
 from occctl.rundir import cache_root, write_json_atomic
@@ -30,8 +32,14 @@ DONE = "warmup.json"
 
 
 def warmup_key(spec: Spec) -> str:
+    warmup = spec.warmup.model_dump()
+    if warmup["target"] is None:  # a fixed step count: the key it had before targets existed
+        del warmup["target"], warmup["check_every_steps"]
+    else:  # the check's sampling decides where it stops
+        warmup["check"] = {"k": spec.eval.samples_per_problem, "temperature": spec.eval.temperature,
+                           "max_new_tokens": spec.train.max_new_tokens}
     payload = {"format": WARMUP_FORMAT, "model": spec.model.tiny.model_dump(), "task": spec.task.model_dump(),
-               "warmup": spec.warmup.model_dump()}
+               "warmup": warmup}
     if spec.mtp.zero_first_position is not None:  # the head's warm-up may differ; absent: earlier keys stay valid
         payload["mtp_zero_first_position"] = spec.mtp.zero_first_position
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -80,7 +88,14 @@ def _train_warm_start(spec: Spec, final: Path, progress) -> None:
     gen = torch.Generator().manual_seed(w.seed)
     ones = torch.ones(w.examples_per_step, seq_len, dtype=torch.long)
     task_id = progress.add_task("warm-up (cached afterwards)", total=w.steps) if progress else None
+    checks: list[dict] = []
+
+    def heldout_now() -> dict[str, float]:
+        return evaluate_heldout(loaded, task.heldout_problems(spec.task), spec.eval.samples_per_problem,
+                                spec.eval.temperature, spec.train.max_new_tokens, seed=0, correct=task.is_correct)
+
     model.train()
+    steps_done = 0
     for step in range(w.steps):
         x = data[torch.randint(len(data), (w.examples_per_step,), generator=gen)]
         h = model.base_model(input_ids=x).last_hidden_state  # [B, T, H]
@@ -94,14 +109,39 @@ def _train_warm_start(spec: Spec, final: Path, progress) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        steps_done = step + 1
         if progress:
             progress.update(task_id, advance=1, description=f"warm-up  loss {loss.item():.3f}")
-    heldout = evaluate_heldout(loaded, task.heldout_problems(spec.task), spec.eval.samples_per_problem,
-                               spec.eval.temperature, spec.train.max_new_tokens, seed=0, correct=task.is_correct)
+        if w.target is not None and steps_done % w.check_every_steps == 0:
+            checks.append({"step": steps_done, "avg_at_k": heldout_now()["avg_at_k"]})
+            if _in_band(checks, w.target, progress):
+                break
+    heldout = heldout_now()
+    if w.target is not None and not w.target[0] <= heldout["avg_at_k"] <= w.target[1]:
+        raise RunError(f"warm-up: held-out avg@{spec.eval.samples_per_problem} {heldout['avg_at_k']:.4f} after "
+                       f"{steps_done} steps, not in warmup.target {list(w.target)}",
+                       hint="raise warmup.steps (the most it may take) or widen warmup.target")
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(tmp, loaded)
-    write_json_atomic(tmp / DONE, {"key": warmup_key(spec), "steps": w.steps, "wall_s": time.perf_counter() - start,
-                                   "heldout": heldout})
+    write_json_atomic(tmp / DONE, {"key": warmup_key(spec), "steps": steps_done,
+                                   "wall_s": time.perf_counter() - start, "heldout": heldout, "checks": checks,
+                                   "machine": machine_record()})
     shutil.rmtree(final, ignore_errors=True)  # a torn earlier attempt (no warmup.json)
     tmp.rename(final)
+
+
+def _in_band(checks: list[dict], band: tuple[float, float], progress) -> bool:
+    """Whether the last check landed in ``band``; a jump from below it to above it between two checks is an error."""
+    now = checks[-1]
+    if progress:
+        progress.console.print(f"warm-up step {now['step']}: held-out avg@k {now['avg_at_k']:.4f} (target "
+                               f"{band[0]:g}-{band[1]:g})", markup=False, highlight=False)
+    if band[0] <= now["avg_at_k"] <= band[1]:
+        return True
+    if now["avg_at_k"] > band[1]:
+        before = checks[-2] if len(checks) > 1 else {"step": 0, "avg_at_k": float("nan")}
+        raise RunError(f"warm-up: held-out avg@k went from {before['avg_at_k']:.4f} at step {before['step']} to "
+                       f"{now['avg_at_k']:.4f} at step {now['step']}, over warmup.target {list(band)}",
+                       hint="lower warmup.check_every_steps or warmup.lr, or widen warmup.target")
+    return False

@@ -36,12 +36,12 @@ class TrlBackend:
         if grader_of(spec.task) in VERL_ONLY_GRADERS:
             problems.append(f"task.grader: {grader_of(spec.task)} is veRL's own scorer; the trl backend grades with "
                             "occctl's graders (math_verify@1, deepscaler@2)")
-        if spec.train.save_every % spec.train.optimizer_steps_per_generation:
-            problems.append(f"train.save_every ({spec.train.save_every}) must be a multiple of "
+        if spec.train.save_every_steps % spec.train.optimizer_steps_per_generation:
+            problems.append(f"train.save_every_steps ({spec.train.save_every_steps}) must be a multiple of "
                             f"train.optimizer_steps_per_generation ({spec.train.optimizer_steps_per_generation}): "
                             "a resumed run restarts at a generation boundary")
-        if spec.mtp.occ.oracle_every and (not spec.mtp.enabled or spec.mtp.regime == "detach"):
-            problems.append("mtp.occ.oracle_every needs MTP gradients in the main model: use mtp.regime "
+        if spec.mtp.occ.oracle_every_steps and (not spec.mtp.enabled or spec.mtp.regime == "detach"):
+            problems.append("mtp.occ.oracle_every_steps needs MTP gradients in the main model: use mtp.regime "
                             "ce, policy or occ")
         return problems
 
@@ -84,8 +84,8 @@ class TrlBackend:
                                 description=f"RL {label}  reward {state['reward']:.3f}  λ {state['lambda']:+.4f}")
 
         callbacks = [MetricsCallback(on_metrics)]
-        if spec.eval.every:
-            callbacks.append(PeriodicEval(spec.eval.every, spec.train.steps, lambda step: sink.evaluate(step, loaded)))
+        if spec.eval.every_steps:
+            callbacks.append(PeriodicEval(spec.eval.every_steps, spec.train.steps, lambda step: sink.evaluate(step, loaded)))
         settings = mtp_settings(spec)
         resume = last_checkpoint(plan.run_dir)
         try:
@@ -122,14 +122,14 @@ class TrlBackend:
 
     def bench_overhead(self, plan: Plan, steps: int, progress: Progress | None = None,
                        resolve: float = 0.0) -> dict[str, Any]:
-        from backends.trl_backend.bench import measure_overhead
+        from backends.trl_backend.step_timing import measure_overhead
 
         default_threads(plan.spec)
         return measure_overhead(plan.spec, plan.native_config, steps, progress, resolve)
 
 
     def bench_rollout(self, plan: Plan, rounds: int, progress: Progress | None = None) -> dict[str, Any]:
-        from backends.trl_backend.bench import measure_rollout
+        from backends.trl_backend.step_timing import measure_rollout
 
         default_threads(plan.spec)
         return measure_rollout(plan.spec, rounds, progress)

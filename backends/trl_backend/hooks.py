@@ -22,7 +22,8 @@ from trl import GRPOTrainer
 
 from occctl.errors import RunError
 from occctl.rundir import write_json_atomic
-from occctl.occ.calibration import ESTIMATORS, Calibrator, gap_sums, lambda_from_sums, oracle_geometry, proxy_sums
+from occctl.occ.calibration import (ESTIMATORS, Calibrator, gap_sums, lambda_from_geometry, lambda_from_sums,
+                                    oracle_geometry, proxy_sums)
 from occctl.occ.mtp_head import draft_acceptance, mtp_logits
 from occctl.occ.objective import deltas, mtp_objective
 from occctl.occ.oracle import oracle_mtp_term
@@ -40,9 +41,10 @@ class MtpSettings:
     coef: float
     calibrator: Calibrator
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
-    oracle_every: int = 0
+    oracle_every_steps: int = 0
     baseline: str = "main_old"  # delta_MTP against the main head's ("main_old") or the MTP head's old log-probs
     oracle_lambda: bool = False  # train occ with lambda_t from the exact gradient geometry of each micro-batch
+    hidden_lambda: bool = False  # train occ with lambda_t from both losses' gradients at the trunk's output
     oracle_negative: str = "advantage"  # how the oracle applies a negative lambda (occctl.occ.oracle)
     draft_loss: str = "none"  # none | ce | soft_ce: a decoupled drafter loss on top of the regime's term
     draft_coef: float = 1.0
@@ -70,7 +72,7 @@ class MtpGRPOTrainer(GRPOTrainer):
         self._micro_in_step = 0
 
     def _generate_and_score_completions(self, inputs):
-        if self.mtp is None or (self.mtp.baseline != "mtp_old" and not self.mtp.oracle_every):
+        if self.mtp is None or (self.mtp.baseline != "mtp_old" and not self.mtp.oracle_every_steps):
             return super()._generate_and_score_completions(inputs)
         self._mtp_old_chunks = []
         try:
@@ -147,7 +149,7 @@ class MtpGRPOTrainer(GRPOTrainer):
             raise NonFiniteLossError(
                 f"the loss is {loss.item()} at optimizer step {self.state.global_step + 1}; training stopped "
                 "before updating the weights", hint="rerunning the same command resumes from the last checkpoint "
-                "(train.save_every); lower train.lr or check the rewards before you do")
+                "(train.save_every_steps); lower train.lr or check the rewards before you do")
         return loss
 
     def _compute_loss_with_mtp(self, model, inputs):
@@ -172,6 +174,7 @@ class MtpGRPOTrainer(GRPOTrainer):
 
     def _mtp_term(self, unwrapped, inputs, kept: dict[str, Any], logp_main: torch.Tensor,
                   loss_rl: torch.Tensor) -> torch.Tensor:
+        """The regime's MTP term of one micro-batch (plus the draft loss), scaled for gradient accumulation."""
         mtp, mode = self.mtp, ("train" if self.model.training else "eval")
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+C]
@@ -186,61 +189,83 @@ class MtpGRPOTrainer(GRPOTrainer):
         logp_mtp_old = inputs.get("old_mtp_logps") if mtp.baseline == "mtp_old" else None
         if mtp.baseline == "mtp_old" and logp_mtp_old is None:
             logp_mtp_old = logp_mtp.detach()  # no old log-probs: the policy has not moved, delta = 0
-
         if mode == "train" and self.state.global_step != self._calibrated_step:
-            mtp.calibrator.begin_step()
-            self._calibrated_step = self.state.global_step
-            self._probe_prev, self._probe_sums, self._micro_in_step = self._probe_sums, {}, 0
+            self._begin_step()
 
         ga = self.current_gradient_accumulation_steps if mode == "train" else 1
-        kwargs, scale = dict(mtp.policy_kwargs), 1.0 / ga
-        if mtp.regime in ("policy", "occ") and kwargs.get("aggregation") == "token_mean":
-            # DAPO: the same global token normaliser as TRL's main loss (already scaled for accumulation)
-            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-            if mode == "train":
-                normalizer = normalizer * ga / self.args.steps_per_generation
-            kwargs["normalizer"], scale = normalizer, 1.0
-        oracle_every_step = mode == "train" and mtp.oracle_every and self.state.global_step % mtp.oracle_every == 0
-        lam = None
+        kwargs, scale = self._policy_kwargs(inputs, mode, ga)
+
+        def loss_at(lam: float) -> torch.Tensor:  # the regime's MTP loss with the advantage scaled by lam
+            return mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=lam, logp_old=logp_old,
+                            advantages=inputs["advantages"], **kwargs).loss
+
+        oracle_every_step = mode == "train" and mtp.oracle_every_steps and self.state.global_step % mtp.oracle_every_steps == 0
+        unit_loss, lam, cal = None, None, mtp.calibrator
+        if mode == "train" and (mtp.oracle_lambda or mtp.hidden_lambda or oracle_every_step):
+            unit_loss = loss_at(1.0)
         if mode == "train" and (mtp.oracle_lambda or oracle_every_step):
-            unit_loss = mtp_loss(mtp.regime, logp_mtp, mask, coef=1.0, lam=1.0, logp_old=logp_old,
-                                 advantages=inputs["advantages"], **kwargs).loss
-            slope = self._log_oracle(unwrapped, loss_rl, unit_loss * scale)
+            c, v2 = self._log_oracle(unwrapped, loss_rl, unit_loss * scale)
             if mtp.oracle_lambda:
-                lam = mtp.calibrator.lambda_plus * (max(slope, 0.0) if mtp.calibrator.clip_negative else slope)
+                lam = lambda_from_geometry(c, v2, cal.lambda_plus, cal.eps, cal.clip_negative)
+        if mode == "train" and (mtp.hidden_lambda or oracle_every_step):
+            c_h, v2_h = self._hidden_geometry(loss_rl, unit_loss * scale, kept["hidden"], log=oracle_every_step)
+            if mtp.hidden_lambda:
+                lam = lambda_from_geometry(c_h, v2_h, cal.lambda_plus, cal.eps, cal.clip_negative)
         out = mtp_objective(mtp.regime, mtp.calibrator, logp_main=logp_main, logp_mtp=logp_mtp, logp_old=logp_old,
                             mask=mask, advantages=inputs["advantages"], coef=mtp.coef, logp_mtp_old=logp_mtp_old,
                             lam=lam, **kwargs)
-        stats = out.stats
-        loss = out.loss
-        if lam is not None:  # the oracle: a negative lambda applied as oracle_negative says
-            loss = oracle_mtp_term(lam, unit_loss, lambda s: out.loss if s == lam else mtp_loss(
-                mtp.regime, logp_mtp, mask, coef=1.0, lam=s, logp_old=logp_old, advantages=inputs["advantages"],
-                **kwargs).loss, mtp.oracle_negative)
-            self._log_applied_residual(unwrapped, loss, unit_loss, lam)
-        term = loss  # the regime's MTP term as applied (before any draft loss)
-        metrics = self._metrics[mode]
+        term = out.loss  # the regime's MTP term as applied (before any draft loss)
+        if lam is not None:  # lambda from gradients: a negative lambda applied as oracle_negative says
+            term = oracle_mtp_term(lam, unit_loss, lambda s: out.loss if s == lam else loss_at(s),
+                                   mtp.oracle_negative)
+            if mtp.oracle_lambda:
+                self._log_applied_residual(unwrapped, term, unit_loss, lam)
+        draft = None
         if mtp.draft_loss != "none":
             draft = self._draft_term(unwrapped, kept, input_ids, attention_mask, logits, completion_ids, mask)
-            metrics["mtp/draft_loss"].append(draft.item())
-            loss = loss + mtp.draft_coef * draft
-
-        metrics["mtp/loss"].append(term.item() * scale * ga)  # logged as the mean over the step's ga micro-batches:
-        # the step's MTP term (the sum of what each micro-batch adds), whatever the aggregation (as on veRL)
-        metrics["mtp/coef"].append(out.coef)
-        metrics["mtp/nll"].append(-masked_mean(logp_mtp.detach(), mask).item())
-        metrics["mtp/acc"].append(draft_acceptance(logits.detach(), completion_ids, mask))
-        metrics["occ/lambda"].append(out.coef if mtp.regime == "occ" else stats.lam)  # the lambda_t applied
-        metrics["occ/proxy_lambda"].append(stats.lam)  # what the delta proxies give (= occ/lambda unless oracle)
-        metrics["occ/c_hat"].append(stats.c_hat)
-        metrics["occ/v_hat2"].append(stats.v_hat2)
-        metrics["occ/nonfinite"].append(float(mtp.calibrator.nonfinite_count))
+        self._log_term(mode, out, term, draft, scale, ga, logp_mtp, logits, completion_ids, mask)
         if mode == "train":
             self._micro_in_step += 1
         if oracle_every_step:
             self._log_probe(logp_main, logp_mtp, logp_old, inputs.get("old_mtp_logps"), mask,
                             last_micro_batch=self._micro_in_step == ga)
+        loss = term if draft is None else term + mtp.draft_coef * draft
         return loss * scale
+
+    def _begin_step(self) -> None:
+        """The first micro-batch of a new optimizer step: the calibrator's and the probes' step sums restart."""
+        self.mtp.calibrator.begin_step()
+        self._calibrated_step = self.state.global_step
+        self._probe_prev, self._probe_sums, self._micro_in_step = self._probe_sums, {}, 0
+
+    def _policy_kwargs(self, inputs, mode: str, ga: int) -> tuple[dict[str, Any], float]:
+        """The policy term's keyword arguments and the micro-batch's scale: 1 / ga, except under DAPO's
+        ``token_mean``, where the term divides by the same global token normaliser as TRL's main loss (already
+        scaled for accumulation) and the scale is 1."""
+        kwargs, scale = dict(self.mtp.policy_kwargs), 1.0 / ga
+        if self.mtp.regime in ("policy", "occ") and kwargs.get("aggregation") == "token_mean":
+            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                normalizer = normalizer * ga / self.args.steps_per_generation
+            kwargs["normalizer"], scale = normalizer, 1.0
+        return kwargs, scale
+
+    def _log_term(self, mode: str, out, term: torch.Tensor, draft: torch.Tensor | None, scale: float, ga: int,
+                  logp_mtp, logits, completion_ids, mask) -> None:
+        """The micro-batch's MTP metrics (TRL averages each over the step's micro-batches)."""
+        metrics, stats = self._metrics[mode], out.stats
+        if draft is not None:
+            metrics["mtp/draft_loss"].append(draft.item())
+        metrics["mtp/loss"].append(term.item() * scale * ga)  # logged as the mean over the step's ga micro-batches:
+        # the step's MTP term (the sum of what each micro-batch adds), whatever the aggregation (as on veRL)
+        metrics["mtp/coef"].append(out.coef)
+        metrics["mtp/nll"].append(-masked_mean(logp_mtp.detach(), mask).item())
+        metrics["mtp/acc"].append(draft_acceptance(logits.detach(), completion_ids, mask))
+        metrics["occ/lambda"].append(out.coef if self.mtp.regime == "occ" else stats.lam)  # the lambda_t applied
+        metrics["occ/proxy_lambda"].append(stats.lam)  # what the delta proxies give (= occ/lambda unless oracle)
+        metrics["occ/c_hat"].append(stats.c_hat)
+        metrics["occ/v_hat2"].append(stats.v_hat2)
+        metrics["occ/nonfinite"].append(float(self.mtp.calibrator.nonfinite_count))
 
     def _draft_term(self, unwrapped, kept: dict[str, Any], input_ids, attention_mask, logits, completion_ids,
                     mask) -> torch.Tensor:  # scalar
@@ -299,23 +324,37 @@ class MtpGRPOTrainer(GRPOTrainer):
             sq += (lam * u).double().pow(2).sum().item()
         self._metrics["train"]["occ/oracle_applied_residual"].append((diff / sq) ** 0.5 if sq > 0 else 0.0)
 
-    def _log_oracle(self, unwrapped, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor) -> float:
-        """True c, v^2 over all main-model parameters and over the trunk alone (no embeddings, no lm_head);
-        returns the oracle slope c / (v^2 + eps) over all main-model parameters."""
+    def _log_oracle(self, unwrapped, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor) -> tuple[float, float]:
+        """True c, v^2 over all main-model parameters and over the trunk alone (no embeddings, no lm_head), each
+        logged with its slope; returns (c, v^2) over all main-model parameters."""
         head_ids = {id(p) for p in unwrapped.mtp_head.parameters()}
         shared_ids = {id(unwrapped.get_input_embeddings().weight), id(unwrapped.get_output_embeddings().weight)}
         main = [p for p in unwrapped.parameters() if p.requires_grad and id(p) not in head_ids]
         c, v2 = oracle_geometry(loss_rl, loss_mtp_unit, main)
         trunk = [i for i, p in enumerate(main) if id(p) not in shared_ids]
         metrics, eps = self._metrics["train"], self.mtp.calibrator.eps
-        slopes = {}
+        totals = {}
         for suffix, idx in (("", range(len(main))), ("_trunk", trunk)):
-            c_sum, v2_sum = sum(c[i] for i in idx), sum(v2[i] for i in idx)
-            slopes[suffix] = c_sum / (v2_sum + eps)
+            c_sum, v2_sum = totals[suffix] = sum(c[i] for i in idx), sum(v2[i] for i in idx)
             metrics[f"occ/oracle_c{suffix}"].append(c_sum)
             metrics[f"occ/oracle_v2{suffix}"].append(v2_sum)
-            metrics[f"occ/oracle_lambda{suffix}"].append(slopes[suffix])
-        return slopes[""]
+            metrics[f"occ/oracle_lambda{suffix}"].append(lambda_from_geometry(c_sum, v2_sum, 1.0, eps))
+        return totals[""]
+
+    def _hidden_geometry(self, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor, hidden: torch.Tensor,
+                         log: bool) -> tuple[float, float]:
+        """<dL_RL/dh, dL_MTP/dh> and ||dL_MTP/dh||^2 at the trunk's output h [B, T, H]: each loss's gradient
+        through its own head only (lm_head; the MTP layer), no backward through the trunk. With dtheta = J^T dh,
+        c = dh_RL^T (J J^T) dh_MTP: the slope c_h / v_h^2 is the oracle's where J J^T is isotropic. ``log``:
+        logged as the ``hidden`` probe (``occ/probe_hidden_*_micro``) beside the oracle's."""
+        (c,), (v2,) = oracle_geometry(loss_rl, loss_mtp_unit, [hidden])
+        if log:
+            metrics = self._metrics["train"]
+            metrics["occ/probe_hidden_c_micro"].append(c)
+            metrics["occ/probe_hidden_v2_micro"].append(v2)
+            metrics["occ/probe_hidden_lambda_ratio_of_sums_micro"].append(
+                lambda_from_geometry(c, v2, 1.0, self.mtp.calibrator.eps))
+        return c, v2
 
     def _clip_grad_norm(self, model):
         """In ``detach`` and with a draft loss the MTP head is clipped on its own, so its gradient cannot rescale

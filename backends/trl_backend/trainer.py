@@ -26,9 +26,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
-def mtp_settings(spec: Spec, oracle_every: int | None = None):
+def mtp_settings(spec: Spec, oracle_every_steps: int | None = None):
     """The trainer's MTP settings for the spec (None: plain GRPO without an MTP head)."""
-    from occctl.mtp_config import calibrator_kwargs, uses_oracle_lambda
+    from occctl.mtp_config import calibrator_kwargs, uses_hidden_lambda, uses_oracle_lambda
     from occctl.occ.calibration import Calibrator
 
     from backends.trl_backend.hooks import MtpSettings
@@ -37,9 +37,9 @@ def mtp_settings(spec: Spec, oracle_every: int | None = None):
         return None
     occ = spec.mtp.occ
     return MtpSettings(regime=spec.mtp.regime, coef=spec.mtp.coef, policy_kwargs=policy_loss_kwargs(spec),
-                       oracle_every=occ.oracle_every if oracle_every is None else oracle_every,
+                       oracle_every_steps=occ.oracle_every_steps if oracle_every_steps is None else oracle_every_steps,
                        calibrator=Calibrator(**calibrator_kwargs(spec)), baseline=occ.baseline,
-                       oracle_lambda=uses_oracle_lambda(spec),
+                       oracle_lambda=uses_oracle_lambda(spec), hidden_lambda=uses_hidden_lambda(spec),
                        oracle_negative=occ.oracle_negative, draft_loss=spec.mtp.draft_loss,
                        draft_coef=spec.mtp.draft_coef)
 

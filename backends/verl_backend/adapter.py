@@ -9,7 +9,6 @@ collects the final HF checkpoint into ``checkpoints/final``. See backends/verl_b
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import deque
@@ -18,6 +17,7 @@ from typing import Any, ClassVar
 
 from occctl.backend import MetricSink, Plan, TrainResult
 from occctl.errors import EnvError, RunError, SpecError
+from occctl.jsonio import dumps
 from occctl.processes import stop_group
 from occctl.rundir import RunDir
 from occctl.spec import Spec
@@ -91,11 +91,11 @@ class VerlBackend:
         write_prompts(options, run_dir)
         command = launch_command(plan)
         (run_dir / "verl").mkdir(parents=True, exist_ok=True)
-        (run_dir / "verl_command.json").write_text(json.dumps(command, indent=1) + "\n")
+        (run_dir / "verl_command.json").write_text(dumps(command, indent=1) + "\n")
         records = (run_dir / "verl_metrics.jsonl").open("a", encoding="utf-8")
 
         def record(step: int, metrics: dict[str, float]) -> None:
-            records.write(json.dumps({"step": step, **metrics}) + "\n")
+            records.write(dumps({"step": step, **metrics}) + "\n")
             records.flush()
 
         label = spec.mtp.regime if spec.mtp.enabled else "no-mtp"
@@ -162,24 +162,25 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
         problems.append("model: the verl backend needs model.path (an HF directory or hub id of a model with an MTP "
                         "layer, e.g. XiaomiMiMo/MiMo-7B-RL); the tiny preset is TRL-only")
     for name, value in (("train.steps", t.steps), ("train.prompts_per_generation", t.prompts_per_generation),
-                        ("train.save_every", t.save_every)):
+                        ("train.save_every_steps", t.save_every_steps)):
         if value % k:
             problems.append(f"{name} = {value} must be a multiple of train.optimizer_steps_per_generation = {k} "
                             f"(a veRL step is one generation round of {k} optimizer steps)")
     if spec.mtp.occ.baseline != "main_old":
         problems.append("mtp.occ.baseline: the verl backend supports main_old only (the MTP head's old log-probs "
                         "are not computed in veRL's old-log-prob pass)")
-    if spec.mtp.occ.oracle_every:
-        problems.append("mtp.occ.oracle_every: oracle gradient geometry is TRL-only; set it to 0")
-    if spec.mtp.enabled and spec.mtp.occ.estimator == "oracle":
-        problems.append("mtp.occ.estimator: oracle (lambda_t from each micro-batch's exact gradients) is TRL-only; "
-                        "use ratio_of_sums or mean_of_ratios")
+    if spec.mtp.occ.oracle_every_steps:
+        problems.append("mtp.occ.oracle_every_steps: oracle gradient geometry is TRL-only; set it to 0")
+    if spec.mtp.enabled and spec.mtp.occ.estimator in ("oracle", "hidden_grad"):
+        source = "exact gradients" if spec.mtp.occ.estimator == "oracle" else "gradients at the trunk's output"
+        problems.append(f"mtp.occ.estimator: {spec.mtp.occ.estimator} (lambda_t from each micro-batch's {source}) "
+                        "is TRL-only; use ratio_of_sums or mean_of_ratios")
     if spec.mtp.policy_clip.dual_clip is None and ALGORITHMS[spec.algorithm.name][0] == "vanilla":
         problems.append(f"mtp.policy_clip.dual_clip: null cannot hold on veRL: the {spec.algorithm.name} loss of the "
                         f"main head always applies its dual clip (clip_ratio_c, which occctl sets from this key "
                         f"so both heads share it); give a value > 1")
-    if spec.eval.every:
-        problems.append("eval.every: in-training held-out eval is TRL-only; use backend_options.validation (veRL's "
+    if spec.eval.every_steps:
+        problems.append("eval.every_steps: in-training held-out eval is TRL-only; use backend_options.validation (veRL's "
                         "validation set) and `occctl eval --run NAME` after training")
     if spec.train.speculative:
         problems.append("train.speculative: occctl's MTP-drafted rollouts are TRL-only; on veRL use "

@@ -109,7 +109,7 @@ def verl_overrides(spec: Spec, options: VerlOptions, run_dir: Path, tracking_uri
         "trainer.logger": ["console", "mlflow"] if spec.tracking.mlflow else ["console"],
         "trainer.nnodes": o.nnodes,
         "trainer.n_gpus_per_node": o.gpus_per_node,
-        "trainer.save_freq": (t.save_every // t.optimizer_steps_per_generation) if t.save_every else steps,
+        "trainer.save_freq": (t.save_every_steps // t.optimizer_steps_per_generation) if t.save_every_steps else steps,
         "trainer.test_freq": o.validation.every_steps or -1,
         "trainer.val_before_train": o.validation.before_train,
         "trainer.log_val_generations": 0,

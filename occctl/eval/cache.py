@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from occctl.errors import RunError
+from occctl.jsonio import dumps
 from occctl.rundir import write_json_atomic
 
 CACHE_FORMAT = 1
@@ -97,7 +98,7 @@ class RowWriter:
         self._f = path.open("a", encoding="utf-8")
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self._f.write("".join(dumps(r, ensure_ascii=False) + "\n" for r in rows))
         self._f.flush()
         os.fsync(self._f.fileno())
 

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from occctl.eval.graders import grader_slug
 from occctl.eval.suites import Sampling, Suite
+from occctl.jsonio import dumps
 from occctl.report.eval_tables import results_markdown
 from occctl.eval.targets import EVAL_EXPERIMENT, Target
 from occctl.rundir import write_json_atomic, write_text_atomic
@@ -217,7 +218,7 @@ def publish(results: list[EvalResult], out_dir: Path, artifact_dir: str, mlflow:
         metrics.update({k: v for k, v in result.metrics.items() if v is not None})
     tracker.log_metrics(first.target.step, metrics)
     cache = str(first.generation.cache) if first.generation is not None else None
-    tracker.set_tags({f"occctl.eval.{first.label}": json.dumps(
+    tracker.set_tags({f"occctl.eval.{first.label}": dumps(
         {"graders": [x.grader for x in results], "sampling": {"k": first.sampling.k, **first.sampling.key_fields()},
          "cache": cache})})
     tracker.log_artifacts(files, under=artifact_dir)

@@ -15,7 +15,7 @@ from occctl.errors import RunError, SpecError
 from occctl.eval.graders import GRADERS, boxed_response, resolve_grader
 from occctl.eval.pool import GradingPool, Job
 from occctl.eval.suites import get_suite, load_benchmarks
-from occctl.report.progress import progress_bar
+from occctl.progress import progress_bar
 
 SELFCHECK_MIN_AGREEMENT = 0.99
 

@@ -18,7 +18,9 @@ INSTRUCTION = "Let's think step by step and output the final answer within \\box
 
 
 @dataclass(frozen=True)
-class Problem:
+class BenchmarkProblem:
+    """One problem of a math benchmark (a task's own problems are ``occctl.tasks.arith.Problem``)."""
+
     id: str
     problem: str
     answers: tuple[str, ...]  # every acceptable reference, main answer first
@@ -118,14 +120,14 @@ def select_benchmarks(suite: Suite, names: list[str] | None) -> list[str]:
 
 
 def load_benchmarks(suite: Suite, names: list[str], data_dir: str | Path | None = None, limit: int | None = None,
-                    from_hub: bool = False) -> dict[str, list[Problem]]:
+                    from_hub: bool = False) -> dict[str, list[BenchmarkProblem]]:
     """Problems per benchmark (the first ``limit`` of each when set); missing data is one clear SpecError."""
     if from_hub:
         rows = {n: load_hub_rows(n, suite.hub[n]) for n in names}
     else:
         root = dataset_dir(suite.name, [f"{n}.jsonl" for n in names], data_dir)
         rows = {n: read_jsonl(root / f"{n}.jsonl") for n in names}
-    out: dict[str, list[Problem]] = {}
+    out: dict[str, list[BenchmarkProblem]] = {}
     for name, items in rows.items():
         problems = [_problem(name, i, row) for i, row in enumerate(items)]
         ids = [p.id for p in problems]
@@ -135,10 +137,10 @@ def load_benchmarks(suite: Suite, names: list[str], data_dir: str | Path | None 
     return out
 
 
-def _problem(benchmark: str, index: int, row: dict[str, Any]) -> Problem:
+def _problem(benchmark: str, index: int, row: dict[str, Any]) -> BenchmarkProblem:
     try:
         answers = row.get("answers") or [row["answer"]]
-        return Problem(id=str(row.get("id", f"{benchmark}-{index:04d}")), problem=str(row["problem"]),
+        return BenchmarkProblem(id=str(row.get("id", f"{benchmark}-{index:04d}")), problem=str(row["problem"]),
                        answers=tuple(str(a) for a in answers))
     except KeyError as e:
         raise SpecError(f"{benchmark}: row {index} has no {e.args[0]!r} field (expected id, problem, answer, "

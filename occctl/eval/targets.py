@@ -90,12 +90,14 @@ def _run_target(name: str, checkpoint: Path | None = None) -> Target:
 
 def _exported(run: RunDir, spec: Spec, checkpoint: Path, step: int) -> Path:
     """A native checkpoint of the run's backend (e.g. ``trl/checkpoint-20``) as HF weights + MTP head, exported
-    once into ``checkpoints/step-<N>``."""
+    once into ``checkpoints/step-<N>`` and checked as the runner checks a run's export (``occctl.pipeline.
+    check_export``: a RunError naming the folder when it is not what eval reads)."""
     from occctl.backend import get_backend
+    from occctl.pipeline import check_export
 
     out_dir = run.checkpoints / f"step-{step}"
     if not is_complete(out_dir):  # never exported, or an export cut short: export (again)
-        get_backend(spec.backend).export(checkpoint, out_dir)
+        check_export(get_backend(spec.backend).export(checkpoint, out_dir), spec, out_dir)
         mark_complete(out_dir)
     return out_dir
 

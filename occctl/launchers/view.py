@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from occctl.report.progress import MAX_SILENCE_S, format_duration
+from occctl.jsonio import number
+from occctl.progress import MAX_SILENCE_S, format_duration
 from occctl.rundir import RunDir
 from occctl.spec import Spec
 
@@ -65,8 +66,8 @@ def read_progress(run: RunDir) -> tuple[int, float, float]:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
             step = int(row["step"])
-            reward = row.get("reward", reward)
-            lam = row.get("occ/lambda", lam)
+            reward = number(row.get("reward"), reward)  # null: a non-finite value (occctl.jsonio)
+            lam = number(row.get("occ/lambda"), lam)
     return step, reward, lam
 
 

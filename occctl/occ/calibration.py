@@ -104,10 +104,18 @@ def lambda_from_sums(
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
     c_hat, v_hat2, ratio_sum, n_tokens = (float(x) for x in sums)
     if estimator == "ratio_of_sums":
-        raw = c_hat / (v_hat2 + eps)
-    else:
-        raw = ratio_sum / n_tokens if n_tokens > 0 else 0.0
+        return lambda_from_geometry(c_hat, v_hat2, lambda_plus, eps, clip_negative)
+    raw = ratio_sum / n_tokens if n_tokens > 0 else 0.0
     if clip_negative:  # Table 4 "OCC-Clip": max(0, c_hat) / v_hat2
+        raw = max(raw, 0.0)
+    return lambda_plus * raw
+
+
+def lambda_from_geometry(c: float, v2: float, lambda_plus: float = 1.0, eps: float = 1e-8,
+                         clip_negative: bool = False) -> float:
+    """Eq. 13 from one (c, v^2) pair: the proxies' sums (``ratio_of_sums``) or the oracle's exact gradients."""
+    raw = c / (v2 + eps)
+    if clip_negative:  # Table 4 "OCC-Clip": max(0, c) / v^2
         raw = max(raw, 0.0)
     return lambda_plus * raw
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from occctl.errors import SpecError
+from occctl.jsonio import number
 from occctl.rundir import RunDir, RunFileError, results_root, write_text_atomic
 from occctl.spec import Spec
 
@@ -36,7 +37,7 @@ class FidelityCell:
     heldout_before: float
     heldout_after: float
     lambda_mean: float
-    diagnostics: dict[str, float]  # the summary's per-k, Fig. 8 and gap-share entries (``occctl.fidelity``)
+    diagnostics: dict[str, float]  # the summary's per-k, Fig. 8 and gap-share entries (``occctl.proxy_fidelity``)
 
 
 def interval(r: float, n: int) -> tuple[float, float]:
@@ -65,11 +66,11 @@ def collect(groups: list[str], root: Path | None = None) -> list[FidelityCell]:
             name=run.name, task=str(cell.get("task", spec.task.name)),
             factor=str(cell.get("factor", cell.get("variant", "base"))), setting=describe(spec),
             oracle_steps=int(summary["oracle_steps"]),
-            r={s: (summary.get(f"fidelity_pearson_{s}", float("nan")), summary.get(f"fidelity_spearman_{s}",
-                                                                                   float("nan"))) for s, _ in STATS},
-            heldout_before=summary.get("heldout_acc_before", float("nan")),
-            heldout_after=summary.get("heldout_acc_after", float("nan")),
-            lambda_mean=summary.get("lambda_mean", float("nan")),
+            r={s: (number(summary.get(f"fidelity_pearson_{s}")), number(summary.get(f"fidelity_spearman_{s}")))
+               for s, _ in STATS},  # null (a non-finite r) and a missing key: NaN
+            heldout_before=number(summary.get("heldout_acc_before")),
+            heldout_after=number(summary.get("heldout_acc_after")),
+            lambda_mean=number(summary.get("lambda_mean")),
             diagnostics={k: float(v) for k, v in summary.items() if DIAGNOSTIC.match(k) and isinstance(v, (int, float))}))
     return cells
 

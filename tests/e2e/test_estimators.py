@@ -38,6 +38,21 @@ def test_oracle_estimator_trains_with_lambda_plus_times_the_oracle_slope(results
     assert len(logged) == 5 and all(logged[s] == pytest.approx(0.5 * oracle[s], rel=1e-6) for s in logged)
 
 
+def test_hidden_grad_estimator_trains_with_lambda_plus_times_the_slope_at_the_trunk_output(results_dir):
+    """estimator hidden_grad: lambda_t = lambda_+ <dL_RL/dh, dL_MTP/dh> / ||dL_MTP/dh||^2, logged beside the
+    oracle's (oracle_every_steps=1) as the ``hidden`` probe; it sees step 1, where the delta proxies are 0."""
+    summary = run_tiny("hidden", "mtp.occ.estimator=hidden_grad", "mtp.occ.lambda_plus=0.5", "train.steps=4",
+                       "mtp.occ.oracle_every_steps=1")
+    rows = [r for _, r in sorted(_rows(summary).items()) if "occ/probe_hidden_c_micro" in r]
+    assert len(rows) == 4
+    for r in rows:
+        assert r["occ/lambda"] == pytest.approx(0.5 * r["occ/probe_hidden_lambda_ratio_of_sums_micro"], rel=1e-6)
+        assert r["occ/probe_hidden_v2_micro"] > 0
+    assert rows[0]["occ/proxy_lambda"] == 0.0 and rows[0]["occ/lambda"] != 0.0
+    assert any(r["occ/lambda"] != pytest.approx(0.5 * r["occ/oracle_lambda"], rel=1e-3) for r in rows)  # not the oracle
+    assert "hidden/micro" in summary["fidelity_variants"]  # in the fidelity grid beside the delta baselines
+
+
 def test_reference_preset_trains_differently_from_the_paper_estimator(results_dir):
     ref = run_tiny("ref", "mtp.occ.preset=reference", "train.steps=4")
     paper = run_tiny("paper", "train.steps=4")

@@ -13,7 +13,7 @@ import torch
 from native_mtp import native_names, write_native_checkpoint  # tests/, on sys.path via its conftest
 from safetensors import safe_open
 
-from occctl.eval.heldout import evaluate_heldout
+from occctl.heldout import evaluate_heldout
 from occctl.models import load_checkpoint, save_checkpoint
 from occctl.occ.mtp_head import MtpHead
 from occctl.runner import run_spec

@@ -43,7 +43,7 @@ def test_mtp_old_baseline_is_zero_before_the_policy_moves(results_dir):
 
 def test_oracle_mode_logs_every_variant(results_dir):
     spec = load_spec(SPEC, ["name=probe", "eval.samples_per_problem=1", "train.prompts_per_generation=16",
-                            "train.steps=6", "mtp.occ.oracle_every=1", "train.micro_batches_per_step=2"])
+                            "train.steps=6", "mtp.occ.oracle_every_steps=1", "train.micro_batches_per_step=2"])
     summary = run_spec(spec)
     assert summary["oracle_steps"] == 6
     variants = summary["fidelity_variants"]

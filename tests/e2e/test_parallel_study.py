@@ -104,7 +104,7 @@ def _worker_pid(log: Path, cell: str) -> int | None:
 
 def test_a_killed_and_a_failing_cell_do_not_stop_the_study_and_resume(results_dir, tmp_path):
     spec = tmp_path / "three.yaml"
-    spec.write_text(TWO_CELLS.replace("[0, 1]", "[0, 1, 2]").replace("steps: 2,", "steps: 8, save_every: 4,"))
+    spec.write_text(TWO_CELLS.replace("[0, 1]", "[0, 1, 2]").replace("steps: 2,", "steps: 8, save_every_steps: 4,"))
     runs = results_dir / "runs"
     broken = runs / "three.seed-2" / "trl" / "checkpoint-4"  # a corrupt checkpoint: resuming from it fails
     broken.mkdir(parents=True)

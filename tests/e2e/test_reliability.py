@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 CELLS = """# two seeds, 4 steps, a checkpoint every 2
 matrix:
   train.seed: [0, 1]
-train: {steps: 4, save_every: 2, optimizer_steps_per_generation: 2, prompts_per_generation: 8}
+train: {steps: 4, save_every_steps: 2, optimizer_steps_per_generation: 2, prompts_per_generation: 8}
 eval: {samples_per_problem: 1}
 tracking: {experiment: reliability}
 """

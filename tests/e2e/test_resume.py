@@ -16,7 +16,7 @@ from occctl.tracking import resolve_store
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "specs" / "tiny_occ.yaml"
-SETTINGS = ["train.steps=12", "train.save_every=4", "train.prompts_per_generation=8", "eval.samples_per_problem=1",
+SETTINGS = ["train.steps=12", "train.save_every_steps=4", "train.prompts_per_generation=8", "eval.samples_per_problem=1",
             "mtp.occ.ema=0.5"]  # ema: the calibrator carries state across steps, so it must be restored too
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_a_nan_loss_stops_the_run_and_the_rerun_resumes(results_dir, monkeypatch
     from occctl.runner import run_spec
     from occctl.spec import load_spec
 
-    spec = load_spec(SPEC, ["name=nan", "train.steps=8", "train.save_every=4", "train.prompts_per_generation=8",
+    spec = load_spec(SPEC, ["name=nan", "train.steps=8", "train.save_every_steps=4", "train.prompts_per_generation=8",
                             "eval.samples_per_problem=1"])
     real, calls = hooks.mtp_objective, []
 
@@ -119,7 +119,7 @@ def test_killed_after_its_last_checkpoint_the_rerun_takes_no_extra_step(results_
     from occctl.runner import run_spec
     from occctl.spec import load_spec
 
-    spec = load_spec(SPEC, ["name=late", "train.steps=8", "train.save_every=4", "train.prompts_per_generation=8",
+    spec = load_spec(SPEC, ["name=late", "train.steps=8", "train.save_every_steps=4", "train.prompts_per_generation=8",
                             "eval.samples_per_problem=1"])
     run_spec(spec)
     run = results_dir / "runs" / "late"

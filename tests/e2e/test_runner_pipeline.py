@@ -1,4 +1,4 @@
-"""The runner's pipeline on the TRL backend: the periodic held-out eval (``eval.every``) goes through the runner's
+"""The runner's pipeline on the TRL backend: the periodic held-out eval (``eval.every_steps``) goes through the runner's
 ``MetricLog.evaluate``, and the after-eval on the exported checkpoint lands at the last step."""
 
 import json
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_periodic_and_final_heldout_evals_come_from_the_runner(results_dir):
     spec = load_spec(REPO / "specs" / "tiny_occ.yaml", ["name=periodic", "warmup.enabled=false", "train.steps=4",
-                                                         "train.prompts_per_generation=8", "eval.every=2",
+                                                         "train.prompts_per_generation=8", "eval.every_steps=2",
                                                          "eval.samples_per_problem=1", "task.heldout_problems=8"])
     summary = run_spec(spec)
     rows = [json.loads(line) for line in (results_dir / "runs" / "periodic" / "metrics.jsonl").open()]

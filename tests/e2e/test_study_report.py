@@ -44,7 +44,7 @@ def test_study_resumes_and_report_compares(results_dir, tmp_path):
     assert finished.stat().st_mtime_ns == stamp, "a finished cell was rerun"
     assert "cell 4/4" in again.stderr and "cell 1/4" not in again.stderr
     assert (runs / names[3] / "summary.json").is_file()
-    assert "starting it again in place" in again.stderr  # no checkpoint (save_every=0): from the start
+    assert "starting it again in place" in again.stderr  # no checkpoint (save_every_steps=0): from the start
 
     result = CliRunner().invoke(app, ["report", "--compare", "detach,occ", "--group", "mini", "--name", "mini_rep"])
     assert result.exit_code == 0, result.output

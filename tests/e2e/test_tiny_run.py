@@ -90,7 +90,7 @@ def test_other_algorithms_run(results_dir, algorithm):
 
 def test_oracle_mode_logs_the_true_geometry_and_changes_nothing(results_dir):
     common = ["mtp.regime=occ", "train.steps=6"]
-    with_oracle = run_tiny("o_on", *common, "mtp.occ.oracle_every=1")
+    with_oracle = run_tiny("o_on", *common, "mtp.occ.oracle_every_steps=1")
     without = run_tiny("o_off", *common)
     for key in ("oracle_steps", "fidelity_pearson_c", "fidelity_spearman_c", "fidelity_pearson_v2",
                 "fidelity_spearman_v2"):

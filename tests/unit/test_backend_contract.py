@@ -1,7 +1,9 @@
 """The Backend protocol is enough to add a backend: a fake third one, registered in a test, runs through
-`occctl run` (killed half-way, then resumed), `occctl ls`, `occctl bench overhead` and the export of one of
+`occctl run` (killed half-way, then resumed), `occctl ls`, `occctl eval --suite tiny` (its export is a real tiny
+checkpoint, ``occctl.models.save_checkpoint`` of the tiny preset), `occctl bench overhead` and the export of one of
 its native checkpoints for `occctl eval`; its held-out numbers come from the runner, which evaluates the
-exported checkpoint (the fake reports none of them). Copy ``FakeBackend`` to start a real one."""
+exported checkpoint (the fake reports none of them), and an export that breaks the contract is refused in one line
+before summary.json. Copy ``FakeBackend`` to start a real one."""
 
 from __future__ import annotations
 
@@ -24,17 +26,17 @@ name: fake_run
 backend: fake
 task: {heldout_problems: 16}
 warmup: {enabled: false}
-train: {steps: 8, save_every: 2}
+train: {steps: 8, save_every_steps: 2}
 mtp: {regime: occ}
 eval: {samples_per_problem: 2}
 tracking: {experiment: fake}
 """
 KILL_AT: dict[str, int] = {}  # run name -> the step at which train() dies (as a killed process would)
-BROKEN_EXPORT: set[str] = set()  # run names whose export is not a loadable model
+BROKEN_EXPORT: dict[str, str] = {}  # run name -> how its export breaks the contract (see FakeBackend.export)
 
 
 class FakeBackend:
-    """Writes a checkpoint folder (the untrained start model) every ``save_every`` steps; reward = step / 10."""
+    """Writes a checkpoint folder (the untrained start model) every ``save_every_steps`` steps; reward = step / 10."""
 
     name: ClassVar[str] = "fake"
 
@@ -63,17 +65,26 @@ class FakeBackend:
             sink(step, {"reward": step / 10, "occ/lambda": 0.01 * step})
             if progress:
                 progress.update(task, completed=step)
-            if spec.train.save_every and step % spec.train.save_every == 0:
+            if spec.train.save_every_steps and step % spec.train.save_every_steps == 0:
                 native = save_checkpoint(plan.run_dir / "fake" / f"checkpoint-{step}", loaded)
                 (native / "fake_state.json").write_text(json.dumps({"step": step, "mlflow": plan.mlflow_run_id}))
                 sink.commit(step)
-        final = self.export(plan.run_dir / "fake" / f"checkpoint-{spec.train.steps}", plan.run_dir.final_checkpoint)
+        final = plan.run_dir.final_checkpoint
+        if BROKEN_EXPORT.get(spec.name) == "elsewhere":
+            final = plan.run_dir / "fake" / "export"
+        final = self.export(plan.run_dir / "fake" / f"checkpoint-{spec.train.steps}", final)
         return TrainResult(checkpoint=final, summary={"fake_note": 1.0})
 
     def export(self, checkpoint: Path, out_dir: Path) -> Path:
+        """The native checkpoint is already ``save_checkpoint``'s output (HF weights, tokenizer, the head in the
+        tiny preset's native layout, ``model-mtp.safetensors``): a copy."""
         shutil.copytree(checkpoint, out_dir)
-        if any(part in BROKEN_EXPORT for part in out_dir.parts):
-            (out_dir / "config.json").unlink()
+        broken = next((BROKEN_EXPORT[part] for part in out_dir.parts if part in BROKEN_EXPORT), None)
+        for name in {"config": ["config.json"], "tokenizer": ["tokenizer.json", "tokenizer_config.json"],
+                     "head": ["model-mtp.safetensors"], "weights": ["model.safetensors"]}.get(broken, []):
+            (out_dir / name).unlink()
+        if broken == "truncated":
+            (out_dir / "model.safetensors").write_bytes((out_dir / "model.safetensors").read_bytes()[:100])
         return out_dir
 
     def bench_overhead(self, plan: Plan, steps: int, progress: Any = None, resolve: float = 0.0) -> dict[str, Any]:
@@ -134,6 +145,10 @@ def test_a_fake_backend_runs_resumes_and_is_listed(fake, results_dir):
     assert "fake_run" in table.stdout and "finished" in table.stdout and "8/8" in table.stdout
     assert f"{expected['avg_at_k']:.3f}" in table.stdout
 
+    scored = cli.invoke(app, ["eval", "--run", "fake_run", "--suite", "tiny"], env={"COLUMNS": "160"})
+    assert scored.exit_code == 0, scored.output
+    assert f"run summary: heldout_acc_after {expected['avg_at_k']} at k=2 (matches)" in scored.stdout
+
 
 def _heldout_of(checkpoint: Path, spec_file: Path) -> dict[str, float]:
     """The runner's held-out evaluation, redone here on the checkpoint."""
@@ -148,13 +163,24 @@ def _heldout_of(checkpoint: Path, spec_file: Path) -> dict[str, float]:
         evaluate.close()
 
 
-def test_an_export_that_does_not_load_writes_no_summary(fake, results_dir):
-    BROKEN_EXPORT.add("fake_run")
+@pytest.mark.parametrize("broken, message", [
+    ("config", "is not an HF model directory (no config.json)"),
+    ("tokenizer", "has no tokenizer files"),
+    ("head", "has no MTP head (mtp.enabled is true)"),
+    ("weights", "has no model weights"),
+    ("truncated", "model.safetensors is not a readable safetensors file"),
+    ("elsewhere", "checkpoints/final, the folder `occctl eval` reads"),
+])
+def test_an_export_that_breaks_the_contract_writes_no_summary(fake, results_dir, broken, message):
+    BROKEN_EXPORT["fake_run"] = broken
     try:
         result = CliRunner().invoke(app, ["run", str(fake)])
     finally:
-        BROKEN_EXPORT.discard("fake_run")
-    assert result.exit_code == 1 and "not an HF model directory" in result.output
+        del BROKEN_EXPORT["fake_run"]
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), f"no traceback: {result.exception!r}"
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: the backend's export ") and message in line, result.stderr
+    assert str(results_dir / "runs" / "fake_run") in line, "the message names the folder"
     assert not RunDir(results_dir / "runs" / "fake_run").is_finished()
 
 

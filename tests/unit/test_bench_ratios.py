@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from backends.trl_backend.bench import halfwidth, paired_ratio
+from backends.trl_backend.step_timing import halfwidth, paired_ratio
 
 
 def test_constant_ratio_has_a_zero_width_interval():

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from occctl.report.progress import LineProgress, format_duration, progress_bar, round_interval
+from occctl.progress import LineProgress, format_duration, progress_bar, round_interval
 
 
 def test_round_intervals_give_about_ten_lines():

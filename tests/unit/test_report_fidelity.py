@@ -65,7 +65,7 @@ def _history(steps=400, spg=4):
 
 
 def test_report_shows_per_k_fig8_and_shuffle_columns(tmp_path, monkeypatch):
-    from occctl.fidelity import fidelity
+    from occctl.proxy_fidelity import fidelity
 
     monkeypatch.setenv("OCCCTL_RESULTS_DIR", str(tmp_path))
     out = fidelity(_history(), steps_per_generation=4)

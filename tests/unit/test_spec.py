@@ -186,3 +186,16 @@ def test_verl_refuses_the_trl_only_drafter_keys(tmp_path):
     problems = spec_problems(spec, options)
     assert any(p.startswith("train.speculative:") for p in problems)
     assert any(p.startswith("mtp.draft_loss:") for p in problems)
+
+
+def test_keys_renamed_to_name_their_unit_still_load(tmp_path):
+    """A spec (or an older run's spec.yaml) with ``train.save_every`` etc. loads as the new key, with a warning;
+    the old and the new name together are an error."""
+    text = "train: {save_every: 4}\neval: {every: 2}\nmtp: {occ: {oracle_every: 3}}\n"
+    with pytest.warns(FutureWarning, match="train.save_every is now train.save_every_steps"):
+        spec = load_spec(_write(tmp_path, text))
+    assert (spec.train.save_every_steps, spec.eval.every_steps, spec.mtp.occ.oracle_every_steps) == (4, 2, 3)
+    with pytest.warns(FutureWarning, match="eval.every is now eval.every_steps"):
+        assert load_spec(_write(tmp_path, "name: x\n"), ["eval.every=5"]).eval.every_steps == 5
+    with pytest.raises(SpecError, match="same key"):
+        load_spec(_write(tmp_path, "train: {save_every: 4, save_every_steps: 4}\n"))

@@ -5,7 +5,7 @@ subprocess to prove that no traceback reaches the terminal. Cases are generated 
 (unknown keys, typos, wrong types, bad enums, out-of-range values at every level) plus hand-written ones
 (empty files, binary garbage, non-UTF-8, YAML bombs, deep nesting, unsafe tags, bad ``--set``, bad matrices).
 
-A case that fails because of a known bug in spec.py / cli.py / console.py is marked ``xfail(strict=True)``
+A case that fails because of a known bug in occctl/spec/ / cli.py / console.py is marked ``xfail(strict=True)``
 with the reason: fixing the bug turns it into an XPASS failure, and the marker must then be removed.
 """
 
@@ -245,8 +245,8 @@ def file_cases() -> list[Case]:
              mentions=("does not exist",)),
         Case("occ-one-step-per-generation", b"train: {optimizer_steps_per_generation: 1}\n",
              mentions=("train.optimizer_steps_per_generation", ">= 2")),
-        Case("oracle-with-detach", b"mtp: {regime: detach, occ: {oracle_every: 5}}\n",
-             mentions=("mtp.occ.oracle_every",)),
+        Case("oracle-with-detach", b"mtp: {regime: detach, occ: {oracle_every_steps: 5}}\n",
+             mentions=("mtp.occ.oracle_every_steps",)),
         # matrix
         Case("matrix-scalar", b"matrix: 5\n", mentions=("matrix must be a non-empty mapping",)),
         Case("matrix-empty-list", b"matrix: {mtp.regime: []}\n", mentions=("matrix.mtp.regime",)),

@@ -4,7 +4,7 @@ import pytest
 
 from occctl.errors import SpecError
 from occctl.eval.engines import HfEngine, make_engine
-from occctl.eval.runner import rollout_figures
+from occctl.eval.math_scorer import rollout_figures
 from occctl.eval.suites import Sampling
 from occctl.models import load_model, save_checkpoint
 from occctl.spec import ModelSpec

@@ -135,7 +135,7 @@ def test_pearson_and_spearman():
 
 
 def test_fidelity_of_a_history_with_probe_variants():
-    from occctl.fidelity import fidelity
+    from occctl.proxy_fidelity import fidelity
 
     history = []
     for step in range(1, 25):

@@ -65,7 +65,7 @@ def test_units_batches_and_paths():
     assert o["data.train_batch_size"] == "128" and o["actor_rollout_ref.rollout.n"] == "16"
     assert o["actor_rollout_ref.actor.ppo_mini_batch_size"] == "32"  # prompts per optimizer step
     assert o["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"] == "2"  # 512 / 16 DP ranks / 16 micro-batches
-    assert o["trainer.save_freq"] == "200"  # save_every 0: the final checkpoint only
+    assert o["trainer.save_freq"] == "200"  # save_every_steps 0: the final checkpoint only
     assert o["trainer.default_local_dir"] == "/runs/mimo/verl/checkpoints"
     assert o["data.train_files"] == "/runs/mimo/data/train.parquet"
     assert o["trainer.logger"] == "['console','mlflow']" and o["trainer.project_name"] == "occ-mimo7b"
@@ -75,7 +75,7 @@ def test_units_batches_and_paths():
     assert o["actor_rollout_ref.rollout.tensor_model_parallel_size"] == "4"
     assert o["+reward.reward_kwargs.max_resp_len"] == "8192" and o["reward.reward_manager.name"] == "dapo"
     assert o["actor_rollout_ref.actor.optim.lr_warmup_steps"] == "10"  # the spec's raw override, last
-    o = overrides_of(spec_with("train.save_every=40", "tracking.mlflow=false"))
+    o = overrides_of(spec_with("train.save_every_steps=40", "tracking.mlflow=false"))
     assert o["trainer.save_freq"] == "10" and o["trainer.logger"] == "['console']"
     assert not any("MLFLOW" in k for k in o)
 
@@ -112,14 +112,14 @@ def test_values_keep_their_type_in_hydra_grammar():
 
 
 def test_check_reports_every_problem(results_dir, prompt_files):
-    spec = spec_with("train.steps=802", "mtp.occ.baseline=mtp_old", "mtp.occ.oracle_every=5",
+    spec = spec_with("train.steps=802", "mtp.occ.baseline=mtp_old", "mtp.occ.oracle_every_steps=5",
                      "backend_options.parallel.tp=3",
                      "backend_options.overrides=[actor_rollout_ref.actor.optim.lr=1, not an override, "
                      "algorithm.filter_groups.enable=true, '+ray_kwargs.ray_init.address=auto']")
     problems = VerlBackend().check(spec)
     text = "\n".join(problems)
     assert "train.steps = 802 must be a multiple of train.optimizer_steps_per_generation = 4" in text
-    assert "mtp.occ.baseline" in text and "oracle_every" in text
+    assert "mtp.occ.baseline" in text and "oracle_every_steps" in text
     assert "parallel.tp x parallel.pp x parallel.cp = 12 must divide the 128 GPUs" in text
     assert "actor_rollout_ref.actor.optim.lr is set by occctl from the spec" in text
     assert "'not an override' is not a veRL override" in text

@@ -150,7 +150,7 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
     load_before = os.getloadavg()[0]
     for name in VARIANTS:
         start = copy.deepcopy(loaded)
-        settings = None if specs[name] is None else mtp_settings(specs[name], oracle_every=1 if name == "oracle" else 0)
+        settings = None if specs[name] is None else mtp_settings(specs[name], oracle_every_steps=1 if name == "oracle" else 0)
         timers[name] = StepTimer(name, baton, advance, stop)
         trainers[name] = build_trainer(spec, config, start, settings, [timers[name]])
     errors: dict[str, BaseException] = {}

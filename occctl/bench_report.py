@@ -9,7 +9,6 @@ knows no variant by name, so a backend can time whichever variants it has.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from rich.table import Table
 
 from occctl.backend import get_backend
 from occctl.errors import SpecError
-from occctl.report.progress import progress_bar
+from occctl.jsonio import dumps
+from occctl.progress import progress_bar
 from occctl.rundir import RunDir, write_text_atomic
 from occctl.spec import Spec
 
@@ -44,7 +44,7 @@ def run_overhead_bench(spec: Spec, steps: int, out: Path | None = None, force: b
         result = backend.bench_overhead(plan, steps, progress, resolve)
     result["goals"] = {k: {"max": v, "met": result[k] <= v} for k, v in GOALS.items() if k in result}
     if target is not None:
-        write_text_atomic(target, json.dumps(result, indent=2) + "\n")
+        write_text_atomic(target, dumps(result, indent=2) + "\n")
     return result
 
 
@@ -68,7 +68,7 @@ def run_rollout_bench(spec: Spec, rounds: int, out: Path | None = None, force: b
             results.append({"checkpoint": start.model.path, **result} if checkpoints else result)
     final = {"spec": spec.name, "checkpoints": results} if checkpoints else results[0]
     if target is not None:
-        write_text_atomic(target, json.dumps(final, indent=2) + "\n")
+        write_text_atomic(target, dumps(final, indent=2) + "\n")
     if table_target is not None:
         write_text_atomic(table_target, rollout_markdown(final))
     return final

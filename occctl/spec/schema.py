@@ -1,23 +1,16 @@
-"""The experiment spec: YAML validated by frozen pydantic models (unknown keys are errors).
-
-This is the only place where defaults that change results are written.
+"""The run spec's schema: frozen pydantic models (unknown keys are errors), the defaults that change results, and
+the presets an estimator name stands for. This is the only place where defaults that change results are written.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
-import math
-import reprlib
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from occctl.errors import SpecError, did_you_mean
+from occctl.errors import did_you_mean
 from occctl.registry import BACKENDS, TASK_GRADERS
 
 TINY_CONTEXT = 64  # max_position_embeddings of the tiny preset: the spec checks prompts + answers fit
@@ -27,25 +20,6 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # Per-algorithm clip defaults: DAPO's clip-higher, GRPO's symmetric clip, GSPO's sequence-ratio clip
 # (GSPO paper / veRL recipe: 3e-4 / 4e-4, since length-normalised sequence ratios stay close to 1).
 CLIP_DEFAULTS = {"dapo": (0.2, 0.28), "grpo": (0.2, 0.2), "gspo": (3e-4, 4e-4)}
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """The safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # unhashable key: the base constructor reports it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        return super().construct_mapping(node, deep)
 
 
 class StrictModel(BaseModel):
@@ -192,6 +166,19 @@ class WarmupSpec(StrictModel):
     lr_warmup_steps: int = Field(100, ge=0)
     mtp_coef: float = Field(1.0, ge=0)
     seed: int = 0
+    target: tuple[float, float] | None = Field(
+        None, description="[low, high]: stop at the first check whose held-out avg@k (eval.samples_per_problem "
+        "samples at eval.temperature, seed 0) lies in the band, so runs on any machine start from the same "
+        "accuracy; warmup.steps is then the most it may take (not reaching the band, or jumping over it between "
+        "two checks, is an error); null: exactly warmup.steps")
+    check_every_steps: int = Field(25, ge=1, description="with warmup.target: a held-out check every N steps")
+
+    @field_validator("target")
+    @classmethod
+    def _a_band(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError(f"expected [low, high] with 0 <= low < high <= 1; got {list(v)}")
+        return v
 
 
 class AlgorithmSpec(StrictModel):
@@ -223,7 +210,7 @@ class TrainSpec(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
     seed: int = 0
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final one)")
+    save_every_steps: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final one)")
     speculative: bool = Field(False, description="generate the rollouts by self-speculative decoding: the MTP "
                               "head drafts one token, the policy verifies it (the same samples in distribution; "
                               "logs spec/accept_rate, spec/mean_accept_len)")
@@ -249,10 +236,13 @@ class OccSpec(StrictModel):
         "lambda_+ 0.1, no data-parallel reduction, dual clip 10 and the +-20 log-ratio clamp)")
     lambda_plus: float = Field(1.0, description="lambda_+ of Eq. 13")
     eps: float = Field(1e-8, gt=0)
-    estimator: Literal["ratio_of_sums", "mean_of_ratios", "oracle"] = Field(
-        "ratio_of_sums", description="ratio_of_sums (paper Eq. 13), mean_of_ratios (the authors' code), or oracle: "
-        "lambda_t = lambda_+ c / (v^2 + eps) from the exact gradients of each micro-batch (two extra backward "
-        "passes; the ceiling of what a perfect proxy could do; trl backend only)")
+    estimator: Literal["ratio_of_sums", "mean_of_ratios", "hidden_grad", "oracle"] = Field(
+        "ratio_of_sums", description="ratio_of_sums (paper Eq. 13), mean_of_ratios (the authors' code), hidden_grad: "
+        "lambda_t = lambda_+ <dL_RL/dh, dL_MTP/dh> / (||dL_MTP/dh||^2 + eps) at the trunk's output h (each loss's "
+        "gradient through its own head only, no trunk backward; the oracle's slope if dh/dtheta's Gram matrix were "
+        "isotropic; trl backend only), or oracle: lambda_t = lambda_+ c / (v^2 + eps) from the exact gradients of "
+        "each micro-batch (two extra backward passes; the ceiling of what a perfect proxy could do; trl backend "
+        "only)")
     clip_negative: bool = Field(False, description="OCC-Clip of Table 4: lambda_t >= 0")
     baseline: Literal["main_old", "mtp_old"] = Field(
         "main_old", description="delta_MTP = logp_mtp minus the main head's rollout log-probs (main_old, the "
@@ -267,7 +257,7 @@ class OccSpec(StrictModel):
     dp_reduce: bool = Field(True, description="sum the statistics over data-parallel ranks before forming "
                             "lambda_t (false: every rank its own lambda, as the authors' code)")
     ema: float = Field(0.0, ge=0.0, lt=1.0, description="smoothing of the statistics across steps (0 = none)")
-    oracle_every: int = Field(0, ge=0, description="every N optimizer steps also compute the true gradient "
+    oracle_every_steps: int = Field(0, ge=0, description="every N optimizer steps also compute the true gradient "
                               "geometry c, v^2 (extra backward passes; training unchanged); 0 = off")
     oracle_negative: Literal["advantage", "loss_scale", "flip"] = Field(
         "advantage", description="estimator oracle, lambda < 0: scale the advantage inside the clipped surrogate "
@@ -324,12 +314,12 @@ class MtpSpec(StrictModel):
 
     @model_validator(mode="after")
     def _oracle_needs_occ(self) -> "MtpSpec":
-        if self.occ.estimator == "oracle" and self.enabled:
+        if self.occ.estimator in ("oracle", "hidden_grad") and self.enabled:
             if self.regime != "occ":
-                raise ValueError(f"mtp.occ.estimator: oracle sets the coefficient of the occ regime; "
+                raise ValueError(f"mtp.occ.estimator: {self.occ.estimator} sets the coefficient of the occ regime; "
                                  f"mtp.regime is {self.regime!r}")
             if self.occ.ema:
-                raise ValueError("mtp.occ.estimator: oracle uses each micro-batch's exact gradients; "
+                raise ValueError(f"mtp.occ.estimator: {self.occ.estimator} uses each micro-batch's own gradients; "
                                  "mtp.occ.ema must be 0")
         return self
 
@@ -337,7 +327,7 @@ class MtpSpec(StrictModel):
 class EvalSpec(StrictModel):
     suite: Literal["tiny"] = "tiny"
     samples_per_problem: int = Field(8, ge=1, description="k of avg@k on the held-out split")
-    every: int = Field(0, ge=0, description="also evaluate the held-out split every N optimizer steps "
+    every_steps: int = Field(0, ge=0, description="also evaluate the held-out split every N optimizer steps "
                        "(logged as eval/tiny/*; 0 = only before and after training)")
     temperature: float = Field(1.0, gt=0)
 
@@ -441,289 +431,3 @@ class Spec(StrictModel):
         return (self.train.prompts_per_generation * self.algorithm.samples_per_prompt
                 // self.train.optimizer_steps_per_generation)
 
-
-class SlurmSpec(StrictModel):
-    partition: str | None = Field(None, description="SLURM partition (default: the cluster's)")
-    time_min: int = Field(60, ge=1, description="time limit of one cell's job, minutes")
-    mem_gb: float | None = Field(None, gt=0, description="memory of one cell's job (default: the cluster's)")
-    additional: dict[str, Any] = Field(default_factory=dict, description="more sbatch options, e.g. "
-                                       "{account: proj, qos: high} (submitit's slurm_additional_parameters)")
-    cluster: Literal["slurm", "local", "debug"] = Field("slurm", description="submitit's executor: slurm; local "
-                                                        "or debug run the jobs on this machine (tests)")
-
-
-class LauncherSpec(StrictModel):
-    """How `occctl run` dispatches a study's cells (``launcher:`` beside ``matrix:``; never part of a run's spec,
-    so changing it does not change the runs)."""
-
-    name: Literal["sequential", "local", "ray", "slurm"] = Field("sequential", description="sequential: in this "
-                                                                 "process, one cell after another")
-    jobs: int = Field(1, ge=1, description="cells at once (slurm: the job array's parallelism)")
-    cpus_per_cell: int | None = Field(None, ge=1, description="CPU cores and torch threads of one cell; default: "
-                                      "this machine's cores // jobs (local), 1 (ray, slurm)")
-    gpus_per_cell: float = Field(0, ge=0, description="GPUs of one cell (ray, slurm)")
-    ray_address: str | None = Field(None, description="an existing Ray cluster (auto, ray://host:port); default: "
-                                    "a local Ray that occctl starts and stops")
-    slurm: SlurmSpec = SlurmSpec()
-
-    @model_validator(mode="after")
-    def _jobs_need_a_launcher(self) -> "LauncherSpec":
-        if self.name == "sequential" and self.jobs > 1:
-            raise ValueError(f"jobs = {self.jobs} needs a parallel launcher: --launcher local, ray or slurm")
-        return self
-
-
-def validate_launcher(raw: Any, source: str) -> LauncherSpec:
-    try:
-        return LauncherSpec.model_validate(raw)
-    except ValidationError as e:
-        raise SpecError("\n".join(f"{source}: launcher.{describe_error(err, LauncherSpec)}"
-                                  for err in e.errors())) from None
-
-
-# --- loading -------------------------------------------------------------------------------------
-
-
-# `--set model=<name>` (or `model: <name>` in a file): a named model preset, expanded into the explicit keys it
-# sets (printed by --dry-run, recorded in the run's spec.yaml). A later --set still overrides any of them.
-# `tiny_cpu` runs any spec's task on a config-built tiny model within a 2-core budget: on a dataset task the
-# tokenizer is trained on the task's data (occctl.tasks.tokenizer), so e.g. the math specs' 3-step CPU check is
-#   occctl run specs/qwen25_math_1p5b_occ.yaml --set model=tiny_cpu --set train.steps=3
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"model": {"preset": "tiny"}},
-    "tiny_vllm": {  # the tiny preset with heads of 32 (vLLM's CPU attention) and its MTP head as vLLM runs it
-        "model": {"preset": "tiny", "tiny": {"hidden_size": 96, "num_layers": 4, "num_heads": 3,
-                                             "intermediate_size": 384}},
-        "mtp.zero_first_position": True,
-    },
-    "tiny_cpu": {
-        "model": {"preset": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2,
-                                             "intermediate_size": 128}},  # 2 heads of 32 (vLLM's CPU attention)
-        "warmup.enabled": False,
-        "train.prompts_per_generation": 4, "train.optimizer_steps_per_generation": 2,
-        "train.micro_batches_per_step": 1, "train.max_new_tokens": 32, "algorithm.samples_per_prompt": 4,
-        "task.max_prompt_tokens": 256, "task.heldout_limit": 8, "task.overlong.buffer_tokens": 8,
-        "eval.samples_per_problem": 2, "eval.every": 0,
-        "backend_options": {},
-    },
-}
-
-
-def expand_model_preset(raw: dict[str, Any], name: str, where: str) -> None:
-    """``model: <name>`` -> the preset's keys set in ``raw`` (``MODEL_PRESETS``)."""
-    if name not in MODEL_PRESETS:
-        raise SpecError(f"{where}: unknown model preset {name!r}{did_you_mean(name, MODEL_PRESETS)}; valid: "
-                        f"{', '.join(MODEL_PRESETS)} (or a mapping, e.g. model: {{path: Qwen/Qwen2.5-Math-1.5B}})")
-    for key, value in MODEL_PRESETS[name].items():
-        if key.startswith("task.") and (raw.get("task") or {}).get("name") != "dataset":
-            continue  # keys of the dataset task only
-        set_dotted(raw, key, copy.deepcopy(value), where=where)
-
-
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
-    """Read, override (``key.path=value``, values parsed as YAML) and validate a spec file of one run."""
-    specs = load_specs(path, overrides)
-    if len(specs) != 1:
-        raise SpecError(f"{path}: this spec has a matrix of {len(specs)} runs; here a single run is needed",
-                        hint="`occctl run` runs every cell of a matrix; pick one with --set on a copy without matrix")
-    return specs[0]
-
-
-def load_specs(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> list[Spec]:
-    """A spec file -> its runs (``load_study`` without the launcher)."""
-    return load_study(path, overrides)[0]
-
-
-def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[list[Spec], LauncherSpec]:
-    """A spec file -> its runs and its ``launcher:``. The runs: one, or one per cell of its ``matrix:``
-    (the cartesian product of the lists).
-
-    ``matrix: {mtp.regime: [detach, occ], train.seed: [0, 1]}`` gives 4 runs named
-    ``<name>.regime-detach.seed-0`` etc., all with ``group: <name>`` and ``cell`` = their matrix values.
-    ``--set`` overrides apply to every cell; a key cannot be both overridden and varied.
-    """
-    path = Path(path)
-    raw = read_spec_file(path)
-    matrix = raw.pop("matrix", None)
-    if isinstance(raw.get("model"), str):
-        expand_model_preset(raw, raw["model"], f"{path}: model")
-    for item in overrides:
-        key, value = parse_override(item)
-        if matrix and key in matrix:
-            raise SpecError(f"--set {item}: {key} is varied by the matrix of {path}")
-        if key == "model" and isinstance(value, str):
-            expand_model_preset(raw, value, f"--set {item}")
-            continue
-        set_dotted(raw, key, value, where=f"--set {item}")
-    raw.setdefault("name", path.stem)
-    launcher = validate_launcher(raw.pop("launcher", {}), str(path))
-    if matrix is None:
-        return [validate_spec(raw, str(path))], launcher
-    keys, values, bundles = _check_matrix(matrix, str(path))
-    specs, seen = [], set()
-    for combo in itertools.product(*values):
-        cell = dict(zip(keys, combo))
-        cell_raw = copy.deepcopy(raw)
-        for key, value in cell.items():
-            for target, setting in (bundles[key][value].items() if key in bundles else [(key, value)]):
-                set_dotted(cell_raw, target, setting, where=f"{path}: matrix.{key}")
-        slug = ".".join(f"{key.rsplit('.', 1)[-1]}-{_slug(value)}" for key, value in cell.items())
-        cell_raw.update(name=f"{raw['name']}.{slug}", group=raw["name"], cell=cell)
-        spec = validate_spec(cell_raw, f"{path} (matrix cell {slug})")
-        if spec.name in seen:
-            raise SpecError(f"{path}: two matrix cells are both named {spec.name!r}")
-        seen.add(spec.name)
-        specs.append(spec)
-    return specs, launcher
-
-
-def _check_matrix(matrix: Any, source: str) -> tuple[list[str], list[list[Any]], dict[str, dict[str, Any]]]:
-    """-> keys, their values, and the bundles of named keys (``variant: {label: {key: value, ...}}``)."""
-    example = "e.g. {mtp.regime: [detach, occ], train.seed: [0, 1]}"
-    if not isinstance(matrix, dict) or not matrix:
-        raise SpecError(f"{source}: matrix must be a non-empty mapping of spec keys to lists of values, {example}")
-    dotted = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-    keys, values, bundles = [], [], {}
-    for key, options in matrix.items():
-        if not isinstance(key, str) or not re.fullmatch(dotted, key):
-            raise SpecError(f"{source}: matrix key {key!r} is not a dotted spec key")
-        if key.split(".")[0] in ("name", "group", "cell", "matrix"):
-            raise SpecError(f"{source}: matrix.{key}: this key cannot be varied")
-        if isinstance(options, dict) and options:  # named bundles: label -> {dotted key: value}
-            for label, bundle in options.items():
-                if not isinstance(bundle, dict) or not bundle or not all(
-                        isinstance(k, str) and re.fullmatch(dotted, k) for k in bundle):
-                    raise SpecError(f"{source}: matrix.{key}.{label} must map dotted spec keys to values")
-            bundles[key] = options
-            options = list(options)
-        if not isinstance(options, list) or not options:
-            raise SpecError(f"{source}: matrix.{key} must be a non-empty list of values (or a mapping of "
-                            f"labels to settings); got {options!r}"[:200])
-        if any(isinstance(v, (dict, list)) for v in options):
-            raise SpecError(f"{source}: matrix.{key}: values must be scalars")
-        keys.append(key)
-        values.append(options)
-    if math.prod(len(v) for v in values) > 1000:
-        raise SpecError(f"{source}: the matrix has more than 1000 cells")
-    return keys, values, bundles
-
-
-def _slug(value: Any) -> str:
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text.replace(".", "p")) if text else "empty"
-
-
-def read_spec_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SpecError(f"{path}: no such spec file", hint="pass the path to a YAML spec, e.g. specs/tiny_occ.yaml")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise SpecError(f"{path}: YAML nested too deeply") from None
-    if data is None:
-        raise SpecError(f"{path}: the spec is empty", hint="a spec is a YAML mapping, e.g. `mtp: {regime: occ}`")
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: the spec must be a YAML mapping; got {type(data).__name__}")
-    return data
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-        raise SpecError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. --set train.steps=5")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    if isinstance(parsed, str) or parsed is None:
-        parsed = value if value.strip().lower() not in ("null", "~") else None
-    return key, parsed
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
-    node = raw
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"{where}: {'.'.join(parts[: i + 1])} is not a mapping")
-        node = child
-    node[parts[-1]] = value
-
-
-def validate_spec(raw: dict[str, Any], source: str) -> Spec:
-    try:
-        return Spec.model_validate(raw)
-    except ValidationError as e:
-        lines = [f"{source}: {describe_error(err)}" for err in e.errors()]
-        raise SpecError("\n".join(lines)) from None
-
-
-def describe_error(err: dict[str, Any], root: type[BaseModel] | None = None) -> str:
-    """One pydantic error as one line naming the field (``root``: the model validated; default Spec)."""
-    loc = [str(p) for p in err["loc"]]
-    field = ".".join(loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1], root or Spec)
-        valid = sorted(parent.model_fields) if parent else []
-        hint = did_you_mean(loc[-1], valid)
-        return f"{field}: unknown key{hint}; valid keys: {', '.join(valid)}"
-    msg = err["msg"].removeprefix("Value error, ")
-    got = err.get("input")
-    shown = "" if err["type"] == "missing" or isinstance(got, dict) else f"; got {_short_repr(got)}"
-    return f"{field}: {msg}{shown}"
-
-
-def _short_repr(value: Any) -> str:
-    """A bounded repr (an alias bomb must not be expanded into the message)."""
-    r = reprlib.Repr()
-    r.maxstring = r.maxother = 100
-    r.maxlevel, r.maxlist, r.maxdict = 2, 4, 4
-    return r.repr(value)[:120]
-
-
-def _model_at(loc: list[str], root: type[BaseModel]) -> type[BaseModel] | None:
-    model = root
-    for part in loc:
-        info = model.model_fields.get(part)
-        ann = getattr(info, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
-
-
-# --- views ---------------------------------------------------------------------------------------
-
-
-def spec_to_dict(spec: Spec) -> dict[str, Any]:
-    return spec.model_dump(mode="json")
-
-
-def dump_spec(spec: Spec) -> str:
-    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{full}."))
-        else:
-            out[full] = value
-    return out
-
-
-def spec_schema() -> dict[str, Any]:
-    return Spec.model_json_schema()

@@ -1,6 +1,6 @@
 """Proxy vs. oracle: how well c_hat, v_hat2 and lambda_t track the true gradient geometry (paper Fig. 8).
 
-Reads the per-step metric history of a run with oracle mode (``mtp.occ.oracle_every``) and returns
+Reads the per-step metric history of a run with oracle mode (``mtp.occ.oracle_every_steps``) and returns
 Pearson / Spearman r. Besides the proxies the run trained with, oracle mode logs every estimator variant
 on the same trajectory (``occ/probe_<baseline>_<quantity>_<scope>``), so variants compare paired.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from occctl.correlation import fig8_correlations, pearson, running_mean, spearman
 
-PROBE = re.compile(r"^occ/probe_(?P<baseline>main_old|mtp_old)_(?P<what>c|v2|lambda_\w+?)_(?P<scope>micro|step|full|prev)$")
+PROBE = re.compile(r"^occ/probe_(?P<baseline>main_old|mtp_old|hidden)_(?P<what>c|v2|lambda_\w+?)_(?P<scope>micro|step|full|prev)$")
 FIG8_MIN_POINTS = 64  # below this a binned / smoothed r has too few independent points to mean anything
 
 

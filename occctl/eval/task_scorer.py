@@ -1,0 +1,76 @@
+"""The task suites' scorer (``tiny``): the training run's own held-out eval (``evaluate_heldout``) with the run's k,
+temperature, token budget and seed, graded by the task's reward."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from occctl.errors import SpecError
+from occctl.eval.job import EvalJob, EvalOptions, Scores, pick, suite_label
+from occctl.eval.results import BenchmarkResult, MtpAcceptance
+from occctl.eval.suites import Sampling, Suite
+from occctl.eval.targets import Target
+
+TASK_GRADER = "exact_match@1"  # the default task's (arith) check; a run's task names its own (occctl.tasks.grader_of)
+
+
+def plan_task(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
+    """The run's own held-out eval settings (a checkpoint without a run: the spec defaults), top-p 1."""
+    from occctl.spec import EvalSpec, TrainSpec
+
+    if opts.speculative:
+        raise SpecError(f"--speculative applies to the math suites' hf engine; the {suite.name} suite generates "
+                        "through the training run's held-out eval", hint="drop --speculative")
+    from occctl.tasks import grader_of
+
+    grader = grader_of(target.spec.task) if target.spec else TASK_GRADER  # chain: final_sum@1
+    if any(g not in (grader, grader.split("@")[0]) for g in opts.graders):
+        raise SpecError(f"the {suite.name} suite is graded by the task's reward ({grader}); drop --grader")
+    not_applied = [flag for flag, given in (
+        ("--engine", opts.engine != "hf"), ("--engine-url", opts.engine_url), ("--tp-size", opts.tp_size != 1),
+        ("--batch-size", opts.batch_size is not None), ("--dtype", opts.dtype != "auto"),
+        ("--top-p", opts.top_p is not None), ("--benchmarks", opts.benchmarks), ("--data-dir", opts.data_dir),
+        ("--from-hub", opts.from_hub), ("--prompt", opts.prompt != "auto")) if given]
+    if not_applied:
+        raise SpecError(f"{', '.join(not_applied)}: not used by the {suite.name} suite, which runs the training "
+                        "run's held-out eval (its model in float32 on the hf engine, top-p 1)",
+                        hint=f"drop {', '.join(not_applied)}")
+    ev, train = (target.spec.eval, target.spec.train) if target.spec else (EvalSpec(), TrainSpec())
+    sampling = Sampling(k=opts.k or ev.samples_per_problem, temperature=pick(opts.temperature, ev.temperature),
+                        top_p=1.0, max_new_tokens=opts.max_new_tokens or train.max_new_tokens,
+                        seed=pick(opts.seed, train.seed))
+    return EvalJob(target, suite, opts, (grader,), suite.benchmarks, sampling,
+                   suite_label(suite.name, opts.limit), {})
+
+
+
+def score_task(job: EvalJob, console: Console) -> Scores:
+    from occctl.eval.engines import quiet_transformers
+    from occctl.heldout import evaluate_heldout
+    from occctl.models import load_checkpoint
+    from occctl.spec import TaskSpec
+    from occctl.tasks import get_task
+
+    target, sampling, limit = job.target, job.sampling, job.options.limit
+    task_spec = target.spec.task if target.spec else TaskSpec()
+    task = get_task(task_spec)
+    problems = task.heldout_problems(task_spec)
+    problems = problems[:limit] if limit else problems
+    quiet_transformers()
+    loaded = load_checkpoint(target.model, new_head_if_missing=False)
+    console.print(f"tiny: {len(problems)} held-out problems x {sampling.k} samples (T={sampling.temperature}, seed "
+                  f"{sampling.seed})", highlight=False)
+    res = evaluate_heldout(loaded, problems, sampling.k, sampling.temperature, sampling.max_new_tokens, sampling.seed,
+                           correct=task.is_correct)
+    mtp = MtpAcceptance(res["mtp_acceptance"]) if "mtp_acceptance" in res else None
+    (name,) = job.benchmarks
+    heldout = BenchmarkResult(n_problems=len(problems), k=sampling.k, avg_at_k=res["avg_at_k"],
+                              pass_at_k=res["pass_at_k"], greedy=res["greedy"], mtp=mtp)
+    run_summary = None
+    if target.summary and limit is None:
+        ref = target.summary.get("heldout_acc_after")
+        same_k = target.summary.get("heldout_k") == sampling.k
+        run_summary = {"heldout_acc_after": ref, "heldout_k": target.summary.get("heldout_k"),
+                       "matches": same_k and ref == res["avg_at_k"]}
+    return Scores({job.graders[0]: {name: heldout}}, target.base_dir / "eval" / job.suite.name, run_summary=run_summary)
+
