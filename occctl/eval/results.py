@@ -136,7 +136,7 @@ class EvalResult:
                 out[f"eval/{label}/{name}/greedy/{slug}"] = b.greedy
             if b.mtp is not None and b.mtp.rate is not None:
                 out[f"eval/{label}/{name}/mtp_acceptance"] = b.mtp.rate
-            for key in ("tokens_per_s", "spec_accept_rate", "spec_mean_accept_len"):
+            for key in ("tokens_per_s", "spec_accept_rate", "spec_mean_accept_len", "occctl_spec_accept_rate"):
                 if b.rollout is not None and key in b.rollout:
                     out[f"eval/{label}/{name}/{key}"] = b.rollout[key]
             if b.grading is not None:

@@ -1,5 +1,7 @@
 """The task suites' scorer (``tiny``): the training run's own held-out eval (``evaluate_heldout``) with the run's k,
-temperature, token budget and seed, graded by the task's reward."""
+temperature, token budget and seed, graded by the task's reward. ``--speculative`` adds the MTP head's greedy draft
+acceptance on the held-out prompts: occctl's own decoder's, and with ``--engine vllm`` vLLM's ``mtp`` drafter's on
+the same prompts and checkpoint beside it (``occctl.eval.drafting``); the scores stay the held-out eval's."""
 
 from __future__ import annotations
 
@@ -18,16 +20,17 @@ def plan_task(target: Target, suite: Suite, opts: EvalOptions) -> EvalJob:
     """The run's own held-out eval settings (a checkpoint without a run: the spec defaults), top-p 1."""
     from occctl.spec import EvalSpec, TrainSpec
 
-    if opts.speculative:
-        raise SpecError(f"--speculative applies to the math suites' hf engine; the {suite.name} suite generates "
-                        "through the training run's held-out eval", hint="drop --speculative")
+    if opts.engine != "hf" and not (opts.engine == "vllm" and opts.speculative):
+        raise SpecError(f"--engine {opts.engine}: the {suite.name} suite scores through the training run's held-out "
+                        "eval (hf); only --engine vllm --speculative is used there (vLLM's greedy draft acceptance "
+                        "beside occctl's)", hint="drop --engine, or add --speculative with --engine vllm")
     from occctl.tasks import grader_of
 
     grader = grader_of(target.spec.task) if target.spec else TASK_GRADER  # chain: final_sum@1
     if any(g not in (grader, grader.split("@")[0]) for g in opts.graders):
         raise SpecError(f"the {suite.name} suite is graded by the task's reward ({grader}); drop --grader")
     not_applied = [flag for flag, given in (
-        ("--engine", opts.engine != "hf"), ("--engine-url", opts.engine_url), ("--tp-size", opts.tp_size != 1),
+        ("--engine-url", opts.engine_url), ("--tp-size", opts.tp_size != 1),
         ("--batch-size", opts.batch_size is not None), ("--dtype", opts.dtype != "auto"),
         ("--top-p", opts.top_p is not None), ("--benchmarks", opts.benchmarks), ("--data-dir", opts.data_dir),
         ("--from-hub", opts.from_hub), ("--prompt", opts.prompt != "auto")) if given]
@@ -64,8 +67,9 @@ def score_task(job: EvalJob, console: Console) -> Scores:
                            correct=task.is_correct)
     mtp = MtpAcceptance(res["mtp_acceptance"]) if "mtp_acceptance" in res else None
     (name,) = job.benchmarks
+    rollout = _drafting(job, loaded, problems, console) if job.options.speculative else None
     heldout = BenchmarkResult(n_problems=len(problems), k=sampling.k, avg_at_k=res["avg_at_k"],
-                              pass_at_k=res["pass_at_k"], greedy=res["greedy"], mtp=mtp)
+                              pass_at_k=res["pass_at_k"], greedy=res["greedy"], mtp=mtp, rollout=rollout)
     run_summary = None
     if target.summary and limit is None:
         ref = target.summary.get("heldout_acc_after")
@@ -74,3 +78,27 @@ def score_task(job: EvalJob, console: Console) -> Scores:
                        "matches": same_k and ref == res["avg_at_k"]}
     return Scores({job.graders[0]: {name: heldout}}, target.base_dir / "eval" / job.suite.name, run_summary=run_summary)
 
+
+def _drafting(job: EvalJob, loaded, problems, console: Console) -> dict[str, float]:
+    """Greedy draft acceptance on the held-out prompts: occctl's decoder (``occctl_spec_*``), and the engine's
+    (``spec_*``: vLLM's counters with --engine vllm, else occctl's again)."""
+    from occctl.eval.drafting import OCCCTL_KEYS, engine_greedy_drafting, occctl_greedy_drafting
+
+    if loaded.mtp_head is None:
+        raise SpecError(f"--speculative drafts with the MTP head, and {job.target.model} has none",
+                        hint="evaluate a checkpoint that carries an MTP head, or drop --speculative")
+    prompts = [loaded.tokenizer(p.prompt)["input_ids"] for p in problems]
+    outputs, own = occctl_greedy_drafting(loaded, prompts, job.sampling.max_new_tokens)
+    figures = {**own, **{key.removeprefix("occctl_"): own[key] for key in OCCCTL_KEYS},
+               "spec_drafts": own["occctl_spec_drafts"]}
+    if job.options.engine == "vllm":
+        from occctl.eval.engines import make_engine
+
+        engine = make_engine("vllm", job.target.model, speculative=True)
+        try:
+            figures.update(engine_greedy_drafting(engine, prompts, job.sampling.max_new_tokens, outputs))
+        finally:
+            engine.close()
+    console.print(f"greedy draft acceptance: {job.options.engine} {figures['spec_accept_rate']:.4f}, occctl's "
+                  f"decoder {figures['occctl_spec_accept_rate']:.4f} ({len(prompts)} prompts)", highlight=False)
+    return figures

@@ -95,3 +95,24 @@ def test_vllm_drafts_with_the_exported_head_and_accepts_what_occctl_accepts(serv
     assert drafts > 0
     assert 0.1 < stats.accept_rate < 0.9, stats  # a head that drafts something, and not everything
     assert accepted / drafts == pytest.approx(stats.accept_rate, abs=ACCEPTANCE_TOLERANCE), (drafts, accepted, stats)
+
+
+def test_eval_reports_vllms_greedy_acceptance_beside_occctls(served, tmp_path, monkeypatch):
+    """``occctl eval --suite tiny --engine vllm --speculative``: both rates, on the same prompts and checkpoint."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from occctl.cli import app
+
+    export = served[0]
+    monkeypatch.setenv("OCCCTL_RESULTS_DIR", str(tmp_path / "results"))
+    result = CliRunner().invoke(app, ["eval", "--suite", "tiny", "--checkpoint", str(export), "--engine", "vllm",
+                                      "--speculative", "--limit", "100", "-k", "1", "--out", str(tmp_path / "out"),
+                                      "--no-mlflow"])
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "out").glob("results_*.json")
+    heldout = json.loads(path.read_text())["benchmarks"]["heldout"]
+    assert heldout["spec_greedy_agreement"] == 1.0 and heldout["spec_drafts"] > 0
+    assert heldout["spec_accept_rate"] == pytest.approx(heldout["occctl_spec_accept_rate"],
+                                                        abs=ACCEPTANCE_TOLERANCE), heldout
