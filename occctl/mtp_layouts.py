@@ -36,12 +36,13 @@ Position 0: vLLM's MiMo, DeepSeek-V3 and GLM-4.5 MTP layers zero the token embed
 (``inputs_embeds = where(positions == 0, 0, inputs_embeds)``: the draft slot of the sequence's first token, which
 reads emb(x_1)); Qwen3-Next's does not. This is not harmless: every later slot of the MTP block attends to that
 one, so a head trained without the zero drafts worse when an engine serves it (issue 23: a widened tiny head,
-0.379 accepted in vLLM against 0.588 in occctl's decoder; a 150-step ``tiny_vllm`` warm-up's head loses only 0.015). ``HeadLayout.zero_first_position`` is each family's engine
-behaviour; the spec's ``mtp.zero_first_position`` says how the head is trained (default: as the start model's head
-is; the embedded preset's is not zeroed, so its numbers are those of earlier runs, and its exports draft worse in
-vLLM; the ``tiny_vllm`` model preset zeroes it), and ``config.json`` records it (``ZERO_FIRST_KEY``), so occctl's
-own decoder and eval run an export the way it was trained (a checkpoint without the key: as its family's engines
-run it). An export whose head was trained otherwise than its family's engines run it is logged.
+0.379 accepted in vLLM against 0.588 in occctl's decoder; a 150-step ``tiny_vllm`` warm-up's head loses only
+0.015). ``HeadLayout.zero_first_position`` is each family's engine behaviour; the spec's
+``mtp.zero_first_position`` says how the head is trained (default: as the start model's head is; the embedded
+preset's is not zeroed, so its numbers are those of earlier runs, and its exports draft worse in vLLM; the
+``tiny_vllm`` model preset zeroes it), and ``config.json`` records it (``ZERO_FIRST_KEY``), so occctl's own decoder
+and eval run an export the way it was trained (a checkpoint without the key: as its family's engines run it). An
+export whose head was trained otherwise than its family's engines run it is logged.
 
 The decoder block's tensors are converted with transformers' own checkpoint conversion (the MoE experts are fused in
 transformers' modules and stored per expert on disk), the same code ``from_pretrained`` and ``save_pretrained`` run.
