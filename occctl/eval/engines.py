@@ -222,9 +222,9 @@ class VllmEngine:
         except OSError as e:
             raise EnvError(f"cannot load model {model_path}: {str(e).splitlines()[0]}") from None
         if speculative:
-            from occctl.models import has_mtp_head
+            from occctl.models import has_mtp_head, local_directory
 
-            if not has_mtp_head(model_path):
+            if not has_mtp_head(local_directory(model_path)):  # a hub id: the snapshot from_pretrained filled
                 raise SpecError(f"--speculative drafts with the MTP head, and {model_path} has none",
                                 hint="evaluate a checkpoint that carries an MTP head, or drop --speculative")
         self.context_length = getattr(config, "max_position_embeddings", None)
