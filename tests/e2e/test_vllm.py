@@ -116,3 +116,30 @@ def test_eval_reports_vllms_greedy_acceptance_beside_occctls(served, tmp_path, m
     assert heldout["spec_greedy_agreement"] == 1.0 and heldout["spec_drafts"] > 0
     assert heldout["spec_accept_rate"] == pytest.approx(heldout["occctl_spec_accept_rate"],
                                                         abs=ACCEPTANCE_TOLERANCE), heldout
+
+
+def test_eval_samples_a_math_suite_with_vllm(served, tmp_path, monkeypatch):
+    """``occctl eval --suite math6 --engine vllm --speculative``: k samples at the suite's sampling (T 1, top-p 0.7),
+    drafted by vLLM's mtp method; the tiny model's answers are wrong, the plumbing is what is checked."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from occctl.cli import app
+    from occctl.data import dataset_dir
+    from occctl.errors import DataMissingError
+
+    try:
+        dataset_dir("math6", ["aime24.jsonl"])
+    except DataMissingError as e:
+        pytest.skip(f"math6 data not available: {e.message}")
+    monkeypatch.setenv("OCCCTL_RESULTS_DIR", str(tmp_path / "results"))
+    result = CliRunner().invoke(app, ["eval", "--suite", "math6", "--checkpoint", str(served[0]), "--engine", "vllm",
+                                      "--speculative", "--benchmarks", "aime24", "--limit", "2", "-k", "2",
+                                      "--out", str(tmp_path / "out"), "--no-mlflow"])
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "out").glob("results_*.json")
+    data = json.loads(path.read_text())
+    assert data["engines"] == ["vllm"] and data["sampling"]["temperature"] == 1.0
+    aime = data["benchmarks"]["aime24"]
+    assert aime["timed_samples"] == aime["spec_samples"] == 4 and 0 <= aime["spec_accept_rate"] <= 1
