@@ -10,8 +10,8 @@ next token x_{i+1}:
 over the whole sequence with the host's rotary embeddings, as Megatron's MultiTokenPredictionLayer does.
 
 The head is the same for every host family; ``HeadLayout`` says the two things that change its arithmetic (the
-RMSNorm variant, and whether the embedding at a sequence's first position is zeroed, as vLLM and SGLang run the
-MiMo and DeepSeek-V3 / GLM-4.5 MTP layers). Key names, the native concat order and config keys of each family live in
+RMSNorm variant, and whether the embedding at a sequence's first position is zeroed, as vLLM runs the MiMo and
+DeepSeek-V3 / GLM-4.5 MTP layers). Key names, the native concat order and config keys of each family live in
 ``occctl.mtp_layouts``, which converts native checkpoints to and from this head.
 """
 
@@ -29,7 +29,7 @@ class HeadLayout:
     """What differs between families inside the head's arithmetic (the default is DeepSeek-V3's / MiMo's)."""
 
     zero_centred_norms: bool = False  # RMSNorm weights w applied as (1 + w), initialised to 0 (Qwen3-Next)
-    # emb(x_1) zeroed at the slot of the sequence's first token (h_0), as the engines run MiMo / DeepSeek-V3 MTP
+    # emb(x_1) zeroed at the slot of the sequence's first token (h_0), as vLLM runs MiMo / DeepSeek-V3 MTP
     # layers; every later slot attends to that one, so a head trained otherwise drafts worse there
     zero_first_position: bool = False
 
