@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _rows(summary):
     rows = {}
-    for row in map(json.loads, (Path(summary["checkpoint"]).parents[1] / "metrics.jsonl").open()):
+    for row in map(json.loads, (Path(summary["checkpoint"]).parents[1] / "metrics.jsonl").read_text().splitlines()):
         rows.setdefault(row["step"], {}).update(row)
     return rows
 
