@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from occctl.cli import app
 from occctl.eval.engines import Completion
-from occctl.eval.runner import SCORERS
+from occctl.eval.runner import KINDS
 from occctl.eval.suites import SUITES
 
 MATH = sorted(name for name, suite in SUITES.items() if suite.kind == "math")
@@ -18,7 +18,7 @@ MATH = sorted(name for name, suite in SUITES.items() if suite.kind == "math")
 @pytest.mark.parametrize("name", sorted(SUITES))
 def test_every_suite_is_well_formed(name):
     suite = SUITES[name]
-    assert suite.name == name and suite.kind in SCORERS and suite.about, suite
+    assert suite.name == name and suite.kind in KINDS and suite.about, suite
     assert suite.benchmarks and len(set(suite.all_benchmarks)) == len(suite.all_benchmarks)
     assert not suite.hub or set(suite.hub) == set(suite.all_benchmarks), "--from-hub needs every benchmark's source"
     assert all("/" not in b and b == b.lower() for b in suite.all_benchmarks)  # file stems and metric segments
