@@ -2,7 +2,7 @@
 `occctl bench rollout`: plain vs speculative rollout generation (``measure_rollout``, at the end).
 
 Five trainers on the same starting weights and the same prompts (vanilla TRL GRPO without an MTP head,
-detach, policy, occ, occ + oracle every step) run in one process, each in its own thread, and take strict
+detach, policy, occ, occ with the hidden_grad estimator, occ + oracle every step) run in one process, each in its own thread, and take strict
 turns: one optimizer step each, round-robin (the order rotates every round), so they share the machine's state
 (clock, caches, thermal) and the per-step times compare like for like (paper Fig. 5).
 
@@ -27,13 +27,14 @@ from transformers import TrainerCallback
 
 from occctl.spec import Spec
 
-VARIANTS = ("vanilla", "detach", "policy", "occ", "oracle")
+VARIANTS = ("vanilla", "detach", "policy", "occ", "hidden", "oracle")
 RATIOS = {  # name -> (numerator, denominator)
     "occ_over_policy": ("occ", "policy"),
     "occ_over_detach": ("occ", "detach"),
     "policy_over_detach": ("policy", "detach"),
     "detach_over_vanilla": ("detach", "vanilla"),
     "oracle_over_detach": ("oracle", "detach"),
+    "hidden_over_occ": ("hidden", "occ"),
 }
 
 
@@ -132,7 +133,9 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
         return spec.model_copy(update={"mtp": spec.mtp.model_copy(update={"regime": regime})})
 
     specs = {"vanilla": None, "detach": with_regime("detach"), "policy": with_regime("policy"),
-             "occ": with_regime("occ"), "oracle": with_regime("occ")}
+             "occ": with_regime("occ"), "oracle": with_regime("occ"),
+             "hidden": with_regime("occ").model_copy(update={"mtp": spec.mtp.model_copy(update={
+                 "regime": "occ", "occ": spec.mtp.occ.model_copy(update={"estimator": "hidden_grad", "ema": 0.0})})})}
     stop = threading.Event()
     timers: dict[str, StepTimer] = {}
 

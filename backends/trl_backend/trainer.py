@@ -13,7 +13,9 @@ from backends.trl_backend.translate import policy_loss_kwargs
 
 
 def quiet_libraries() -> None:
-    """No HF progress bars, telemetry or FutureWarnings; MLflow is ours, not the HF integration's."""
+    """No HF progress bars or telemetry, and no FutureWarning TRL causes by calling a deprecated transformers name
+    (named below, one by one: any other warning, ours above all, stays visible); MLflow is ours, not the HF
+    integration's."""
     for key, value in (("HF_HUB_DISABLE_TELEMETRY", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                        ("DISABLE_MLFLOW_INTEGRATION", "TRUE")):
         os.environ.setdefault(key, value)
@@ -23,7 +25,9 @@ def quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    # TRL 1.16's unwrap_model_for_generation (every generation round) still reads transformers 5's deprecated alias
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning,
+                            module="transformers")
 
 
 def mtp_settings(spec: Spec, oracle_every_steps: int | None = None):

@@ -123,6 +123,11 @@ def load_benchmarks(suite: Suite, names: list[str], data_dir: str | Path | None 
                     from_hub: bool = False) -> dict[str, list[BenchmarkProblem]]:
     """Problems per benchmark (the first ``limit`` of each when set); missing data is one clear SpecError."""
     if from_hub:
+        missing = [n for n in names if n not in suite.hub]
+        if missing:
+            raise SpecError(f"suite {suite.name} has no HF-hub source for {', '.join(missing)}",
+                            hint=f"put the files under the data root ({suite.name}/<benchmark>.jsonl) and drop "
+                            "--from-hub")
         rows = {n: load_hub_rows(n, suite.hub[n]) for n in names}
     else:
         root = dataset_dir(suite.name, [f"{n}.jsonl" for n in names], data_dir)

@@ -60,6 +60,7 @@ def score_task(job: EvalJob, console: Console) -> Scores:
     problems = task.heldout_problems(task_spec)
     problems = problems[:limit] if limit else problems
     quiet_transformers()
+    _check_tokenizer(target.model)
     loaded = load_checkpoint(target.model, new_head_if_missing=False)
     console.print(f"tiny: {len(problems)} held-out problems x {sampling.k} samples (T={sampling.temperature}, seed "
                   f"{sampling.seed})", highlight=False)
@@ -102,3 +103,15 @@ def _drafting(job: EvalJob, loaded, problems, console: Console) -> dict[str, flo
     console.print(f"greedy draft acceptance: {job.options.engine} {figures['spec_accept_rate']:.4f}, occctl's "
                   f"decoder {figures['occctl_spec_accept_rate']:.4f} ({len(prompts)} prompts)", highlight=False)
     return figures
+
+
+def _check_tokenizer(model: str) -> None:
+    """A local checkpoint without tokenizer files would load a 1-token default tokenizer and fail deep in generate."""
+    from pathlib import Path
+
+    from occctl.pipeline import TOKENIZER_FILES
+
+    path = Path(model)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SpecError(f"{model}: no tokenizer files ({' or '.join(TOKENIZER_FILES[:2])})",
+                        hint="save the tokenizer beside the weights (tokenizer.save_pretrained)")

@@ -9,7 +9,7 @@
 
 Adding a task: one module with ``train_problems(task, seed, count=None)`` and ``heldout_problems(task)`` returning
 ``Problem`` rows, its grader(s), one ``Task`` entry in ``TASKS`` and its grader keys in
-``occctl.registry.TASK_GRADERS`` (the README's "Adding a task").
+``occctl.registry.TASK_GRADERS`` (``occctl/tasks/README.md``, "Adding a task").
 """
 
 from __future__ import annotations

@@ -17,16 +17,22 @@ pytestmark = pytest.mark.slow
 
 def _rows(summary):
     rows = {}
-    for row in map(json.loads, (Path(summary["checkpoint"]).parents[1] / "metrics.jsonl").open()):
+    for row in map(json.loads, (Path(summary["checkpoint"]).parents[1] / "metrics.jsonl").read_text().splitlines()):
         rows.setdefault(row["step"], {}).update(row)
+    return rows
+
+
+def _rows_with(summary, key: str, n: int) -> list[dict]:
+    """The run's metric rows (one per step, in order) that log ``key``; there must be ``n``."""
+    rows = [r for _, r in sorted(_rows(summary).items()) if key in r]
+    assert len(rows) == n, (key, len(rows))
     return rows
 
 
 def test_oracle_estimator_trains_with_lambda_plus_times_the_oracle_slope(results_dir):
     summary = run_tiny("oracle", "mtp.occ.estimator=oracle", "mtp.occ.lambda_plus=0.5", "train.steps=5",
                    "train.micro_batches_per_step=2")
-    rows = [r for _, r in sorted(_rows(summary).items()) if "occ/oracle_lambda" in r]
-    assert len(rows) == 5
+    rows = _rows_with(summary, "occ/oracle_lambda", 5)
     for r in rows:
         assert r["occ/lambda"] == pytest.approx(0.5 * r["occ/oracle_lambda"], rel=1e-6)
         assert r["mtp/coef"] == pytest.approx(r["occ/lambda"], rel=1e-6)
@@ -43,12 +49,11 @@ def test_hidden_grad_estimator_trains_with_lambda_plus_times_the_slope_at_the_tr
     oracle's (oracle_every_steps=1) as the ``hidden`` probe; it sees step 1, where the delta proxies are 0."""
     summary = run_tiny("hidden", "mtp.occ.estimator=hidden_grad", "mtp.occ.lambda_plus=0.5", "train.steps=4",
                        "mtp.occ.oracle_every_steps=1")
-    rows = [r for _, r in sorted(_rows(summary).items()) if "occ/probe_hidden_c_micro" in r]
-    assert len(rows) == 4
-    for r in rows:
-        assert r["occ/lambda"] == pytest.approx(0.5 * r["occ/probe_hidden_lambda_ratio_of_sums_micro"], rel=1e-6)
-        assert r["occ/probe_hidden_v2_micro"] > 0
-    assert rows[0]["occ/proxy_lambda"] == 0.0 and rows[0]["occ/lambda"] != 0.0
+    rows = _rows_with(summary, "occ/probe_hidden_c_micro", 4)
+    assert all(r["occ/probe_hidden_v2_micro"] > 0 for r in rows)
+    assert [r["occ/lambda"] for r in rows] == pytest.approx(
+        [0.5 * r["occ/probe_hidden_lambda_ratio_of_sums_micro"] for r in rows], rel=1e-6)
+    assert rows[0]["occ/proxy_lambda"] == 0.0 and rows[0]["occ/lambda"] != 0.0  # sees step 1
     assert any(r["occ/lambda"] != pytest.approx(0.5 * r["occ/oracle_lambda"], rel=1e-3) for r in rows)  # not the oracle
     assert "hidden/micro" in summary["fidelity_variants"]  # in the fidelity grid beside the delta baselines
 

@@ -35,3 +35,18 @@ def test_the_decisive_studies_run_every_variant(results_dir, study):
     for spec in cells:
         summary = run_spec(spec)
         assert summary["steps"] == 4 and 0.0 <= summary["heldout_acc_after"] <= 1.0, spec.name
+
+
+def test_the_decisive_study_v2_runs_every_variant_from_a_target_band(results_dir):
+    """A smoke test of specs/decisive_v2.yaml: seed 0 of each variant, a few steps, the warm-up stopped by its
+    warmup.target check (here a band every check is in: it stops at the first check, step 10)."""
+    from occctl.spec import load_specs
+    from occctl.warmup import DONE, warm_start_dir
+
+    band = ["warmup.target=[0.0, 1.0]", "warmup.check_every_steps=10"]
+    cells = [s for s in load_specs(REPO / "specs" / "decisive_v2.yaml", FAST + band) if s.train.seed == 0]
+    assert len(cells) == 13
+    for spec in cells:
+        summary = run_spec(spec)
+        assert summary["steps"] == 4 and 0.0 <= summary["heldout_acc_after"] <= 1.0, spec.name
+    assert json.loads((warm_start_dir(cells[0]) / DONE).read_text())["steps"] == 10

@@ -62,10 +62,10 @@ def test_bench_overhead_writes_the_ratio_json(results_dir, tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    for key in ("occ_over_policy", "occ_over_detach", "detach_over_vanilla", "oracle_over_detach"):
+    for key in ("occ_over_policy", "occ_over_detach", "detach_over_vanilla", "oracle_over_detach", "hidden_over_occ"):
         low, high = result[f"{key}_ci95"]
         assert 0 < low <= result[key] <= high, key
-    assert set(result["median_step_s"]) == {"vanilla", "detach", "policy", "occ", "oracle"}
+    assert set(result["median_step_s"]) == {"vanilla", "detach", "policy", "occ", "hidden", "oracle"}
     assert "occ_over_detach" in proc.stdout
     assert result["steps_timed"] == 2  # the resolution is first checked after 20 rounds
     assert result["resolution"]["target"] == 0.01

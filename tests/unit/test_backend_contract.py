@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import pytest
 from typer.testing import CliRunner
 
-import occctl.backend
 from occctl.backend import MetricSink, Plan, TrainResult
 from occctl.cli import app
+from backend_registration import register_backend  # tests/, on sys.path via its conftest
 from occctl.rundir import RunDir
 from occctl.spec import Spec
 
@@ -101,10 +101,7 @@ class FakeBackend:
 
 @pytest.fixture
 def fake(monkeypatch, results_dir, tmp_path):
-    monkeypatch.setitem(occctl.backend.BACKENDS, "fake", f"{__name__}:FakeBackend")
-    spec = tmp_path / "fake_run.yaml"
-    spec.write_text(SPEC)
-    return spec
+    return register_backend(monkeypatch, tmp_path, "fake", f"{__name__}:FakeBackend", SPEC)
 
 
 def test_a_fake_backend_runs_resumes_and_is_listed(fake, results_dir):

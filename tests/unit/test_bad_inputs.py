@@ -45,6 +45,13 @@ def test_eval_of_damaged_weights(copy, results_dir, file, how):
     assert_one_line_error(result, 2, f"{file} is not a readable safetensors file")
 
 
+def test_eval_of_a_checkpoint_without_its_tokenizer(copy, results_dir):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (copy / name).unlink(missing_ok=True)
+    result = invoke(["eval", "--suite", "tiny", "--checkpoint", str(copy), "--limit", "2", "-k", "1"])
+    assert_one_line_error(result, 2, "no tokenizer files (tokenizer.json or tokenizer_config.json)")
+
+
 @pytest.mark.parametrize("file", FILES)
 @pytest.mark.parametrize("how", DAMAGES)
 def test_bench_rollout_of_damaged_weights(copy, results_dir, file, how):

@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 import pytest
 from typer.testing import CliRunner
 
-import occctl.backend
 from occctl.backend import MetricSink, Plan, TrainResult
 from occctl.cli import app
+from backend_registration import register_backend  # tests/, on sys.path via its conftest
 from occctl.errors import EnvError
 from occctl.rundir import RunDir
 from occctl.spec import Spec
@@ -78,10 +78,7 @@ def _strict(text: str):
 
 @pytest.fixture
 def dummy(monkeypatch, results_dir, tmp_path):
-    monkeypatch.setitem(occctl.backend.BACKENDS, "dummy", f"{__name__}:DummyBackend")
-    spec = tmp_path / "dummy_run.yaml"
-    spec.write_text(SPEC)
-    return spec
+    return register_backend(monkeypatch, tmp_path, "dummy", f"{__name__}:DummyBackend", SPEC)
 
 
 def test_a_dummy_backend_runs_and_is_listed_evaluated_and_reported(dummy, results_dir, tmp_path):

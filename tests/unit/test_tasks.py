@@ -1,5 +1,6 @@
 """The tasks: problem format, the grader behind the reward, splits, and the spec's length checks. Every task of
-the registry is picked up by the parametrized tests (``TASKS``), not by a hand-written list."""
+the registry (``occctl.tasks.TASKS``) is picked up by the parametrized tests, not by a hand-written list: a new
+generated task is tested with ``small(name)``, its defaults with a small split."""
 
 import pytest
 
@@ -32,7 +33,12 @@ def test_reward_checks_only_the_final_sum():
     assert reward.__name__ == "final_sum_v1" and not reward.in_pool  # its own key, not exact_match's
 
 
-GENERATED = {"arith": TaskSpec(heldout_problems=50, train_problems=300), "chain": CHAIN}
+GENERATED = sorted(n for n in TASKS if TASKS[n].generated)
+
+
+def small(name: str) -> TaskSpec:
+    """A generated task at its spec defaults, with splits small enough for a unit test."""
+    return TaskSpec(name=name, heldout_problems=50, train_problems=300)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -44,7 +50,6 @@ def test_every_task_has_its_own_graders(name):
     if task.generated:  # a string check of its own: scores of different checks never share a column
         others = {g for n, t in TASKS.items() if n != name for g in t.graders}
         assert not set(task.graders) & others
-        assert GENERATED[name].name == name  # a new generated task needs an entry in GENERATED
 
 
 def test_a_grader_of_another_task_is_refused():
@@ -53,14 +58,26 @@ def test_a_grader_of_another_task_is_refused():
     assert grader_of(CHAIN) == "final_sum@1" and grader_of(TaskSpec()) == "exact_match@1"
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(TASKS) if TASKS[n].generated])
+@pytest.mark.parametrize("name", GENERATED)
 def test_splits_are_disjoint_deterministic_and_equal_length(name):
-    task = GENERATED[name]
+    task = small(name)
     t = TASKS[name]
     held, train = t.heldout_problems(task), t.train_problems(task, seed=3)
+    assert len(held) == 50 and len(train) == 300
     assert not {p.prompt for p in held} & {p.prompt for p in train}
     assert train == t.train_problems(task, seed=3) and train != t.train_problems(task, seed=4)
     assert len({len(p.prompt + p.answer) for p in held + train}) == 1  # the warm-up batches them unpadded
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_lengths_and_the_check_agree_with_the_problems(name):
+    """The lengths the spec checks and the model sizes are computed from, and the in-process grader, on real rows."""
+    task = small(name)
+    t = TASKS[name]
+    for p in t.heldout_problems(task)[:20]:
+        assert len(p.prompt) == t.prompt_length(task) and len(p.answer) == t.answer_length(task), p
+        assert t.is_correct(p.answer, p.answer) == 1.0 and t.is_correct(f" {p.answer} ", p.answer) == 1.0
+        assert t.is_correct("", p.answer) == 0.0
 
 
 def _spec(**task_and_train):

@@ -7,9 +7,7 @@ a TensorDict with ``dp_size`` / ``batch_num_tokens`` / ``global_batch_size``) an
 ``occctl run --dry-run`` composes from the shipped specs.
 """
 
-from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ pytest.importorskip("trl")
 
 from occctl.occ.regimes import token_logprobs  # noqa: E402
 from occctl.spec import load_spec  # noqa: E402
+from trl_stub import stub_trainer  # noqa: E402  (tests/, on sys.path via its conftest)
 
 REPO = Path(__file__).resolve().parents[3]
 V = 11  # vocabulary of the synthetic MTP logits
@@ -75,12 +74,7 @@ def trl_losses(spec, micro, temperature):
     ga = len(micro)
     tokens = sum(float(m["mask"].sum()) for m in micro)
     losses, current = [], {}
-    stub = SimpleNamespace(
-        mtp=settings, model=SimpleNamespace(training=True), temperature=temperature,
-        state=SimpleNamespace(global_step=0), _calibrated_step=-1, _probe_sums={},
-        current_gradient_accumulation_steps=ga, args=SimpleNamespace(steps_per_generation=ga),
-        accelerator=SimpleNamespace(num_processes=1), _metrics={"train": defaultdict(list)},
-        _mtp_logits_for=lambda *args, **kwargs: current["logits"])
+    stub = stub_trainer(settings, ga, temperature, current)
     for m in micro:
         current["logits"] = m["logits"]
         b, width = m["mask"].shape

@@ -16,9 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,6 +26,7 @@ pytest.importorskip("megatron.core")
 pytest.importorskip("trl")
 
 from occctl.spec import load_spec  # noqa: E402
+from trl_stub import stub_trainer  # noqa: E402  (tests/, on sys.path via its conftest)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -189,12 +188,7 @@ def trl_terms(spec, calls) -> tuple[list[float], list[float]]:
 
     settings, ga = mtp_settings(spec), 2
     current = {}
-    stub = SimpleNamespace(
-        mtp=settings, model=SimpleNamespace(training=True), temperature=spec.train.temperature,
-        state=SimpleNamespace(global_step=0), _calibrated_step=-1, _probe_sums={},
-        current_gradient_accumulation_steps=ga, args=SimpleNamespace(steps_per_generation=ga),
-        accelerator=SimpleNamespace(num_processes=1), _metrics={"train": defaultdict(list)},
-        _mtp_logits_for=lambda *args, **kwargs: current["logits"])
+    stub = stub_trainer(settings, ga, spec.train.temperature, current)
     terms = []
     for n, c in enumerate(calls):
         stub.state.global_step = n // ga

@@ -1,4 +1,5 @@
-"""Spec -> veRL overrides and the adapter's checks (no veRL needed: these run in every environment)."""
+"""Spec -> veRL overrides and the adapter's checks (no veRL needed: these run in every environment). A test whose
+check reads the prompt files uses the ``prompt_files`` fixture (conftest.py), never ../shared/data: CI has none."""
 
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_dynamic_sampling_and_speculative_rollout_switch():
     assert o["actor_rollout_ref.model.mtp.enable_rollout"] == "true"
 
 
-def test_seeds_are_verls_own_unless_the_spec_sets_one(tmp_path):
+def test_seeds_are_verls_own_unless_the_spec_sets_one(tmp_path, prompt_files):
     from backends.verl_backend.translate import SEED_KEYS
 
     o = overrides_of(spec_with())  # the shipped specs leave train.seed out, as the paper's runs used veRL's
