@@ -123,11 +123,14 @@ class Backend(Protocol):
         ``mean_step_s`` ({variant: seconds}), each ratio ``<a>_over_<b>`` (optionally ``<a>_over_<b>_ci95: [low,
         high]``), optionally ``resolution`` and ``load_average_1min``. EnvError when the backend cannot time them."""
 
-    def bench_rollout(self, plan: Plan, rounds: int, progress: "Progress | None" = None) -> dict[str, Any]:
+    def bench_rollout(self, plan: Plan, rounds: int, progress: "Progress | None" = None,
+                      engines: tuple[str, ...] = ("hf",)) -> dict[str, Any]:
         """Tokens/s of plain and speculative generation, interleaved in one process, and ``spec_speedup``. Keys
         ``occctl bench rollout`` reads: ``rounds_timed``, ``completions_per_round``, ``max_new_tokens``,
         ``tokens_per_s`` ({"plain", "speculative"}), ``spec_speedup`` and ``spec_speedup_ci95``, ``accept_rate``,
-        ``mean_accept_len``, ``load_average_1min`` ([before, after]). EnvError when the backend cannot."""
+        ``mean_accept_len``, ``load_average_1min`` ([before, after]). With ``"vllm"`` in ``engines`` (only asked
+        for by ``--engine vllm``) also ``tokens_per_s`` "vllm" and "vllm_speculative", ``vllm_spec_speedup``,
+        ``vllm_over_plain`` (each with ``_ci95``) and ``vllm_accept_rate``. EnvError when the backend cannot."""
 
 
 def get_backend(name: str) -> Backend:

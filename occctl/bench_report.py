@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from occctl.backend import get_backend
-from occctl.errors import SpecError
+from occctl.errors import SpecError, did_you_mean
 from occctl.jsonio import dumps
 from occctl.progress import progress_bar
 from occctl.rundir import RunDir, write_text_atomic
@@ -50,20 +50,23 @@ def run_overhead_bench(spec: Spec, steps: int, out: Path | None = None, force: b
 
 def run_rollout_bench(spec: Spec, rounds: int, out: Path | None = None, force: bool = False,
                       console: Console | None = None, checkpoints: list[Path] | None = None,
-                      markdown: Path | None = None) -> dict[str, Any]:
+                      markdown: Path | None = None, engine: str = "hf") -> dict[str, Any]:
     """Plain vs speculative generation of one rollout batch of the spec, alternating in one process (the
     backend's ``bench_rollout``), from the spec's start or from each of ``checkpoints`` in turn (then the result is
     ``{"spec", "checkpoints": [one result per checkpoint]}``); with ``out`` / ``markdown``, also written there as
-    JSON / a markdown table."""
+    JSON / a markdown table. ``engine="vllm"`` adds vLLM plain and vLLM MTP-speculative to the same rounds."""
     if not spec.mtp.enabled:
         raise SpecError("bench rollout drafts with the MTP head: the spec has mtp.enabled=false (no head)")
+    if engine not in ("hf", "vllm"):
+        raise SpecError(f"--engine {engine!r}{did_you_mean(engine, ['hf', 'vllm'])}: choose hf or vllm")
     target, table_target = _target(out, force), _target(markdown, force)
     starts = [checkpoint_spec(spec, c) for c in checkpoints or []] or [spec]
     backend = get_backend(spec.backend)
     results = []
     with progress_bar(console or Console(stderr=True)) as progress:
         for start in starts:
-            result = backend.bench_rollout(backend.prepare(start, RunDir.named(spec.name)), rounds, progress)
+            extra = {} if engine == "hf" else {"engines": ("hf", engine)}  # a backend without vLLM is not asked
+            result = backend.bench_rollout(backend.prepare(start, RunDir.named(spec.name)), rounds, progress, **extra)
             result["goal"] = {"min": SPEEDUP_GOAL, "met": result["spec_speedup"] >= SPEEDUP_GOAL}
             results.append({"checkpoint": start.model.path, **result} if checkpoints else result)
     final = {"spec": spec.name, "checkpoints": results} if checkpoints else results[0]
@@ -104,24 +107,46 @@ def _results(result: dict[str, Any]) -> list[dict[str, Any]]:
     return result["checkpoints"] if "checkpoints" in result else [result]
 
 
+COLUMNS = ("start", "plain tokens/s", "speculative tokens/s", "spec_speedup [95% CI]", "accept_rate",
+           "mean_accept_len")
+VLLM_COLUMNS = ("vllm tokens/s", "vllm speculative tokens/s", "vllm_spec_speedup [95% CI]",
+                "vllm_over_plain [95% CI]", "vllm accept_rate")
+
+
+def _ratio(r: dict[str, Any], key: str) -> str:
+    low, high = r[f"{key}_ci95"]
+    return f"{r[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def _row(r: dict[str, Any], colour: str | None = None) -> list[str]:
-    """One start's cells: label, both tokens/s, the speed-up [95 % CI] (in rich ``colour`` if given), acceptance."""
+    """One start's cells: label, both tokens/s, the speed-up [95 % CI] (in rich ``colour`` if given), acceptance;
+    then vLLM's when the bench ran it."""
     low, high = r["spec_speedup_ci95"]
     speedup = f"{r['spec_speedup']:.3f}"
-    return [_label(r), f"{r['tokens_per_s']['plain']:.0f}", f"{r['tokens_per_s']['speculative']:.0f}",
-            (f"[{colour}]{speedup}[/]" if colour else speedup) + f" [{low:.3f}, {high:.3f}]",
-            f"{r['accept_rate']:.3f}", f"{r['mean_accept_len']:.3f}"]
+    cells = [_label(r), f"{r['tokens_per_s']['plain']:.0f}", f"{r['tokens_per_s']['speculative']:.0f}",
+             (f"[{colour}]{speedup}[/]" if colour else speedup) + f" [{low:.3f}, {high:.3f}]",
+             f"{r['accept_rate']:.3f}", f"{r['mean_accept_len']:.3f}"]
+    if "vllm_spec_speedup" in r:
+        cells += [f"{r['tokens_per_s']['vllm']:.0f}", f"{r['tokens_per_s']['vllm_speculative']:.0f}",
+                  _ratio(r, "vllm_spec_speedup"), _ratio(r, "vllm_over_plain"), f"{r['vllm_accept_rate']:.3f}"]
+    return cells
+
+
+def _columns(result: dict[str, Any]) -> tuple[str, ...]:
+    return COLUMNS + (VLLM_COLUMNS if "vllm_spec_speedup" in _results(result)[0] else ())
 
 
 def rollout_markdown(result: dict[str, Any]) -> str:
     """One row per start: tokens/s of both generations, the speed-up with its interval, the acceptance."""
-    lines = ["| start | plain tokens/s | speculative tokens/s | spec_speedup [95% CI] | accept_rate | "
-             "mean_accept_len |", "|---|---|---|---|---|---|"]
+    columns = _columns(result)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_row(r)) + " |" for r in _results(result)]
     first = _results(result)[0]
     return "\n".join(lines) + (f"\n\n{first['rounds_timed']} interleaved rounds of {first['completions_per_round']} "
                                f"completions (≤{first['max_new_tokens']} tokens) per start; torch threads "
-                               f"{first.get('torch_threads', '?')}.\n")
+                               f"{first.get('torch_threads', '?')}"
+                               + (f"; vLLM {first['vllm_version']} (eager, float32 on a CPU)" if "vllm_version" in first
+                                  else "") + ".\n")
 
 
 def rollout_table(result: dict[str, Any]) -> Table:
@@ -131,8 +156,7 @@ def rollout_table(result: dict[str, Any]) -> Table:
     first = runs[0]
     table = Table(title=f"rollout generation, {first['rounds_timed']} interleaved rounds of "
                         f"{first['completions_per_round']} completions (≤{first['max_new_tokens']} tokens)")
-    for column in ("start", "plain tokens/s", "speculative tokens/s", "spec_speedup [95% CI]", "accept_rate",
-                   "mean_accept_len"):
+    for column in _columns(result):
         table.add_column(column, justify="left" if column == "start" else "right")
     for r in runs:
         table.add_row(*_row(r, colour="green" if r["goal"]["met"] else "red"))

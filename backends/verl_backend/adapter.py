@@ -124,7 +124,8 @@ class VerlBackend:
         raise EnvError("occctl bench overhead runs on the trl backend only; the veRL backend has no "
                        "in-process timing of its MTP regimes", hint="use a copy of the spec with backend: trl")
 
-    def bench_rollout(self, plan: Plan, rounds: int, progress: Any = None) -> dict[str, Any]:
+    def bench_rollout(self, plan: Plan, rounds: int, progress: Any = None,
+                      engines: tuple[str, ...] = ("hf",)) -> dict[str, Any]:
         raise EnvError("occctl bench rollout runs on the trl backend only; the veRL backend's rollouts are SGLang's "
                        "(its own speculative decoding)", hint="use a copy of the spec with backend: trl")
 
