@@ -145,3 +145,25 @@ def test_eval_samples_a_math_suite_with_vllm(served, tmp_path, monkeypatch):
     assert data["engines"] == ["vllm"] and data["sampling"]["temperature"] == 1.0
     aime = data["benchmarks"]["aime24"]
     assert aime["timed_samples"] == aime["spec_samples"] == 4 and 0 <= aime["spec_accept_rate"] <= 1
+
+
+def test_bench_rollout_times_vllm_plain_and_speculative_beside_the_hf_paths(tmp_path, results_dir):
+    """``occctl bench rollout --engine vllm``: four generators in the same interleaved rounds, paired ratios with
+    intervals, and vLLM's own draft acceptance (its counters; a share, so in [0, 1])."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from occctl.cli import app
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "rollout", str(SPEC), "--engine", "vllm", "--rounds", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, args + [a for w in WARMUP for a in ("--set", w)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert set(r["tokens_per_s"]) == {"plain", "speculative", "vllm", "vllm_speculative"}
+    assert all(v > 0 for v in r["tokens_per_s"].values())
+    for key in ("spec_speedup", "vllm_spec_speedup", "vllm_over_plain"):
+        low, high = r[f"{key}_ci95"]
+        assert low <= r[key] <= high, key
+    assert 0.0 <= r["vllm_accept_rate"] <= 1.0 and r["vllm_version"].startswith("0.32")
