@@ -47,7 +47,9 @@ def test_oracle_mode_logs_every_variant(results_dir):
     summary = run_spec(spec)
     assert summary["oracle_steps"] == 6
     variants = summary["fidelity_variants"]
-    assert set(variants) == {f"{b}/{s}" for b in ("main_old", "mtp_old") for s in ("micro", "step", "full", "prev")}
+    assert set(variants) == {f"{b}/{s}" for b in ("main_old", "mtp_old") for s in ("micro", "step", "full", "prev")
+                             } | {"hidden/micro"}  # the hidden_grad estimator's probe: per micro-batch only
+    assert {"pearson_c", "pearson_v2", "pearson_lambda_ratio_of_sums"} <= set(variants["hidden/micro"])
     assert {"pearson_c", "pearson_v2", "pearson_lambda_ratio_of_sums", "pearson_lambda_mean_of_ratios"} <= set(
         variants["mtp_old/step"])
     row = _history(summary)[3]
