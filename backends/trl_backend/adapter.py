@@ -65,6 +65,10 @@ class TrlBackend:
         from backends.trl_backend.hooks import CALIBRATOR_STATE, CheckpointSaved, MetricsCallback, PeriodicEval
 
         spec = plan.spec
+        if spec.train.rollout_engine == "vllm":
+            from backends.trl_backend.vllm_rollouts import require_vllm
+
+            require_vllm()
         default_threads(spec)
         quiet_libraries()
         loaded = start_model(spec, plan.warm_start)

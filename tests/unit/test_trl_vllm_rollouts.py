@@ -67,3 +67,16 @@ def test_the_mtp_policy_term_gets_trls_importance_sampling_factor(regime, weight
     trainer.use_vllm = False  # HF rollouts: TRL computes no factor
     kwargs, _ = MtpGRPOTrainer._policy_kwargs(trainer, {}, "train", 2)
     assert "token_weights" not in kwargs
+
+
+def test_without_vllm_the_vllm_engine_is_an_environment_error():
+    import importlib.util
+
+    from backends.trl_backend.vllm_rollouts import require_vllm
+    from occctl.errors import EnvError
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    with pytest.raises(EnvError, match="needs the vllm package") as caught:
+        require_vllm()
+    assert "install_vllm_cpu.sh" in caught.value.hint and caught.value.exit_code == 3
