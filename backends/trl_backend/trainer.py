@@ -85,7 +85,7 @@ def vllm_model_dir(loaded, output_dir: str) -> None:
     if source and not Path(source).expanduser().exists():
         return
     folder = save_checkpoint(Path(output_dir) / "vllm_model", replace(loaded, mtp_head=None))
-    loaded.model.config._name_or_path = str(folder)
+    loaded.model.name_or_path = loaded.model.config._name_or_path = str(folder)  # the model keeps its own copy
 
 
 def train_dataset(spec: Spec, tokenizer: Any, progress: Any = None):

@@ -80,3 +80,18 @@ def test_without_vllm_the_vllm_engine_is_an_environment_error():
     with pytest.raises(EnvError, match="needs the vllm package") as caught:
         require_vllm()
     assert "install_vllm_cpu.sh" in caught.value.hint and caught.value.exit_code == 3
+
+
+def test_colocated_vllm_reads_a_saved_copy_of_a_config_built_or_local_model(tmp_path):
+    from backends.trl_backend.trainer import vllm_model_dir
+    from occctl.pipeline import start_model
+
+    loaded = start_model(load_spec(SPEC, ["model=tiny_vllm", "warmup.enabled=false"]))
+    assert loaded.mtp_head is not None and not loaded.model.name_or_path
+    vllm_model_dir(loaded, str(tmp_path))
+    folder = tmp_path / "vllm_model"
+    assert loaded.model.name_or_path == str(folder) and (folder / "model.safetensors").is_file()
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == ["model.safetensors"]  # the main model only
+    loaded.model.name_or_path = "Qwen/Qwen2.5-Math-1.5B"  # a hub id: vLLM loads it itself
+    vllm_model_dir(loaded, str(tmp_path / "again"))
+    assert loaded.model.name_or_path == "Qwen/Qwen2.5-Math-1.5B" and not (tmp_path / "again").exists()
