@@ -127,6 +127,18 @@ class HfEngine:
         pass
 
 
+def tokenizer_and_config(model_path: str, trust_remote_code: bool):
+    """The checkpoint's tokenizer and config (an unloadable one: EnvError, one line)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    quiet_transformers()
+    try:
+        return (AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code),
+                AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    except OSError as e:
+        raise EnvError(f"cannot load model {model_path}: {str(e).splitlines()[0]}") from None
+
+
 class SglangEngine:
     """SGLang: the offline ``sglang.Engine`` in this process, or a running server (``--engine-url``)."""
 
@@ -134,14 +146,7 @@ class SglangEngine:
 
     def __init__(self, model_path: str, url: str | None = None, tp_size: int = 1, dtype: str = "auto",
                  trust_remote_code: bool = False) -> None:
-        from transformers import AutoConfig, AutoTokenizer
-
-        quiet_transformers()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-            config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        except OSError as e:
-            raise EnvError(f"cannot load model {model_path}: {str(e).splitlines()[0]}") from None
+        self.tokenizer, config = tokenizer_and_config(model_path, trust_remote_code)
         self.context_length = getattr(config, "max_position_embeddings", None)
         self.url = url.rstrip("/") if url else None
         self._engine = None
@@ -213,14 +218,7 @@ class VllmEngine:
         import os
 
         import torch
-        from transformers import AutoConfig, AutoTokenizer
-
-        quiet_transformers()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-            config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        except OSError as e:
-            raise EnvError(f"cannot load model {model_path}: {str(e).splitlines()[0]}") from None
+        self.tokenizer, config = tokenizer_and_config(model_path, trust_remote_code)
         if speculative:
             from occctl.models import has_mtp_head, local_directory
 
