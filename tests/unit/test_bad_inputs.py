@@ -75,7 +75,7 @@ def test_run_from_a_damaged_warmup_cache(checkpoint, results_dir, tmp_path, monk
 @pytest.mark.parametrize("args, fragment", [
     (["--suite", "tiny", "--dtype", "float7"], "--dtype 'float7'"),
     (["--suite", "math6", "--dtype", "float7"], "--dtype 'float7'"),
-    (["--suite", "tiny", "--engine", "vllmx"], "--engine: not used by the tiny suite"),
+    (["--suite", "tiny", "--engine", "vllmx"], "--engine vllmx: the tiny suite scores through the training run's held-out eval"),
     (["--suite", "tiny", "--dtype", "bfloat16"], "--dtype: not used by the tiny suite"),
     (["--suite", "tiny", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["--suite", "tiny", "--batch-size", "8"], "--batch-size: not used by the tiny suite"),
