@@ -67,7 +67,7 @@ def build_trainer(spec: Spec, native_config: dict[str, Any], loaded, mtp, callba
     if loaded.mtp_head is not None and mtp is not None:
         model.mtp_head = loaded.mtp_head
     dataset = train_dataset(spec, loaded.tokenizer, progress)
-    config = GRPOConfig(**{**native_config, "use_cpu": not torch.cuda.is_available()})
+    config = GRPOConfig(**{**installed_names(native_config, GRPOConfig), "use_cpu": not torch.cuda.is_available()})
     trainer = MtpGRPOTrainer(model=model, reward_funcs=reward or TaskReward(spec.task, spec.train.max_new_tokens),
                              args=config, train_dataset=dataset, processing_class=loaded.tokenizer,
                              callbacks=callbacks, mtp=mtp, speculative=spec.train.speculative)
@@ -123,3 +123,13 @@ def detach_head(loaded) -> None:
     """The MTP head is saved beside the HF weights, not inside them."""
     if "mtp_head" in dict(loaded.model.named_children()):
         del loaded.model.mtp_head
+
+
+def installed_names(native_config: dict[str, Any], config_class: type) -> dict[str, Any]:
+    """The translated config with the key names the installed transformers knows: ``activation_checkpointing`` is
+    transformers 5.2x's name, ``gradient_checkpointing`` the older one (the vLLM venv's 5.19) and its alias."""
+    fields = getattr(config_class, "__dataclass_fields__", {})
+    if "activation_checkpointing" in native_config and "activation_checkpointing" not in fields:
+        native_config = dict(native_config)
+        native_config["gradient_checkpointing"] = native_config.pop("activation_checkpointing")
+    return native_config
