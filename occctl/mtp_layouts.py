@@ -41,7 +41,8 @@ one, so a head trained without the zero drafts worse when an engine serves it (i
 ``mtp.zero_first_position`` says how the head is trained (default: as the start model's head is; the embedded
 preset's is not zeroed, so its numbers are those of earlier runs, and its exports draft worse in vLLM; the
 ``tiny_vllm`` model preset zeroes it), and ``config.json`` records it (``ZERO_FIRST_KEY``), so occctl's own decoder
-and eval run an export the way it was trained (a checkpoint without the key: as its family's engines run it). An
+and eval run an export the way it was trained (without the key: an occctl export, its head in ``NATIVE_FILE``,
+was written before the key and trained without zeroing; any other checkpoint runs as its family's engines run it). An
 export whose head was trained otherwise than its family's engines run it is logged.
 
 The decoder block's tensors are converted with transformers' own checkpoint conversion (the MoE experts are fused in
@@ -68,7 +69,7 @@ NATIVE_FILE = "model-mtp.safetensors"  # the exported MTP layer, beside the host
 INDEX_FILE = "model.safetensors.index.json"
 # host tensors an MTP layer may carry a copy of (checked on import, never trained: the head uses the host's)
 COPIES = {"embed_tokens.weight": "embed", "shared_head.head.weight": "lm_head"}
-ZERO_FIRST_KEY = "occctl_mtp_zero_first_position"  # config.json: how the head was trained (absent: as engines run it)
+ZERO_FIRST_KEY = "occctl_mtp_zero_first_position"  # config.json: how the head was trained (load_native: absent)
 log = logging.getLogger(__name__)
 
 
@@ -287,7 +288,11 @@ def load_native(model: nn.Module, native: NativeMtp, where: Path) -> MtpHead:
     block_native = {k: v for k, v in tensors.items() if k.startswith(block) and not _is_own(k, own, layout)}
     state.update({f"block.{k}": v for k, v in _to_module_layout(model, layout, block_native, block).items()})
     head.load_state_dict(state)
-    head.zero_first_position = bool(getattr(model.config, ZERO_FIRST_KEY, layout.head.zero_first_position))
+    # config.json says how the head was trained; without the key: an occctl export (its own NATIVE_FILE) was
+    # written before the key existed and trained without zeroing; any other checkpoint runs as its engines run it
+    written_by_occctl = all(Path(f).name == NATIVE_FILE for f in native.files.values())
+    absent = False if written_by_occctl else layout.head.zero_first_position
+    head.zero_first_position = bool(getattr(model.config, ZERO_FIRST_KEY, absent))
     _check_copies(model, {k[len(own):]: v for k, v in tensors.items() if _is_own(k, own, layout)}, where)
     if native.depth > 1:
         log.warning("%s has %d MTP layers; occctl trains and exports the first one", where, native.depth)

@@ -151,6 +151,22 @@ def test_a_head_trained_with_position_0_zeroed_exports_and_loads_that_way(tmp_pa
         torch.testing.assert_close(mtp_logits(loaded.model, loaded.mtp_head, h, ids, attn, slice(None)), zeroed)
 
 
+def test_an_occctl_export_from_before_the_position_0_key_loads_as_it_was_trained(tmp_path):
+    """Warm-up caches and runs exported before ``occctl_mtp_zero_first_position`` existed trained the head without
+    zeroing; loaded without the key they must run that way (a foreign checkpoint runs as its engines run it)."""
+    from occctl.models import build_tiny
+    from occctl.spec import TinyModelSpec
+
+    out = save_checkpoint(tmp_path / "old", build_tiny(TinyModelSpec(hidden_size=32, num_layers=2, num_heads=2,
+                                                                     intermediate_size=64), seed=0))
+    config = json.loads((out / "config.json").read_text())
+    del config["occctl_mtp_zero_first_position"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(out, new_head_if_missing=False).mtp_head.zero_first_position is False
+    (out / "model-mtp.safetensors").rename(out / "model-00002-of-00002.safetensors")  # not occctl's own file
+    assert load_checkpoint(out, new_head_if_missing=False).mtp_head.zero_first_position is True
+
+
 def test_checkpoints_in_occctls_own_format_stay_readable(tmp_path):
     from occctl.models import build_tiny
     from occctl.spec import TinyModelSpec
