@@ -15,7 +15,7 @@ def stub_trainer(settings, ga: int, temperature: float, current: dict) -> Simple
     stub = SimpleNamespace(
         mtp=settings, model=SimpleNamespace(training=True), temperature=temperature,
         state=SimpleNamespace(global_step=0), _calibrated_step=-1, _probe_sums={},
-        current_gradient_accumulation_steps=ga, args=SimpleNamespace(steps_per_generation=ga),
+        current_gradient_accumulation_steps=ga, args=SimpleNamespace(steps_per_generation=ga), use_vllm=False,
         accelerator=SimpleNamespace(num_processes=1), _metrics={"train": defaultdict(list)},
         _mtp_logits_for=lambda *args, **kwargs: current["logits"])
     for name in ("_begin_step", "_policy_kwargs", "_log_term"):
