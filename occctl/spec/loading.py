@@ -48,7 +48,10 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"model": {"preset": "tiny"}},
     # the tiny preset with heads of 32 (vLLM's CPU attention) and its MTP head as vLLM runs it. It learns 3-digit
     # addition far less than `tiny` in the warm-up: held-out avg@8 0.008 after 550 steps (also 0.008 at
-    # warmup.lr 1e-3, 0.009 after 1100 steps), where `tiny` reaches 0.06-0.26; its head drafts 0.60 of tokens
+    # warmup.lr 1e-3, 0.009 after 1100 steps), where `tiny` reaches 0.06-0.26; its head drafts 0.60 of tokens.
+    # The other shapes with heads of 32 tried learn no better (2026-12-06, 1 thread): `tiny` with 2 heads (64 wide)
+    # 0.002 after 550 steps and 0.011 after 1100; 128 wide with 4 heads 0.010 after 550. So `tiny` keeps its heads
+    # of 16, which vLLM's CPU attention cannot serve (a GPU build's attention backends: unchecked)
     "tiny_vllm": {
         "model": {"preset": "tiny", "tiny": {"hidden_size": 96, "num_layers": 4, "num_heads": 3,
                                              "intermediate_size": 384}},
