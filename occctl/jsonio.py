@@ -5,13 +5,15 @@ with ``parse_constant``) refuse.
 Every JSON file occctl writes goes through ``dumps`` (``summary.json``, ``metrics.jsonl``, ``env.json``, eval results,
 bench results, ...): non-finite floats become ``null`` and anything else that could not be written is a ValueError
 (``allow_nan=False``), so a regression fails loudly. Readers treat ``null`` as missing: ``number`` for one value,
-and ``RunDir.read_metrics`` hands a metrics row's ``null`` back as NaN, what the in-process rows hold.
+and ``RunDir.read_metrics`` hands a metrics row's ``null`` back as NaN, what the in-process rows hold. ``read_object``
+reads a file that may be absent or torn (another machine's record, an old cache) as a dict or None.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -37,3 +39,12 @@ def number(value: Any, default: float = math.nan) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return default
     return float(value)
+
+
+def read_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is missing, unreadable, not JSON or not an object."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -53,6 +53,9 @@ def cache_root() -> Path:
     return Path(env).expanduser().resolve() if env else results_root() / "cache"
 
 
+WARMUP_RECORD = "warmup.json"  # written last in a warm-up cache folder (``occctl.warmup``): key, steps, machine
+
+
 def run_dir(name: str) -> Path:
     """``results/runs/<name>``; a name that could leave ``results/runs`` is refused."""
     if not re.fullmatch(NAME_PATTERN, name) or set(name) <= {"."}:

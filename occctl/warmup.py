@@ -23,12 +23,12 @@ from occctl.errors import RunError
 from occctl.heldout import evaluate_heldout
 from occctl.models import build_tiny, save_checkpoint, set_zero_first_position
 from occctl.occ.mtp_head import mtp_logits
-from occctl.rundir import cache_root, write_json_atomic
+from occctl.rundir import WARMUP_RECORD, cache_root, write_json_atomic
 from occctl.spec import Spec
 from occctl.tasks import get_task
 
 WARMUP_FORMAT = 2  # bump when the warm-up procedure or a task's text format changes, so stale caches are not reused
-DONE = "warmup.json"
+DONE = WARMUP_RECORD
 
 
 def warmup_key(spec: Spec) -> str:

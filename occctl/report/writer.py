@@ -11,6 +11,8 @@ from typing import Any
 from occctl.errors import SpecError
 from occctl.report.comparison import Comparison, build_comparison, to_markdown, to_rows, value_at_step
 from occctl.report.plots import CURVES, plot_curves, plot_fidelity
+from occctl.report.provenance import (collect_starts_and_machines, starts_and_machines_columns,
+                                      starts_and_machines_markdown)
 from occctl.report.selection import group_gaps, select_runs
 from occctl.rundir import results_root, write_text_atomic
 from occctl.tracking import Store, resolve_store
@@ -61,8 +63,9 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
     directory = report_dir(name, out, force)
     directory.mkdir(parents=True, exist_ok=True)
     title = f"{', '.join(comp.rows)} on {', '.join(groups or [experiment or 'all runs'])}"
+    compared = [run for r in comp.rows for run in (comp.members or {})[r]]
+    origins = collect_starts_and_machines(list({run["run_id"]: run["name"] for run in compared}.values()))
     if at_steps:
-        compared = [run for r in comp.rows for run in (comp.members or {})[r]]
         tables = [(step, build_comparison(_at_step(compared, store, metrics or [], step), compare, rows, metrics))
                   for step in at_steps]
         markdown = "\n".join(to_markdown(c, f"{title}, at step {step}") for step, c in tables)
@@ -71,11 +74,13 @@ def write_report(compare: list[str], groups: list[str] | None, experiment: str |
         markdown, records = to_markdown(comp, title), to_rows(comp)
     gap_notes = "".join(f"\nWarning: {gap}.\n" for gap in gaps)
     files = [_write(directory / "table.md",
-                    markdown + gap_notes + _provenance(compare, groups, experiment, rows, metrics, regime, at_steps)),
+                    markdown + gap_notes + starts_and_machines_markdown(origins)
+                    + _provenance(compare, groups, experiment, rows, metrics, regime, at_steps)),
              _write(directory / "table.csv", _csv(records))]
     files += _figures(comp, directory, store, smooth)
+    logged = {"table.json": _columns(records), "start_and_machine.json": starts_and_machines_columns(origins)}
     try:
-        report_run = store.log_report(REPORT_EXPERIMENT, name, files, {"table.json": _columns(records)})
+        report_run = store.log_report(REPORT_EXPERIMENT, name, files, logged)
     except Exception as e:  # noqa: BLE001 - the files are written; MLflow is a mirror
         report_run = None
         import warnings
