@@ -1,4 +1,5 @@
-"""What a result depends on besides its spec: git SHA, Python, platform, package versions (``env.json``)."""
+"""What a result depends on besides its spec: git SHA, Python, platform, the machine (CPU, cores, torch threads),
+package versions (``env.json``)."""
 
 from __future__ import annotations
 
@@ -46,12 +47,17 @@ def cpu_model() -> str:
 
 def machine_record() -> dict[str, Any]:
     """The machine a number came from: CPU model, cores, torch's threads, the libraries that compute it."""
-    import torch
-
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "packages": package_versions(("torch", "transformers"))}
+    return {**_machine(), "packages": package_versions(("torch", "transformers"))}
 
 
 def environment() -> dict[str, Any]:
+    """A run's ``env.json``: git SHA, Python, platform, the machine (CPU model, cores, torch's threads as the run
+    starts: the TRL backend's tiny preset then trains on 1 thread when OMP_NUM_THREADS is unset) and the packages."""
     return {"git_sha": git_sha(), "python": platform.python_version(), "platform": platform.platform(),
-            "cpu": cpu_model(), "packages": package_versions(RUN_PACKAGES)}
+            **_machine(), "packages": package_versions(RUN_PACKAGES)}
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}

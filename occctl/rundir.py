@@ -168,7 +168,7 @@ class RunDir:
         if not self.spec_file.is_file():
             raise RunFileError("spec.yaml: missing")
         try:
-            return validate_spec(read_spec_file(self.spec_file), "spec.yaml")
+            return validate_spec(read_spec_file(self.spec_file), "spec.yaml", run_folder=True)
         except SpecError as e:
             raise RunFileError(f"spec.yaml: invalid ({e.message.splitlines()[0]})") from None
         except (OSError, RecursionError, UnicodeDecodeError) as e:

@@ -136,7 +136,8 @@ def tokenizer_and_config(model_path: str, trust_remote_code: bool):
         return (AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code),
                 AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
     except OSError as e:
-        raise EnvError(f"cannot load model {model_path}: {str(e).splitlines()[0]}") from None
+        raise EnvError(f"cannot load model {model_path}: {str(e).splitlines()[0]}",
+                       hint="pass a local HF directory, or a hub id on a machine with network access") from None
 
 
 class SglangEngine:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from occctl.eval import cache as evcache
-from occctl.eval.engines import check_engine
+from occctl.eval.engines import check_engine, tokenizer_and_config
 from occctl.eval.graders import DEFAULT_GRADER, grader_slug, resolve_grader
 from occctl.eval.job import EvalJob, EvalOptions, Scores, pick, suite_label
 from occctl.eval.pool import GradingPool, Job
@@ -128,7 +128,9 @@ def rollout_figures(rows: list[dict]) -> dict[str, float] | None:
 
 
 def _prompts(job: EvalJob, console: Console) -> PromptSet:
-    tok, context = _tokenizer(job.target.model, job.options.trust_remote_code)
+    tok, config = tokenizer_and_config(job.target.model, job.options.trust_remote_code)
+    tok.padding_side = "left"
+    context = getattr(config, "max_position_embeddings", None)
     mode = resolve_mode(tok, job.options.prompt)
     max_new, room = plan_lengths(context, job.sampling.max_new_tokens)
     ids: dict[str, dict[str, list[int]]] = {}
@@ -145,22 +147,6 @@ def _prompts(job: EvalJob, console: Console) -> PromptSet:
                       f"{job.sampling.max_new_tokens} -> {max_new}, {truncated}/{n_prompts} prompts left-truncated "
                       f"to {room} tokens (recorded in the results)", highlight=False)
     return PromptSet(mode, ids, max_new, room, context, truncated)
-
-
-def _tokenizer(model: str, trust_remote_code: bool):
-    from transformers import AutoConfig, AutoTokenizer
-
-    from occctl.errors import EnvError
-    from occctl.eval.engines import quiet_transformers
-
-    quiet_transformers()
-    try:
-        tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code, padding_side="left")
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise EnvError(f"cannot load model {model}: {str(e).splitlines()[0]}",
-                       hint="pass a local HF directory, or a hub id on a machine with network access") from None
-    return tok, getattr(config, "max_position_embeddings", None)
 
 
 def _missing(job: EvalJob, path: Callable[[str], Path],

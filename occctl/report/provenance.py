@@ -97,21 +97,20 @@ def describe_warmup(record: dict[str, Any], spec: Spec | None) -> str:
 def describe_warmup_machine(machine: Any) -> str:
     if not isinstance(machine, dict):
         return "trained on a machine not recorded"
-    threads = machine.get("torch_threads")
-    where = ", ".join(part for part in (_cores(machine.get("cores")),
-                                        _count(threads, "torch thread") if threads is not None else "") if part)
+    where = _cores_and_threads(machine)
     return (f"trained on {machine.get('cpu') or 'an unnamed CPU'}" + (f" ({where})" if where else "")
             + "".join(f", {p}" for p in _packages(machine.get("packages"))))
 
 
 def describe_environment(env: dict[str, Any] | None) -> str:
-    """CPU (cores when recorded), Python on its platform, and the installed packages, from ``env.json``."""
+    """CPU (cores and torch threads when recorded), Python on its platform, and the installed packages, from
+    ``env.json``."""
     if env is None:
         return "environment not recorded (env.json missing)"
     cpu = env.get("cpu") or "CPU not recorded"
-    cores = _cores(env.get("cores"))
+    where = _cores_and_threads(env)
     python = f"python {env.get('python') or '?'}" + (f" on {env['platform']}" if env.get("platform") else "")
-    return "; ".join([cpu + (f" ({cores})" if cores else ""), python, ", ".join(_packages(env.get("packages")))])
+    return "; ".join([cpu + (f" ({where})" if where else ""), python, ", ".join(_packages(env.get("packages")))])
 
 
 def starts_and_machines_markdown(found: StartsAndMachines) -> str:
@@ -141,8 +140,11 @@ def _fraction(value: Any) -> str:
     return "?" if x != x else f"{x:.3f}"  # NaN: null or missing
 
 
-def _cores(cores: Any) -> str:
-    return _count(cores, "core") if cores is not None else ""
+def _cores_and_threads(record: dict[str, Any]) -> str:
+    """``2 cores, 1 torch thread`` from a record's ``cores`` and ``torch_threads`` (each only when recorded)."""
+    cores, threads = record.get("cores"), record.get("torch_threads")
+    return ", ".join(part for part in (_count(cores, "core") if cores is not None else "",
+                                       _count(threads, "torch thread") if threads is not None else "") if part)
 
 
 def _packages(packages: Any) -> list[str]:

@@ -227,8 +227,10 @@ RENAMED_KEYS = {"train.save_every": "train.save_every_steps", "eval.every": "eva
                 "mtp.occ.oracle_every": "mtp.occ.oracle_every_steps"}
 
 
-def validate_spec(raw: dict[str, Any], source: str) -> Spec:
-    _rename_old_keys(raw, source)
+def validate_spec(raw: dict[str, Any], source: str, *, run_folder: bool = False) -> Spec:
+    """``raw`` as a Spec, problems named after ``source``; ``run_folder``: ``raw`` is a run folder's own spec.yaml,
+    whose old key names (written before a rename) move without a warning, as there is nothing for the user to change."""
+    _rename_old_keys(raw, source, warn=not run_folder)
     try:
         return Spec.model_validate(raw)
     except ValidationError as e:
@@ -237,8 +239,8 @@ def validate_spec(raw: dict[str, Any], source: str) -> Spec:
 
 
 
-def _rename_old_keys(raw: dict[str, Any], source: str) -> None:
-    """Moves each ``RENAMED_KEYS`` old key to its new name, with a warning; both given is an error."""
+def _rename_old_keys(raw: dict[str, Any], source: str, warn: bool) -> None:
+    """Moves each ``RENAMED_KEYS`` old key to its new name, with a warning if ``warn``; both given is an error."""
     for old, new in RENAMED_KEYS.items():
         *parents, leaf = old.split(".")
         node = raw
@@ -250,5 +252,5 @@ def _rename_old_keys(raw: dict[str, Any], source: str) -> None:
         if new_leaf in node:
             raise SpecError(f"{source}: {old} and {new} are the same key (renamed); drop {old}")
         node[new_leaf] = node.pop(leaf)
-        if source != "spec.yaml":  # a run folder written before the rename: nothing for the user to change
+        if warn:
             warnings.warn(f"{source}: {old} is now {new}", FutureWarning, stacklevel=2)

@@ -15,8 +15,10 @@ MACHINE = {"cpu": "Warm-up CPU 9000", "cores": 2, "torch_threads": 1,
            "packages": {"torch": "2.5.1", "transformers": "4.46.0"}}
 
 
-def env(sha: str, cpu: str = "Test CPU Model X") -> dict:
-    return {"git_sha": sha, "python": "3.11.9", "platform": "Linux-6.8-x86_64", "cpu": cpu,
+def env(sha: str, cpu: str = "Test CPU Model X", **machine) -> dict:
+    """An env.json as `occctl.environment.environment` writes it; ``machine``: cores, torch_threads (older ones
+    lack them)."""
+    return {"git_sha": sha, "python": "3.11.9", "platform": "Linux-6.8-x86_64", "cpu": cpu, **machine,
             "packages": {"occctl": "0.1.0", "torch": "2.5.1", "transformers": "4.46.0", "trl": "0.12.0",
                          "mlflow": "2.17.0", "verl": None}}
 
@@ -84,16 +86,17 @@ NAMES = ["r.regime-detach.seed-0", "r.regime-detach.seed-1", "r.regime-occ.seed-
 
 def test_the_section_names_each_warm_start_and_environment_once(results_dir, cache):
     shared = warmup_folder(cache, "0123456789abcdef")
-    make_run(NAMES[0], "detach", 0, shared, env("1a2b3c4d" + "0" * 32), target=[0.05, 0.15])
-    make_run(NAMES[1], "detach", 1, shared, env("1a2b3c4d" + "0" * 32), target=[0.05, 0.15])
-    make_run(NAMES[2], "occ", 0, shared, env("5d6e7f80" + "0" * 32), target=[0.05, 0.15])
+    machine = {"cores": 16, "torch_threads": 1}
+    make_run(NAMES[0], "detach", 0, shared, env("1a2b3c4d" + "0" * 32, **machine), target=[0.05, 0.15])
+    make_run(NAMES[1], "detach", 1, shared, env("1a2b3c4d" + "0" * 32, **machine), target=[0.05, 0.15])
+    make_run(NAMES[2], "occ", 0, shared, env("5d6e7f80" + "0" * 32, **machine), target=[0.05, 0.15])
     log_runs(results_dir, NAMES)
     assert report_section(results_dir).splitlines() == [
         "Started from:", "",
         "- warm-up 0123456789abcdef: 550 steps, held-out avg@4 0.076, greedy 0.050, band warmup.target 0.05–0.15; "
         "trained on Warm-up CPU 9000 (2 cores, 1 torch thread), torch 2.5.1, transformers 4.46.0 (3 runs)", "",
         "Ran on:", "",
-        "- Test CPU Model X; python 3.11.9 on Linux-6.8-x86_64; occctl 0.1.0, torch 2.5.1, transformers 4.46.0, "
+        "- Test CPU Model X (16 cores, 1 torch thread); python 3.11.9 on Linux-6.8-x86_64; occctl 0.1.0, torch 2.5.1, transformers 4.46.0, "
         "trl 0.12.0, mlflow 2.17.0; git 1a2b3c4 (2 runs), 5d6e7f8 (1 run)"]
     logged = json.loads(mlflow_artifact(results_dir, "report/start_and_machine.json"))
     assert logged["columns"] == ["kind", "record", "runs"] and [row[2] for row in logged["data"]] == [3, 3]
@@ -132,3 +135,18 @@ def test_runs_without_a_warm_up_and_an_old_cache_without_its_machine(results_dir
             "recorded (1 run)") in section
     assert "- environment not recorded (env.json missing); git unknown (1 run)" in section
     assert "git abcdef1 (2 runs)" in section and "not here" not in section
+
+
+def test_env_json_records_the_cores_and_torch_threads(monkeypatch):
+    """`environment()` (each run's env.json) names the machine as a warm-up's record does, threads included."""
+    import torch
+
+    from occctl.environment import environment, machine_record
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr("os.cpu_count", lambda: 7)
+    recorded = environment()
+    assert (recorded["cores"], recorded["torch_threads"]) == (7, 3)
+    assert {k: recorded[k] for k in ("cpu", "cores", "torch_threads")} == \
+        {k: v for k, v in machine_record().items() if k != "packages"}
+    assert list(recorded) == ["git_sha", "python", "platform", "cpu", "cores", "torch_threads", "packages"]

@@ -200,3 +200,22 @@ def test_keys_renamed_to_name_their_unit_still_load(tmp_path):
         assert load_spec(_write(tmp_path, "name: x\n"), ["eval.every=5"]).eval.every_steps == 5
     with pytest.raises(SpecError, match="same key"):
         load_spec(_write(tmp_path, "train: {save_every: 4, save_every_steps: 4}\n"))
+
+
+def test_old_key_names_warn_in_a_users_spec_yaml_but_not_in_a_run_folders(tmp_path, monkeypatch):
+    """The run folder's reader says it reads a run folder: a user's own file named spec.yaml warns like any other
+    spec, while a run folder's spec.yaml (written before the rename) loads silently."""
+    import warnings
+
+    from occctl.rundir import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "name: x\ntrain: {save_every: 4}\n", name="spec.yaml")
+    with pytest.warns(FutureWarning, match="spec.yaml: train.save_every is now train.save_every_steps"):
+        assert load_spec("spec.yaml").train.save_every_steps == 4
+    run = RunDir(tmp_path / "x")
+    run.path.mkdir()
+    run.spec_file.write_text("name: x\ntrain: {save_every: 4}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run.read_spec().train.save_every_steps == 4

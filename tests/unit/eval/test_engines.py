@@ -107,3 +107,13 @@ def test_vllm_on_a_cpu_refuses_head_sizes_its_attention_does_not_serve(checkpoin
     assert "tiny_vllm" in info.value.hint
     config.num_attention_heads = 2  # heads of 32
     _check_cpu_head_size(config, str(checkpoint))
+
+
+def test_an_engine_whose_model_cannot_load_says_so_in_one_line_with_a_hint(monkeypatch):
+    """The engines and the math scorer share one loader (tokenizer_and_config), so one message and hint."""
+    from occctl.errors import EnvError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EnvError, match=r"^cannot load model nobody/no-such-model: [^\n]+$") as info:
+        SglangEngine("nobody/no-such-model", url="http://127.0.0.1:1")
+    assert info.value.hint == "pass a local HF directory, or a hub id on a machine with network access"

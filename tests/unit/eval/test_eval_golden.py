@@ -145,3 +145,17 @@ def test_grading_timeouts_are_counted_warned_about_and_regraded(checkpoint, tmp_
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0, second.output
     assert len(grades.read_text().splitlines()) == 3
+
+
+def test_a_model_that_cannot_load_is_one_environment_error(tmp_path, monkeypatch):
+    """The math scorer loads its tokenizer with the engines' loader: the same one-line error and hint as an
+    engine (tests/unit/eval/test_engines.py), exit 3."""
+    monkeypatch.setenv("OCCCTL_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["eval", "--suite", "math6", "--model", "nobody/no-such-model", "-k", "1", "--benchmarks", "aime24",
+            "--data-dir", str(_data(tmp_path)), "--no-mlflow", "--workers", "1"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    assert result.exit_code == 3, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot load model nobody/no-such-model: "), result.output
+    assert "hint: pass a local HF directory, or a hub id on a machine with network access" in result.output

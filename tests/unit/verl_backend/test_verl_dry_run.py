@@ -5,6 +5,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 pytest.importorskip("verl")
@@ -12,7 +13,17 @@ pytest.importorskip("verl")
 from occctl.cli import app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
-SPECS = ["glm45air_occ", "mimo7b_dapo_occ", "mimo7b_gspo_occ"]
+
+
+def shipped_verl_specs() -> list[str]:
+    """Every spec under specs/ whose ``backend`` is verl, as its path under specs/ without ``.yaml``: a new veRL
+    spec is dry-run here without being listed."""
+    root = REPO / "specs"
+    return [p.relative_to(root).with_suffix("").as_posix() for p in sorted(root.rglob("*.yaml"))
+            if (yaml.safe_load(p.read_text()) or {}).get("backend") == "verl"]
+
+
+SPECS = shipped_verl_specs()
 REGIMES = ["detach", "ce", "policy", "occ"]
 runner = CliRunner()
 
@@ -34,6 +45,11 @@ def launch_overrides(stdout: str) -> dict[str, str]:
     assert words[0] == "env" and "VERL_USE_EXTERNAL_MODULES=backends.verl_backend.plugin" in words
     start = words.index("verl.trainer.main_ppo") + 1
     return dict(word.split("=", 1) for word in words[start:])
+
+
+def test_the_verl_specs_are_found():
+    """An empty list would leave the parametrized dry runs below with nothing to run, silently."""
+    assert SPECS and {"glm45air_occ", "mimo7b_dapo_occ", "mimo7b_gspo_occ"} <= set(SPECS), SPECS
 
 
 @pytest.mark.parametrize("regime", REGIMES)
