@@ -70,6 +70,10 @@ INDEX_FILE = "model.safetensors.index.json"
 # host tensors an MTP layer may carry a copy of (checked on import, never trained: the head uses the host's)
 COPIES = {"embed_tokens.weight": "embed", "shared_head.head.weight": "lm_head"}
 ZERO_FIRST_KEY = "occctl_mtp_zero_first_position"  # config.json: how the head was trained (load_native: absent)
+# what transformers' modeling runs for a model type but its config does not write (a config built in code lacks it),
+# and the engines read with another default: vLLM's deepseek_v2.py builds the router's e_score_correction_bias only
+# for topk_method "noaux_tc" (KeyError on the checkpoint's), and scores softmax unless told sigmoid
+ENGINE_CONFIG = {"deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}}
 log = logging.getLogger(__name__)
 
 
@@ -168,6 +172,8 @@ def write_native(directory: Path, model: nn.Module, head: MtpHead, layout: MtpLa
     config[layout.config_key] = 1
     if layout.architectures is not None:
         config["architectures"] = list(layout.architectures)
+    for key, value in ENGINE_CONFIG.get(config.get("model_type"), {}).items():
+        config.setdefault(key, value)  # a hub checkpoint's own value stays
     config[ZERO_FIRST_KEY] = head.zero_first_position
     if head.zero_first_position != layout.head.zero_first_position:
         log.info("%s: the MTP head was trained %s the embedding at position 0, which vLLM's engines %s for %s "
