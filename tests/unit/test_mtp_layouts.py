@@ -107,6 +107,25 @@ def test_export_then_import_round_trips_bit_exactly(native, tmp_path):
         assert torch.equal(again.mtp_head.state_dict()[key], value), key
 
 
+@pytest.mark.parametrize("family", ["deepseek", "glm"])
+def test_a_config_built_deepseek_v3_host_exports_the_router_vllm_runs(family, tmp_path):
+    """transformers' DeepSeek-V3 routes sigmoid + noaux_tc (e_score_correction_bias) but its config does not write
+    topk_method / scoring_func; vLLM's deepseek_v2.py then has no e_score_correction_bias (KeyError loading the export)
+    and scores softmax. The export writes them; GLM-4.5 (glm4_moe.py always does this) gets nothing; a value the
+    host's config has stays."""
+    from occctl.models import LoadedModel
+    from occctl.mtp_layouts import build_head, layout_for
+
+    model = host_model(family)
+    loaded = LoadedModel(model, build_tokenizer(), build_head(model, layout_for(model.config)))
+    config = json.loads((save_checkpoint(tmp_path / "a", loaded) / "config.json").read_text())
+    want = {"topk_method": "noaux_tc", "scoring_func": "sigmoid"} if family == "deepseek" else {}
+    assert {k: config[k] for k in ("topk_method", "scoring_func") if k in config} == want
+    model.config.scoring_func = "softmax"  # a hub checkpoint's own value
+    config = json.loads((save_checkpoint(tmp_path / "b", loaded) / "config.json").read_text())
+    assert config["scoring_func"] == "softmax"
+
+
 def test_the_tiny_qwen2_host_exports_the_mimo_layout(tmp_path):
     from occctl.models import build_tiny
     from occctl.spec import TinyModelSpec
