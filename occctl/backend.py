@@ -4,7 +4,8 @@ Adding a backend
 ----------------
 1. Write a class with the methods of ``Backend`` below and ``name``, its registry key (no base class; share code by
    calling ``occctl`` functions). Put it in ``backends/<name>_backend/adapter.py``, its spec -> native config translation in
-   ``translate.py`` and every call into ``occctl.occ`` in ``hooks.py``.
+   ``translate.py`` and every call into ``occctl.occ`` in ``hooks.py`` (diagnostics may sit beside it, as the TRL
+   backend's ``oracle_probes.py``).
 2. Register it: ``BACKENDS["<name>"] = "backends.<name>_backend.adapter:<Class>"`` in ``occctl/registry.py``. ``spec.backend`` accepts
    the registry's names; the module is imported only when a spec names it, so its heavy dependencies stay
    optional (an ImportError becomes an EnvError with an install hint, exit code 3).

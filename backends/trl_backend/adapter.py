@@ -62,7 +62,7 @@ class TrlBackend:
 
         import torch
 
-        from backends.trl_backend.hooks import CALIBRATOR_STATE, CheckpointSaved, MetricsCallback, PeriodicEval
+        from backends.trl_backend.callbacks import CALIBRATOR_STATE, CheckpointSaved, MetricsCallback, PeriodicEval
 
         spec = plan.spec
         if spec.train.rollout_engine == "vllm":
@@ -222,8 +222,8 @@ def default_threads(spec: Spec) -> None:
 
 def last_checkpoint(run_dir: RunDir | Path) -> Path | None:
     """The newest complete TRL checkpoint of a run (``trl/checkpoint-N`` with occctl's completion marker, written
-    after everything else of it: ``hooks.CheckpointSaved``), if any."""
-    from backends.trl_backend.hooks import CHECKPOINT_DONE
+    after everything else of it: ``callbacks.CheckpointSaved``), if any."""
+    from backends.trl_backend.callbacks import CHECKPOINT_DONE
 
     found = [p for p in (run_dir / "trl").glob("checkpoint-*")
              if p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_DONE).is_file()]

@@ -1,4 +1,5 @@
-"""The TRL backend's only contact with the OCC core: a GRPOTrainer that adds the regime's MTP loss.
+"""The TRL backend's contact with the OCC core: a GRPOTrainer that adds the regime's MTP loss (its oracle and probe
+diagnostics in ``oracle_probes.py``, its callbacks and checkpoint files in ``callbacks.py``).
 
 One gradient-carrying forward per micro-batch, as in plain GRPO: a forward hook on the trunk keeps its
 last hidden state, TRL's own per-token log-probs of the main head are kept on the way through, and the
@@ -13,22 +14,20 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from occctl.errors import RunError
-from occctl.rundir import write_json_atomic
-from occctl.occ.calibration import (ESTIMATORS, Calibrator, gap_sums, lambda_from_geometry, lambda_from_sums,
-                                    oracle_geometry, proxy_sums)
+from occctl.occ.calibration import Calibrator, lambda_from_geometry
 from occctl.occ.mtp_head import draft_acceptance, mtp_logits
-from occctl.occ.objective import deltas, mtp_objective
+from occctl.occ.objective import mtp_objective
 from occctl.occ.oracle import oracle_mtp_term
 from occctl.speculative import SpecStats, sampling_from, speculative_generate
 from occctl.occ.regimes import draft_loss, isolates_main_model, masked_mean, mtp_loss, token_logprobs
+
+from backends.trl_backend.oracle_probes import hidden_geometry, log_applied_residual, log_oracle, log_probe
 
 
 class NonFiniteLossError(RunError):
@@ -211,11 +210,12 @@ class MtpGRPOTrainer(GRPOTrainer):
         if mode == "train" and (mtp.oracle_lambda or mtp.hidden_lambda or oracle_every_step):
             unit_loss = loss_at(1.0)
         if mode == "train" and (mtp.oracle_lambda or oracle_every_step):
-            c, v2 = self._log_oracle(unwrapped, loss_rl, unit_loss * scale)
+            c, v2 = log_oracle(self._metrics["train"], unwrapped, loss_rl, unit_loss * scale, cal.eps)
             if mtp.oracle_lambda:
                 lam = lambda_from_geometry(c, v2, cal.lambda_plus, cal.eps, cal.clip_negative)
         if mode == "train" and (mtp.hidden_lambda or oracle_every_step):
-            c_h, v2_h = self._hidden_geometry(loss_rl, unit_loss * scale, kept["hidden"], log=oracle_every_step)
+            c_h, v2_h = hidden_geometry(self._metrics["train"], loss_rl, unit_loss * scale, kept["hidden"], cal.eps,
+                                        log=oracle_every_step)
             if mtp.hidden_lambda:
                 lam = lambda_from_geometry(c_h, v2_h, cal.lambda_plus, cal.eps, cal.clip_negative)
         out = mtp_objective(mtp.regime, mtp.calibrator, logp_main=logp_main, logp_mtp=logp_mtp, logp_old=logp_old,
@@ -226,7 +226,7 @@ class MtpGRPOTrainer(GRPOTrainer):
             term = oracle_mtp_term(lam, unit_loss, lambda s: out.loss if s == lam else loss_at(s),
                                    mtp.oracle_negative)
             if mtp.oracle_lambda:
-                self._log_applied_residual(unwrapped, term, unit_loss, lam)
+                log_applied_residual(self._metrics["train"], unwrapped, term, unit_loss, lam)
         draft = None
         if mtp.draft_loss != "none":
             draft = self._draft_term(unwrapped, kept, input_ids, attention_mask, logits, completion_ids, mask)
@@ -234,8 +234,8 @@ class MtpGRPOTrainer(GRPOTrainer):
         if mode == "train":
             self._micro_in_step += 1
         if oracle_every_step:
-            self._log_probe(logp_main, logp_mtp, logp_old, inputs.get("old_mtp_logps"), mask,
-                            last_micro_batch=self._micro_in_step == ga)
+            log_probe(self._metrics["train"], self._probe_sums, self._probe_prev, logp_main, logp_mtp, logp_old,
+                      inputs.get("old_mtp_logps"), mask, cal.eps, last_micro_batch=self._micro_in_step == ga)
         loss = term if draft is None else term + mtp.draft_coef * draft
         return loss * scale
 
@@ -294,80 +294,6 @@ class MtpGRPOTrainer(GRPOTrainer):
             main = head(kept["hidden"][:, p - 1:p + c - 1].detach()).detach()  # [B, C, V]
         return draft_loss(mtp.draft_loss, logits, completion_ids, mask, main, self.temperature)
 
-    def _log_probe(self, logp_main, logp_mtp, logp_old, logp_mtp_old, mask, last_micro_batch: bool) -> None:
-        """Every estimator variant on the same trajectory, for the fidelity comparison (oracle mode only):
-        both delta_MTP baselines x {this micro-batch, the step's running sums} x both estimators; and, for
-        the step-scope decision, lambda from the whole step's sums (``_full``, logged once, at the step's last
-        micro-batch) and from the previous step's complete sums (``_prev``)."""
-        cal, metrics = self.mtp.calibrator, self._metrics["train"]
-        if logp_mtp_old is not None:
-            gap_sq, gap_dot = gap_sums(logp_mtp.detach() - logp_old, logp_mtp_old - logp_old, mask)
-            metrics["occ/probe_gap_sq"].append(gap_sq)
-            metrics["occ/probe_gap_dot"].append(gap_dot)
-        for baseline, base in (("main_old", None), ("mtp_old", logp_mtp_old)):
-            if baseline == "mtp_old" and base is None:
-                continue
-            micro = proxy_sums(*deltas(logp_main, logp_mtp, logp_old, base), mask, cal.eps)
-            step = self._probe_sums[baseline] = self._probe_sums.get(baseline, torch.zeros_like(micro)) + micro
-            scopes = [("micro", micro), ("step", step)]
-            if last_micro_batch:
-                scopes.append(("full", step))
-            if baseline in self._probe_prev:
-                scopes.append(("prev", self._probe_prev[baseline]))
-            for scope, sums in scopes:
-                metrics[f"occ/probe_{baseline}_c_{scope}"].append(float(sums[0]))
-                metrics[f"occ/probe_{baseline}_v2_{scope}"].append(float(sums[1]))
-                for estimator in ESTIMATORS:
-                    lam = lambda_from_sums(sums, 1.0, cal.eps, estimator)
-                    metrics[f"occ/probe_{baseline}_lambda_{estimator}_{scope}"].append(lam)
-
-    def _log_applied_residual(self, unwrapped, applied: torch.Tensor, unit_loss: torch.Tensor, lam: float) -> None:
-        """|g_applied - lam * g_MTP(+1)| / |lam * g_MTP(+1)| on the MTP head's parameters: 0 where the oracle
-        applies exactly the gradient its slope was measured for (``oracle_negative: loss_scale``, or lam >= 0)."""
-        head = [p for p in unwrapped.mtp_head.parameters() if p.requires_grad]
-        g_applied = torch.autograd.grad(applied, head, retain_graph=True, allow_unused=True)
-        g_unit = torch.autograd.grad(unit_loss, head, retain_graph=True, allow_unused=True)
-        diff = sq = 0.0
-        for a, u in zip(g_applied, g_unit):
-            if a is None and u is None:
-                continue
-            a, u = (torch.zeros_like(u) if a is None else a), (torch.zeros_like(a) if u is None else u)
-            diff += (a - lam * u).double().pow(2).sum().item()
-            sq += (lam * u).double().pow(2).sum().item()
-        self._metrics["train"]["occ/oracle_applied_residual"].append((diff / sq) ** 0.5 if sq > 0 else 0.0)
-
-    def _log_oracle(self, unwrapped, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor) -> tuple[float, float]:
-        """True c, v^2 over all main-model parameters and over the trunk alone (no embeddings, no lm_head), each
-        logged with its slope; returns (c, v^2) over all main-model parameters."""
-        head_ids = {id(p) for p in unwrapped.mtp_head.parameters()}
-        shared_ids = {id(unwrapped.get_input_embeddings().weight), id(unwrapped.get_output_embeddings().weight)}
-        main = [p for p in unwrapped.parameters() if p.requires_grad and id(p) not in head_ids]
-        c, v2 = oracle_geometry(loss_rl, loss_mtp_unit, main)
-        trunk = [i for i, p in enumerate(main) if id(p) not in shared_ids]
-        metrics, eps = self._metrics["train"], self.mtp.calibrator.eps
-        totals = {}
-        for suffix, idx in (("", range(len(main))), ("_trunk", trunk)):
-            c_sum, v2_sum = totals[suffix] = sum(c[i] for i in idx), sum(v2[i] for i in idx)
-            metrics[f"occ/oracle_c{suffix}"].append(c_sum)
-            metrics[f"occ/oracle_v2{suffix}"].append(v2_sum)
-            metrics[f"occ/oracle_lambda{suffix}"].append(lambda_from_geometry(c_sum, v2_sum, 1.0, eps))
-        return totals[""]
-
-    def _hidden_geometry(self, loss_rl: torch.Tensor, loss_mtp_unit: torch.Tensor, hidden: torch.Tensor,
-                         log: bool) -> tuple[float, float]:
-        """<dL_RL/dh, dL_MTP/dh> and ||dL_MTP/dh||^2 at the trunk's output h [B, T, H]: each loss's gradient
-        through its own head only (lm_head; the MTP layer), no backward through the trunk. With dtheta = J^T dh,
-        c = dh_RL^T (J J^T) dh_MTP: the slope c_h / v_h^2 is the oracle's where J J^T is isotropic. ``log``:
-        logged as the ``hidden`` probe (``occ/probe_hidden_*_micro``) beside the oracle's."""
-        (c,), (v2,) = oracle_geometry(loss_rl, loss_mtp_unit, [hidden])
-        if log:
-            metrics = self._metrics["train"]
-            metrics["occ/probe_hidden_c_micro"].append(c)
-            metrics["occ/probe_hidden_v2_micro"].append(v2)
-            metrics["occ/probe_hidden_lambda_ratio_of_sums_micro"].append(
-                lambda_from_geometry(c, v2, 1.0, self.mtp.calibrator.eps))
-        return c, v2
-
     def _clip_grad_norm(self, model):
         """In ``detach`` and with a draft loss the MTP head is clipped on its own, so its gradient cannot rescale
         the main model's."""
@@ -379,49 +305,3 @@ class MtpGRPOTrainer(GRPOTrainer):
         norm = self.accelerator.clip_grad_norm_(main, self.args.max_grad_norm)
         self.accelerator.clip_grad_norm_(head, self.args.max_grad_norm)
         return norm
-
-
-class MetricsCallback(TrainerCallback):
-    """Hands every numeric log entry (per optimizer step) to ``sink(step, metrics)``."""
-
-    def __init__(self, sink: Callable[[int, dict[str, float]], None]) -> None:
-        self.sink = sink
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        numeric = {k: float(v) for k, v in (logs or {}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if numeric:
-            self.sink(state.global_step, numeric)
-
-
-CALIBRATOR_STATE = "occ_calibrator.pt"
-CHECKPOINT_DONE = "occctl_checkpoint.json"  # written last: a TRL checkpoint without it is incomplete
-
-
-class CheckpointSaved(TrainerCallback):
-    """Completes each TRL checkpoint once the trainer has written it: the OCC calibrator's state beside it (when
-    there is one), then the ``CHECKPOINT_DONE`` marker, then ``commit(step)`` (the runner publishes metrics up to
-    it). A kill at any moment before the marker leaves a checkpoint that resume skips (``last_checkpoint``): the
-    trainer's own last file (``trainer_state.json``) is written before the calibrator's state, so it cannot be the
-    mark. Must be the last callback with an ``on_save``."""
-
-    def __init__(self, commit: Callable[[int], None], calibrator: Calibrator | None = None) -> None:
-        self.commit, self.calibrator = commit, calibrator
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if self.calibrator is not None:
-            torch.save(self.calibrator.state_dict(), folder / CALIBRATOR_STATE)
-        write_json_atomic(folder / CHECKPOINT_DONE, {"step": state.global_step})
-        self.commit(state.global_step)
-
-
-class PeriodicEval(TrainerCallback):
-    """Calls ``evaluate(step)`` every ``every`` optimizer steps before the last (the last is evaluated anyway)."""
-
-    def __init__(self, every: int, last_step: int, evaluate: Callable[[int], None]) -> None:
-        self.every, self.last_step, self.evaluate = every, last_step, evaluate
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0 and state.global_step < self.last_step:
-            self.evaluate(state.global_step)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from backends.trl_backend.adapter import last_checkpoint
-from backends.trl_backend.hooks import CALIBRATOR_STATE, CHECKPOINT_DONE, CheckpointSaved
+from backends.trl_backend.callbacks import CALIBRATOR_STATE, CHECKPOINT_DONE, CheckpointSaved
 from occctl.occ.calibration import Calibrator
 
 
