@@ -45,7 +45,7 @@ def test_the_decisive_study_v2_runs_every_variant_from_a_target_band(results_dir
 
     band = ["warmup.target=[0.0, 1.0]", "warmup.check_every_steps=10"]
     cells = [s for s in load_specs(REPO / "specs" / "decisive_v2.yaml", FAST + band) if s.train.seed == 0]
-    assert len(cells) == 14
+    assert len(cells) == 15
     for spec in cells:
         summary = run_spec(spec)
         assert summary["steps"] == 4 and 0.0 <= summary["heldout_acc_after"] <= 1.0, spec.name
