@@ -8,7 +8,6 @@ the arithmetic task, so the head drafts something non-trivial (0.38 accepted); a
 """
 
 import gc
-import os
 from pathlib import Path
 
 import pytest
@@ -22,23 +21,13 @@ from occctl.speculative import Sampling, speculative_generate  # noqa: E402
 from occctl.tasks import get_task  # noqa: E402
 from occctl.warmup import ensure_warm_start  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("vllm_env")]
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "tiny_occ.yaml"
 # a short warm-up: the preset's 550 steps of 128 examples take minutes at width 96; this one drafts 0.3-0.5
 WARMUP = ["model=tiny_vllm", "warmup.steps=150", "warmup.examples_per_step=64", "warmup.lr_warmup_steps=20"]
 # issue 23's tolerance; both draft one token per forward: here the counts agreed exactly (231 of 602 drafts), on an
 # 8-step RL run's export they were 0.010 apart (307/585 vs 314/587) with every greedy output equal
 ACCEPTANCE_TOLERANCE = 0.02
-
-
-@pytest.fixture(scope="module", autouse=True)
-def vllm_env():
-    """The engine in this process (one engine after another), a 1 GiB KV cache."""
-    saved = dict(os.environ)
-    os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1")
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ constructions, under a minute on 2 cores (40-45 s here, the cores shared with an
 """
 
 import gc
-import os
 
 import pytest
 import torch
@@ -29,23 +28,13 @@ from occctl import mtp_layouts  # noqa: E402
 from occctl.models import LoadedModel, build_tokenizer, save_checkpoint  # noqa: E402
 from occctl.speculative import Sampling, speculative_generate  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("vllm_env")]
 PROMPTS = ["12+34=", "56+78=", "90+12=", "33+44=", "70+07="]  # equal lengths: one batch, no padding
 MAX_NEW_TOKENS = 16
 ACCEPTANCE_TOLERANCE = 0.02  # test_vllm.py's
 # Qwen3-Next first-token log-probs, float32 HF against a bfloat16 run, at most on these prompts: vLLM 0.34, HF's own
 # bfloat16 0.36; another random host (seed 1) is 4.9 away
 BF16_LOGPROB_TOLERANCE = 0.5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def vllm_env():
-    """The engine in this process (one engine after another), a 1 GiB KV cache."""
-    saved = dict(os.environ)
-    os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1")
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def host_model(family):
