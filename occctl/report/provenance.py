@@ -142,9 +142,8 @@ def _fraction(value: Any) -> str:
 
 def _cores_and_threads(record: dict[str, Any]) -> str:
     """``2 cores, 1 torch thread`` from a record's ``cores`` and ``torch_threads`` (each only when recorded)."""
-    cores, threads = record.get("cores"), record.get("torch_threads")
-    return ", ".join(part for part in (_count(cores, "core") if cores is not None else "",
-                                       _count(threads, "torch thread") if threads is not None else "") if part)
+    counts = ((record.get("cores"), "core"), (record.get("torch_threads"), "torch thread"))
+    return ", ".join(_count(n, unit) for n, unit in counts if n is not None)
 
 
 def _packages(packages: Any) -> list[str]:
