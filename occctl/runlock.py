@@ -118,12 +118,19 @@ def _acquire(run: RunDir) -> int:
     return fd
 
 
+HOLDER_WRITE_WAIT_S = 1.0  # the holder writes its record right after taking the lock: a loser may read it empty
+
+
 def _describe(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        return f"pid {info['pid']} on host {info['host']} since {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "a process that has not yet written its pid"
+    deadline = time.monotonic() + HOLDER_WRITE_WAIT_S
+    while True:
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on host {info['host']} since {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "a process that has not yet written its pid"
+            time.sleep(0.02)
 
 
 def _locked(run: RunDir, who: str, what: str) -> RunLockedError:
